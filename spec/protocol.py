@@ -1,0 +1,273 @@
+"""The protocol as a state machine: ``apply(state, event) -> state`` or ``IllegalTransition``.
+
+The conformance harness replays real traces through ``apply``; any event the rules forbid is
+rejected with a reason, so an implementation that, say, ejects an honest provider or pays a failed
+one diverges from the spec at that exact event.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Mapping, Sequence, Union
+
+from verisplit.spec.audit import AuditVerdict, Registry, eject
+from verisplit.spec.cohort import Cohort, ModelSpec, NoCoverage, Offer, form_cohort, segment_work, validate_offer
+from verisplit.spec.commitment import BoundaryCommitment, ChainVerdict, StepContext, check_chain
+from verisplit.spec.settlement import Settlement, settle
+
+OPEN, ABORTED, COMPLETED, SETTLED = "open", "aborted", "completed", "settled"
+
+
+class IllegalTransition(ValueError):
+    """An event the protocol forbids in the current state; the message says why."""
+
+
+@dataclass(frozen=True)
+class RequestState:
+    """One request's progress: accepted steps, work served per segment, failures and audits."""
+
+    request_id: str
+    cohort_id: str
+    fee: int
+    status: str = OPEN
+    steps: int = 0
+    positions: int = 0
+    work: tuple[int, ...] = ()
+    failed: frozenset[str] = frozenset()
+    chain_verdicts: tuple[ChainVerdict, ...] = ()
+    audits: tuple[AuditVerdict, ...] = ()
+    settlement: Settlement | None = None
+
+
+@dataclass(frozen=True)
+class State:
+    """Everything the lead, registry, verifier and ledger must agree on."""
+
+    model: ModelSpec
+    registry: Registry = field(default_factory=Registry)
+    cohorts: Mapping[str, Cohort] = field(default_factory=dict)
+    requests: Mapping[str, RequestState] = field(default_factory=dict)
+    ledger: tuple[Settlement, ...] = ()
+
+
+@dataclass(frozen=True)
+class AddOffer:
+    offer: Offer
+
+
+@dataclass(frozen=True)
+class FormCohort:
+    """Form a cohort from the standing offers; ``chosen`` (if given) must equal the spec's choice."""
+
+    cohort_id: str
+    chosen: Cohort | None = None
+
+
+@dataclass(frozen=True)
+class OpenRequest:
+    request_id: str
+    cohort_id: str
+    fee: int
+
+
+@dataclass(frozen=True)
+class CommitStep:
+    """One step's commitments as received by the lead, with the digest of the first input it sent."""
+
+    request_id: str
+    first_input_digest: bytes
+    num_positions: int
+    commitments: tuple[BoundaryCommitment, ...]
+
+
+@dataclass(frozen=True)
+class CompleteRequest:
+    request_id: str
+
+
+@dataclass(frozen=True)
+class RecordAudit:
+    verdict: AuditVerdict
+
+
+@dataclass(frozen=True)
+class SettleRequest:
+    """Settle a finished request; ``claimed`` (if given) must equal the spec's settlement."""
+
+    request_id: str
+    lead: str
+    claimed: Settlement | None = None
+
+
+@dataclass(frozen=True)
+class Eject:
+    provider_id: str
+    reason: str
+
+
+Event = Union[AddOffer, FormCohort, OpenRequest, CommitStep, CompleteRequest, RecordAudit, SettleRequest, Eject]
+
+
+def initial_state(model: ModelSpec) -> State:
+    """A registry with no offers, no cohorts, no requests and an empty ledger."""
+    return State(model=model)
+
+
+def _request(state: State, request_id: str) -> RequestState:
+    if request_id not in state.requests:
+        raise IllegalTransition(f"unknown request '{request_id}'")
+    return state.requests[request_id]
+
+
+def _with_request(state: State, request: RequestState) -> State:
+    requests = dict(state.requests)
+    requests[request.request_id] = request
+    return replace(state, requests=requests)
+
+
+def _add_offer(state: State, event: AddOffer) -> State:
+    offer = event.offer
+    try:
+        validate_offer(offer)
+    except ValueError as exc:
+        raise IllegalTransition(str(exc)) from None
+    if offer.public_key in state.registry.banned_keys:
+        raise IllegalTransition(f"provider '{offer.provider_id}': key is banned")
+    if offer.provider_id in state.registry.provider_ids():
+        raise IllegalTransition(f"provider '{offer.provider_id}' already has an offer")
+    return replace(state, registry=replace(state.registry, offers=state.registry.offers + (offer,)))
+
+
+def _form_cohort(state: State, event: FormCohort) -> State:
+    if event.cohort_id in state.cohorts:
+        raise IllegalTransition(f"cohort '{event.cohort_id}' already exists")
+    try:
+        cohort = form_cohort(state.registry.offers, state.model)
+    except NoCoverage as exc:
+        raise IllegalTransition(f"no cohort: {exc}") from None
+    if event.chosen is not None and event.chosen != cohort:
+        raise IllegalTransition(f"cohort {event.chosen.provider_ids} is not the spec's choice {cohort.provider_ids}")
+    cohorts = dict(state.cohorts)
+    cohorts[event.cohort_id] = cohort
+    return replace(state, cohorts=cohorts)
+
+
+def _open_request(state: State, event: OpenRequest) -> State:
+    if event.request_id in state.requests:
+        raise IllegalTransition(f"request '{event.request_id}' already exists")
+    if event.cohort_id not in state.cohorts:
+        raise IllegalTransition(f"unknown cohort '{event.cohort_id}'")
+    if event.fee < 0:
+        raise IllegalTransition(f"fee: must be non-negative, got {event.fee}")
+    cohort = state.cohorts[event.cohort_id]
+    registered = state.registry.provider_ids()
+    for assignment in cohort.assignments:
+        if assignment.provider_id not in registered:
+            raise IllegalTransition(f"cohort member '{assignment.provider_id}' is no longer registered")
+    request = RequestState(event.request_id, event.cohort_id, event.fee, work=tuple(0 for _ in cohort.assignments))
+    return _with_request(state, request)
+
+
+def _commit_step(state: State, event: CommitStep) -> State:
+    request = _request(state, event.request_id)
+    if request.status != OPEN:
+        raise IllegalTransition(f"request '{request.request_id}' is {request.status}, not open")
+    if event.num_positions < 1:
+        raise IllegalTransition("num_positions: a step covers at least one position")
+    cohort = state.cohorts[request.cohort_id]
+    context = StepContext(state.model.model_id, request.request_id, request.steps, request.positions, event.num_positions)
+    verdict = check_chain(cohort, event.commitments, event.first_input_digest, context)
+    good_links = len(cohort.assignments) if verdict.valid else verdict.link or 0
+    work = list(request.work)
+    for index in range(good_links):
+        a = cohort.assignments[index]
+        work[index] += segment_work(state.model, a.first_layer, a.end_layer) * event.num_positions
+    updated = replace(request, work=tuple(work), chain_verdicts=request.chain_verdicts + (verdict,))
+    if verdict.valid:
+        updated = replace(updated, steps=request.steps + 1, positions=request.positions + event.num_positions)
+    else:
+        updated = replace(updated, status=ABORTED, failed=request.failed | {verdict.culprit or ""})
+    return _with_request(state, updated)
+
+
+def _complete(state: State, event: CompleteRequest) -> State:
+    request = _request(state, event.request_id)
+    if request.status != OPEN or request.steps == 0:
+        raise IllegalTransition(f"request '{request.request_id}' cannot complete ({request.status}, {request.steps} steps)")
+    return _with_request(state, replace(request, status=COMPLETED))
+
+
+def _record_audit(state: State, event: RecordAudit) -> State:
+    verdict = event.verdict
+    request = _request(state, verdict.request_id)
+    if request.status not in (COMPLETED, ABORTED):
+        raise IllegalTransition(f"request '{request.request_id}' is {request.status}: audits follow completion")
+    cohort = state.cohorts[request.cohort_id]
+    if not 0 <= verdict.segment_index < len(cohort.assignments):
+        raise IllegalTransition(f"segment {verdict.segment_index} is not in the cohort")
+    if cohort.assignments[verdict.segment_index].provider_id != verdict.provider_id:
+        raise IllegalTransition(f"segment {verdict.segment_index} was not served by '{verdict.provider_id}'")
+    if any(a.segment_index == verdict.segment_index for a in request.audits):
+        raise IllegalTransition(f"segment {verdict.segment_index} of '{request.request_id}' already audited")
+    failed = request.failed if verdict.passed else request.failed | {verdict.provider_id}
+    return _with_request(state, replace(request, audits=request.audits + (verdict,), failed=failed))
+
+
+def expected_settlement(state: State, request: RequestState, lead: str) -> Settlement:
+    """The spec's settlement of a finished request: ``settle`` over work served, failed forfeiting;
+    if nothing was served the whole fee is refunded."""
+    cohort = state.cohorts[request.cohort_id]
+    work_by_provider = {a.provider_id: w for a, w in zip(cohort.assignments, request.work)}
+    failed = frozenset(p for p in request.failed if p in work_by_provider)
+    if sum(work_by_provider.values()) == 0:
+        return Settlement(request.fee, lead, {p: 0 for p in work_by_provider}, 0, request.fee, failed)
+    return settle(request.fee, work_by_provider, lead, failed)
+
+
+def _settle(state: State, event: SettleRequest) -> State:
+    request = _request(state, event.request_id)
+    if request.status not in (COMPLETED, ABORTED):
+        raise IllegalTransition(f"request '{request.request_id}' is {request.status}: only finished requests settle")
+    settlement = expected_settlement(state, request, event.lead)
+    if event.claimed is not None and event.claimed != settlement:
+        raise IllegalTransition(f"claimed settlement {event.claimed} differs from the spec's {settlement}")
+    updated = replace(request, status=SETTLED, settlement=settlement)
+    return replace(_with_request(state, updated), ledger=state.ledger + (settlement,))
+
+
+def _eject(state: State, event: Eject) -> State:
+    if event.provider_id not in state.registry.provider_ids():
+        raise IllegalTransition(f"provider '{event.provider_id}' is not registered")
+    has_evidence = any(event.provider_id in r.failed for r in state.requests.values())
+    if not has_evidence:
+        raise IllegalTransition(f"provider '{event.provider_id}' has no failed audit or chain check: ejection refused")
+    verdict = AuditVerdict("", -1, event.provider_id, False, reason=event.reason)
+    return replace(state, registry=eject(state.registry, [verdict]))
+
+
+_HANDLERS = {
+    AddOffer: _add_offer,
+    FormCohort: _form_cohort,
+    OpenRequest: _open_request,
+    CommitStep: _commit_step,
+    CompleteRequest: _complete,
+    RecordAudit: _record_audit,
+    SettleRequest: _settle,
+    Eject: _eject,
+}
+
+
+def apply(state: State, event: Event) -> State:
+    """The next state, or ``IllegalTransition`` naming the broken rule. ``state`` is never mutated."""
+    handler = _HANDLERS.get(type(event))
+    if handler is None:
+        raise IllegalTransition(f"unknown event type {type(event).__name__}")
+    return handler(state, event)
+
+
+def replay(model: ModelSpec, events: Sequence[Event]) -> State:
+    """Apply events in order from the initial state (raises at the first illegal one)."""
+    state = initial_state(model)
+    for event in events:
+        state = apply(state, event)
+    return state

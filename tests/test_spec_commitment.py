@@ -1,0 +1,98 @@
+"""Commitment chaining: substitution caught at exactly its link; signatures, signers, steps, ranges."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from verisplit.spec.cohort import Assignment, Cohort
+from verisplit.spec.commitment import (BAD_SIGNATURE, INPUT_MISMATCH, MISSING_LINK, OUTPUT_MISMATCH, RANGE_MISMATCH,
+                                       REPLAY, STEP_GAP, WRONG_REQUEST, WRONG_SIGNER, StepContext, check_chain,
+                                       check_receipt, commitment_from_dict, commitment_to_dict, next_step_context,
+                                       signature_valid, signing_bytes)
+from spec_helpers import digest_of, key, resign, signed_chain
+
+
+def make_cohort(n: int) -> tuple[Cohort, dict]:
+    keys = {f"p{i}": key(i) for i in range(n)}
+    assignments = tuple(Assignment(f"p{i}", bytes(keys[f"p{i}"].verify_key), 2 * i, 2 * i + 2) for i in range(n))
+    return Cohort("m", assignments), keys
+
+
+CTX = StepContext("m", "req-1", 0, 0, 5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 8), st.data())
+def test_substitution_at_any_link_is_caught_exactly_there(n: int, data: st.DataObject) -> None:
+    cohort, keys = make_cohort(n)
+    tensors = list(range(100, 100 + n + 1))
+    honest = signed_chain(cohort, CTX, tensors, keys)
+    assert check_chain(cohort, honest, digest_of(tensors[0]), CTX).valid
+    j = data.draw(st.integers(0, n - 1))
+    # The tensor that reaches segment j is substituted: it consumes (and commits to) another tensor.
+    forged = list(honest)
+    forged[j] = resign(honest[j], keys[f"p{j}"], input_digest=digest_of(999))
+    verdict = check_chain(cohort, forged, digest_of(tensors[0]), CTX)
+    assert (verdict.valid, verdict.link, verdict.culprit, verdict.reason) == (False, j, f"p{j}", INPUT_MISMATCH)
+
+
+def test_forged_signature_and_wrong_signer_are_caught() -> None:
+    cohort, keys = make_cohort(3)
+    chain = signed_chain(cohort, CTX, [1, 2, 3, 4], keys)
+    flipped = bytes([chain[1].signature[0] ^ 1]) + chain[1].signature[1:]
+    verdict = check_chain(cohort, [chain[0], replace(chain[1], signature=flipped), chain[2]], digest_of(1), CTX)
+    assert (verdict.link, verdict.culprit, verdict.reason) == (1, "p1", BAD_SIGNATURE)
+    tampered = replace(chain[2], output_digest=digest_of(77))  # field changed after signing
+    assert not signature_valid(tampered)
+    impostor = resign(chain[2], key(9))  # valid signature, but not the assigned provider's key
+    assert signature_valid(impostor)
+    verdict = check_chain(cohort, [chain[0], chain[1], impostor], digest_of(1), CTX)
+    assert (verdict.link, verdict.culprit, verdict.reason) == (2, "p2", WRONG_SIGNER)
+
+
+def test_step_replay_gap_range_request_and_missing_links() -> None:
+    cohort, keys = make_cohort(2)
+    ctx1 = next_step_context(CTX, 1)
+    assert (ctx1.step, ctx1.first_position, ctx1.num_positions) == (1, 5, 1)
+    step0 = signed_chain(cohort, CTX, [1, 2, 3], keys)
+    assert check_chain(cohort, step0, digest_of(1), ctx1).reason == REPLAY
+    step2 = signed_chain(cohort, replace(ctx1, step=2), [1, 2, 3], keys)
+    assert check_chain(cohort, step2, digest_of(1), ctx1).reason == STEP_GAP
+    bad_range = [step0[0], resign(step0[1], keys["p1"], end_layer=3)]
+    assert check_chain(cohort, bad_range, digest_of(1), CTX).reason == RANGE_MISMATCH
+    other_request = [resign(step0[0], keys["p0"], request_id="other"), step0[1]]
+    assert check_chain(cohort, other_request, digest_of(1), CTX).reason == WRONG_REQUEST
+    missing = check_chain(cohort, step0[:1], digest_of(1), CTX)
+    assert (missing.link, missing.culprit, missing.reason) == (1, "p1", MISSING_LINK)
+    extra = check_chain(cohort, step0 + step0[:1], digest_of(1), CTX)
+    assert extra.reason == REPLAY
+
+
+def test_receipt_check_binds_commitment_to_exchanged_bytes() -> None:
+    cohort, keys = make_cohort(1)
+    c = signed_chain(cohort, CTX, [1, 2], keys)[0]
+    assert check_receipt(c, digest_of(1), digest_of(2)) is None
+    assert check_receipt(c, digest_of(5), digest_of(2))[0] == INPUT_MISMATCH
+    assert check_receipt(c, digest_of(1), digest_of(5))[0] == OUTPUT_MISMATCH
+
+
+def test_signing_bytes_cover_every_field_and_roundtrip_json() -> None:
+    cohort, keys = make_cohort(1)
+    c = signed_chain(cohort, CTX, [1, 2], keys)[0]
+    base = signing_bytes(c)
+    changes = dict(protocol_version=2, model_id="x", weights_digest=b"\x01" * 32, request_id="q", step=3,
+                   segment_index=4, first_layer=1, end_layer=9, first_position=7, num_positions=2,
+                   input_digest=b"\x02" * 32, output_digest=b"\x03" * 32, signer=b"\x04" * 32)
+    for name, value in changes.items():
+        assert signing_bytes(replace(c, **{name: value})) != base, name
+    assert commitment_from_dict(commitment_to_dict(c)) == c
+    with pytest.raises(ValueError, match="step"):
+        commitment_from_dict({**commitment_to_dict(c), "step": "three"})
+    with pytest.raises(ValueError, match="missing field 'model_id'"):
+        commitment_from_dict({k: v for k, v in commitment_to_dict(c).items() if k != "model_id"})
+    with pytest.raises(ValueError, match="weights_digest"):
+        signing_bytes(replace(c, weights_digest=b"short"))
