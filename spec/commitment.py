@@ -21,6 +21,7 @@ from typing import Any, Sequence
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
+from verisplit.spec.arith import ite, negate
 from verisplit.spec.cohort import Assignment, Cohort
 
 PROTOCOL_VERSION = 1
@@ -143,9 +144,9 @@ def link_rule(previous_output: Any, this_input: Any) -> Any:
     return previous_output == this_input
 
 
-def check_link(assignment: Assignment, segment_index: int, c: BoundaryCommitment,
-               expected_input_digest: bytes, context: StepContext) -> tuple[str, str] | None:
-    """The first rule (H1-H3) that link ``segment_index`` breaks, as (reason, detail), or None."""
+def check_link_fields(assignment: Assignment, segment_index: int, c: BoundaryCommitment,
+                      context: StepContext) -> tuple[str, str] | None:
+    """The first of rules H1-H2 that link ``segment_index`` breaks, as (reason, detail), or None."""
     if not signature_valid(c):
         return BAD_SIGNATURE, "signature does not verify under the commitment's signer key"
     if c.signer != assignment.public_key:
@@ -160,28 +161,60 @@ def check_link(assignment: Assignment, segment_index: int, c: BoundaryCommitment
     actual_shape = (c.segment_index, c.first_layer, c.end_layer, c.first_position, c.num_positions)
     if actual_shape != expected_shape:
         return RANGE_MISMATCH, f"(segment, layers, positions) {actual_shape} != expected {expected_shape}"
+    return None
+
+
+def check_link(assignment: Assignment, segment_index: int, c: BoundaryCommitment,
+               expected_input_digest: bytes, context: StepContext) -> tuple[str, str] | None:
+    """The first rule (H1-H3) that link ``segment_index`` breaks, as (reason, detail), or None."""
+    failure = check_link_fields(assignment, segment_index, c, context)
+    if failure is not None:
+        return failure
     if not link_rule(expected_input_digest, c.input_digest):
         return INPUT_MISMATCH, "input digest does not match the previous boundary's output digest"
     return None
+
+
+def first_broken_link(first_input_digest: Any, input_digests: Sequence[Any], output_digests: Sequence[Any]) -> Any:
+    """Rule H3 over a whole chain: the index of the first link k whose input digest differs from the
+    previous link's output digest (``first_input_digest`` for k = 0), or ``len(input_digests)`` if
+    every link holds. Runs on bytes and on Z3 terms (then it returns a symbolic index).
+
+    Invariant: with an injective digest, substituting the tensor consumed at link j yields exactly j.
+    Z3: ``chain_substitution``, ``chain_unmodified`` (proofs/z3/check_chain.py);
+    Lean: ``Verisplit.chain_detects_at``, ``Verisplit.chain_valid_of_honest``.
+    """
+    links_ok: list[Any] = []
+    expected = first_input_digest
+    for this_input, this_output in zip(input_digests, output_digests):
+        links_ok.append(link_rule(expected, this_input))
+        expected = this_output
+    verdict: Any = len(links_ok)
+    for index in reversed(range(len(links_ok))):
+        verdict = ite(negate(links_ok[index]), index, verdict)
+    return verdict
 
 
 def check_chain(cohort: Cohort, commitments: Sequence[BoundaryCommitment], first_input_digest: bytes,
                 context: StepContext) -> ChainVerdict:
     """Verdict for one step's chain: valid, or the first bad link with culprit and reason.
 
+    A link fails on the first of H1-H2 it breaks, else on H3 if it is ``first_broken_link``.
     Invariant: with an injective digest, substituting the boundary tensor at link j (so link j's
     input digest differs from link j-1's output digest) yields a verdict at exactly link j; an
     unmodified, correctly signed chain is valid. Z3: ``chain_substitution``, ``chain_unmodified``
     (proofs/z3/check_chain.py); Lean: ``Verisplit.chain_detects_at``, ``Verisplit.chain_valid_of_honest``.
     """
-    expected_input = first_input_digest
+    present = commitments[: len(cohort.assignments)]
+    broken = first_broken_link(first_input_digest, [c.input_digest for c in present], [c.output_digest for c in present])
     for index, assignment in enumerate(cohort.assignments):
         if index >= len(commitments):
             return ChainVerdict(False, index, assignment.provider_id, MISSING_LINK, "no commitment for this segment")
-        failure = check_link(assignment, index, commitments[index], expected_input, context)
+        failure = check_link_fields(assignment, index, commitments[index], context)
+        if failure is None and index == broken:
+            failure = (INPUT_MISMATCH, "input digest does not match the previous boundary's output digest")
         if failure is not None:
             return ChainVerdict(False, index, assignment.provider_id, failure[0], failure[1])
-        expected_input = commitments[index].output_digest
     if len(commitments) > len(cohort.assignments):
         last = cohort.assignments[-1]
         return ChainVerdict(False, len(cohort.assignments), last.provider_id, REPLAY, "more commitments than segments")
