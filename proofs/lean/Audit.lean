@@ -1,0 +1,16 @@
+/-
+Axiom audit (not part of the library build): `scripts/audit_axioms.py` runs
+`lake env lean Audit.lean` and fails unless every theorem below depends only on
+`propext`, `Classical.choice` and `Quot.sound`.
+-/
+import Verisplit
+
+#print axioms Verisplit.settle_conserves
+#print axioms Verisplit.residual_lt_count
+#print axioms Verisplit.forfeit_isolation
+#print axioms Verisplit.shard_deterred_of_whole
+#print axioms Verisplit.shardDeterredGivenWhole_valid
+#print axioms Verisplit.smaller_shard_larger_margin
+#print axioms Verisplit.chain_detects_at
+#print axioms Verisplit.chain_valid_of_honest
+#print axioms Verisplit.tiles_iff_coverage

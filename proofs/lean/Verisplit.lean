@@ -1,0 +1,12 @@
+/-
+Root of the verisplit Lean proofs: imports every Spec and Thm module, so `lake build` checks them all.
+`tests/test_lean_static.py` fails when a file under `Verisplit/` is not reachable from here.
+-/
+import Verisplit.Spec.Settlement
+import Verisplit.Spec.Deterrence
+import Verisplit.Spec.Commitment
+import Verisplit.Spec.Cohort
+import Verisplit.Thm.Settlement
+import Verisplit.Thm.Deterrence
+import Verisplit.Thm.Commitment
+import Verisplit.Thm.Cohort
