@@ -11,7 +11,7 @@ namespace Verisplit
 def tilesFrom (previousEnd numLayers : Nat) : List Nat → List Nat → Prop
   | [], _ => previousEnd = numLayers
   | _ :: _, [] => previousEnd = numLayers
-  | first :: fs, stop :: es => first = previousEnd ∧ first < stop ∧ tilesFrom stop numLayers fs es
+  | a :: fs, b :: es => a = previousEnd ∧ a < b ∧ tilesFrom b numLayers fs es
 
 /-- `tiles_exactly`: at least one segment, and all tiling conditions from `previous_end = 0`. -/
 def tilesExactly (firsts ends : List Nat) (numLayers : Nat) : Prop :=

@@ -1,8 +1,9 @@
 /-
 Settlement theorems for all N (lists of any length): conservation (S4), residual bound (S3) and
 forfeit isolation (S2, S5). Lemmas relied on from core: `Nat.mod_add_div`, `Nat.mod_lt`,
-`Nat.left_distrib`, `Nat.mul_comm`; everything else is unfolding of our own definitions (`rfl`,
-`show`) and linear arithmetic (`omega`, which treats products and divisions of variables as atoms).
+`Nat.left_distrib`, `Nat.mul_comm`, `Nat.le_refl`; everything else is unfolding of our own
+definitions (`rfl`, `show`), `cases` on equalities of `Option` constructors, and linear arithmetic
+(`omega`, which treats products and divisions of variables as atoms).
 -/
 import Verisplit.Spec.Settlement
 
@@ -201,13 +202,13 @@ theorem payout_lookup (fee W : Nat) :
   | nil =>
     intro fs i w f hw _
     have hn : (none : Option Nat) = some w := hw
-    exact Option.noConfusion hn
+    cases hn
   | cons x xs ih =>
     intro fs i w f hw hf
     cases fs with
     | nil =>
       have hn : (none : Option Bool) = some f := hf
-      exact Option.noConfusion hn
+      cases hn
     | cons g gs =>
       cases i with
       | zero =>
