@@ -1,0 +1,418 @@
+"""The implementation adapter: real provider processes over loopback, the reference lead's code.
+
+Layout (one pool per run, reused by every example):
+- a seeded random HF checkpoint (``verisplit model make-random``) and one key file per template;
+- one ``verisplit provider serve`` process per template (honest, or ``--cheat MODE`` with
+  ``VERISPLIT_ALLOW_CHEATS=1``), each loading only its layer range and registering with the adapter's
+  registry endpoint over gRPC;
+- the lead: ``verisplit.impl.lead.Lead`` (registry, router ``form_cohort``, lead-mediated relay that
+  checks every commitment on receipt, request store) plus ``verisplit.impl.audit_service.AuditService``
+  as its post-request hook (commit-reveal audits by the verifier, settlement, signed SQLite ledger,
+  ejection). It runs on an asyncio loop in this process and talks gRPC to the providers.
+
+Per example, ``reset`` builds a fresh ``Lead`` (new registry, store and ledger); the provider processes
+stay up. Their self-registrations land in a *pool* (verified, not listed); ``add_offer`` lists a
+template by registering a freshly signed offer (the provider's own key, the chosen price) with the
+live registry, so bans, signature checks and validation are the lead's real code paths.
+
+The lead runs in-process (not as its own OS process) because it has no reset or de-registration hook
+for a fresh example; its gRPC registry, relay and provider links are the real network paths.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import replace
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Coroutine, TypeVar
+
+from verisplit.conformance.adapters import (
+    Adapter,
+    EjectResult,
+    OfferResult,
+    ProviderTemplate,
+    RequestObservation,
+    RouteResult,
+    StepObservation,
+)
+from verisplit.spec.audit import AuditVerdict, Tolerance
+from verisplit.spec.cohort import Offer
+from verisplit.spec.commitment import VALID, ChainVerdict
+from verisplit.spec.encoding import digest_encoded
+from verisplit.spec.settlement import Settlement
+
+T = TypeVar("T")
+
+# The CI pool: a 4-layer model; honest providers tile it two ways, cheaters undercut them.
+DEFAULT_POOL: tuple[ProviderTemplate, ...] = (
+    ProviderTemplate("h0", 0, 2),
+    ProviderTemplate("h1", 2, 4),
+    ProviderTemplate("hfull", 0, 4),
+    ProviderTemplate("c-skip_layer", 2, 4, "skip_layer"),
+    ProviderTemplate("c-wrong_key", 0, 2, "wrong_key"),
+    ProviderTemplate("c-substitute_output", 2, 4, "substitute_output"),
+    ProviderTemplate("c-noise", 0, 2, "noise"),
+    ProviderTemplate("c-sometimes", 0, 4, "sometimes"),
+)
+LONG_POOL: tuple[ProviderTemplate, ...] = DEFAULT_POOL + (
+    ProviderTemplate("c-int8_weights", 0, 2, "int8_weights"),
+    ProviderTemplate("c-replay", 2, 4, "replay"),
+    ProviderTemplate("c-prefix_range", 0, 4, "prefix_range"),
+    ProviderTemplate("c-lower_precision", 2, 4, "lower_precision"),
+)
+MODEL_ARGS = ("--arch", "llama", "--layers", "4", "--hidden", "64", "--heads", "4", "--kv-heads", "2",
+              "--vocab", "320", "--max-position", "128", "--seed", "11")
+AUDIT_SEED = b"verisplit-conformance-audit-seed-v1"
+
+
+class ImplAdapterError(RuntimeError):
+    """The pool could not be started or the lead failed; the message says which part and why."""
+
+
+def _run_cli(*args: str) -> None:
+    from verisplit.impl.procs import verisplit_command
+
+    done = subprocess.run(verisplit_command(*args), capture_output=True, text=True)
+    if done.returncode != 0:
+        raise ImplAdapterError(f"verisplit {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
+
+
+def ensure_checkpoint(workdir: Path) -> Path:
+    """The pool's seeded random checkpoint (created once under ``workdir``)."""
+    target = workdir / "checkpoint"
+    if not (target / "config.json").exists():
+        tmp = workdir / "checkpoint.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        _run_cli("model", "make-random", *MODEL_ARGS, "--out", str(tmp))
+        tmp.replace(target)
+    return target
+
+
+def ensure_tolerance(checkpoint: Path, workdir: Path, device: str | None) -> Tolerance:
+    """The audit tolerance measured by ``verisplit.impl.calibrate`` on this checkpoint (cached as JSON)."""
+    from verisplit.impl.calibrate import calibrate, load_tolerance, write_calibration
+
+    path = workdir / f"calibration-{device or 'auto'}.json"
+    if not path.exists():
+        doc = calibrate(checkpoint, dtype="float32", device=device, prompt_len=8, new_tokens=8, seeds=(0, 1))
+        write_calibration(doc, path)
+    return load_tolerance(path)
+
+
+class ImplAdapter(Adapter):
+    """Real provider processes + the reference lead, audit service and ledger (see module docstring)."""
+
+    kind = "impl"
+    auto_settles = True
+
+    def __init__(self, workdir: Path, templates: tuple[ProviderTemplate, ...] = DEFAULT_POOL,
+                 audit_p: Fraction = Fraction(2, 3), device: str | None = None, start_timeout: float = 180.0) -> None:
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.templates = templates
+        self.audit_p = audit_p
+        self.audit_seed = AUDIT_SEED
+        self.device = device
+        self.lead_id = "conformance-lead"
+        self._example = 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="conformance-lead-loop", daemon=True)
+        self._thread.start()
+        self._lead: Any = None
+        self._service: Any = None
+        self._used_ids: set[str] = set()
+        self._pool: dict[str, Any] = {}
+        self._procs: Any = None
+        try:
+            self._start(start_timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    # --- construction ---------------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        return {"kind": self.kind, "workdir": str(self.workdir), "device": self.device,
+                "audit_p": f"{self.audit_p.numerator}/{self.audit_p.denominator}",
+                "templates": [t.to_dict() for t in self.templates]}
+
+    @staticmethod
+    def from_config(config: dict[str, Any]) -> "ImplAdapter":
+        num, den = str(config.get("audit_p", "2/3")).split("/")
+        templates = tuple(ProviderTemplate.from_dict(t) for t in config.get("templates") or []) or DEFAULT_POOL
+        workdir = Path(config.get("workdir") or Path.cwd() / "runs" / "conform" / "replay")
+        return ImplAdapter(workdir, templates, Fraction(int(num), int(den)), config.get("device"))
+
+    def _call(self, coro: Coroutine[Any, Any, T], timeout: float = 300.0) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def _start(self, timeout: float) -> None:
+        import grpc
+
+        from verisplit.impl import verisplit_pb2_grpc as pb_grpc
+        from verisplit.impl.config import ModelConfig
+        from verisplit.impl.framing import grpc_options
+        from verisplit.impl.keys import create_key_file, load_key_file
+        from verisplit.impl.procs import ProcessGroup, free_port, verisplit_command
+        from verisplit.impl.verifier import Verifier
+        from verisplit.spec.cohort import ModelSpec
+
+        self.checkpoint = ensure_checkpoint(self.workdir)
+        config = ModelConfig.from_dir(self.checkpoint)
+        self.vocab = config.vocab_size
+        self.tolerance = ensure_tolerance(self.checkpoint, self.workdir, self.device)
+        self.verifier = Verifier(self.checkpoint, device=self.device)
+        keys_dir = self.workdir / "keys"
+        keys_dir.mkdir(exist_ok=True)
+        self._keys = {}
+        for t in self.templates:
+            path = keys_dir / f"{t.name}.key"
+            self._keys[t.name] = load_key_file(path) if path.exists() else create_key_file(path)
+        self._lead_key = load_key_file(keys_dir / "lead.key") if (keys_dir / "lead.key").exists() else create_key_file(keys_dir / "lead.key")
+        pool_service = _PoolRegistry(self)
+        port = free_port()
+        self.registry_endpoint = f"127.0.0.1:{port}"
+
+        async def start_server() -> Any:
+            server = grpc.aio.server(options=grpc_options())
+            pb_grpc.add_RegistryServicer_to_server(pool_service, server)
+            if server.add_insecure_port(self.registry_endpoint) == 0:
+                raise ImplAdapterError(f"registry: could not bind {self.registry_endpoint}")
+            await server.start()
+            return server
+
+        self._server = self._call(start_server())
+        self.reset()
+        self.model = ModelSpec(self._lead.model_id, config.num_hidden_layers)
+        self._procs = ProcessGroup(self.workdir / "logs", env=dict(os.environ, VERISPLIT_ALLOW_CHEATS="1"))
+        children = []
+        for t in self.templates:
+            argv = verisplit_command("provider", "serve", "--checkpoint", str(self.checkpoint), "--layers",
+                                     f"{t.first_layer}:{t.end_layer}", "--key", str(keys_dir / f"{t.name}.key"),
+                                     "--listen", "127.0.0.1:0", "--lead", self.registry_endpoint,
+                                     "--provider-id", t.name, "--price", "1", "--dtype", "float32")
+            if self.device:
+                argv += ["--device", self.device]
+            if t.behaviour != "honest":
+                argv += ["--cheat", t.behaviour]
+            children.append(self._procs.spawn(t.name, argv))
+        try:
+            self._procs.wait_ready(children, timeout=timeout)
+        except Exception as exc:
+            raise ImplAdapterError(f"provider pool did not start: {exc}") from None
+        missing = [t.name for t in self.templates if t.name not in self._pool]
+        if missing:
+            raise ImplAdapterError(f"providers ready but never registered: {missing}")
+
+    # --- per example ------------------------------------------------------------------------------
+    def reset(self) -> None:
+        from verisplit.impl.audit_service import AuditService
+        from verisplit.impl.lead import Lead
+
+        if self._lead is not None:
+            self._call(self._lead.close())
+            self._service.ledger.close()
+        self._close_leftover_sessions()
+        self._example += 1
+        data = self.workdir / "examples" / f"{self._example:04d}"
+        shutil.rmtree(data, ignore_errors=True)
+        data.mkdir(parents=True)
+        lead = Lead(self.checkpoint, data, offer_ttl_s=1e9, step_timeout_s=60.0)
+        service = AuditService(self.checkpoint, data / "ledger.sqlite", self._lead_key, self.audit_p, self.audit_seed,
+                               self.tolerance, lead.registry.eject, lead_id=self.lead_id, device=self.device,
+                               verifier=self.verifier)
+        lead.post_request_hooks.append(service)
+        self._lead, self._service = lead, service
+        self._summaries: dict[str, dict[str, Any]] = {}
+
+    def close(self) -> None:
+        try:
+            if self._lead is not None:
+                self._call(self._lead.close(), timeout=30)
+            if getattr(self, "_server", None) is not None:
+                self._call(self._server.stop(grace=0.5), timeout=30)
+        except Exception:  # noqa: BLE001 - closing must go on to the processes
+            pass
+        if self._procs is not None:
+            self._procs.close()
+            self._procs = None
+        if self._service is not None:
+            self._service.ledger.close()
+            self._service = None
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+
+    # --- registry ----------------------------------------------------------------------------------
+    def public_key(self, name: str) -> bytes:
+        return bytes(self._keys[name].verify_key)
+
+    def _close_leftover_sessions(self) -> None:
+        """Close, at every provider, the sessions of the previous example's requests (the lead uses the
+        request id as session id, and ids repeat across examples so that reruns are deterministic)."""
+        import grpc
+
+        from verisplit.impl import verisplit_pb2 as pb
+        from verisplit.impl import verisplit_pb2_grpc as pb_grpc
+
+        if not self._used_ids:
+            return
+        for fields in self._pool.values():
+            with grpc.insecure_channel(fields.endpoint) as channel:
+                stub = pb_grpc.ProviderStub(channel)
+                for session_id in self._used_ids:
+                    try:
+                        stub.CloseSession(pb.CloseSessionRequest(session_id=session_id), timeout=5)
+                    except grpc.RpcError:
+                        pass  # not open there: nothing to close
+        self._used_ids.clear()
+
+    def add_offer(self, template: ProviderTemplate, price: int) -> OfferResult:
+        from verisplit.impl.keys import sign_offer
+        from verisplit.impl.lead import RegistryError
+
+        fields = replace(self._pool[template.name], price_per_work_unit=price, issued_at_ms=int(time.time() * 1000))
+        try:
+            self._lead.registry.register(fields, sign_offer(fields, self._keys[template.name]))
+        except RegistryError as exc:
+            return OfferResult(False, exc.message)
+        return OfferResult(True)
+
+    def registered(self) -> dict[str, Offer]:
+        return {o.provider_id: o for o in self._lead.registry.offers()}
+
+    def banned_keys(self) -> frozenset[bytes]:
+        return frozenset(bytes.fromhex(k) for k in self._lead.registry.banned())
+
+    def eject(self, provider_id: str, reason: str) -> EjectResult:
+        # The reference lead exposes no ejection request: only its audit hook ejects (with evidence).
+        return EjectResult(False, "the lead has no ejection interface; only failed audits/chain checks eject")
+
+    def route(self) -> RouteResult:
+        from verisplit.impl.lead import NoCohortError
+
+        try:
+            cohort, _ = self._lead.route()
+        except NoCohortError as exc:
+            return RouteResult(None, _no_coverage_layer(str(exc)))
+        return RouteResult(cohort)
+
+    # --- requests ----------------------------------------------------------------------------------
+    def run_request(self, request_id: str, prompt_len: int, max_tokens: int, seed: int) -> RequestObservation:
+        from verisplit.impl.lead import CohortError, NoCohortError, SamplingParams
+
+        rng = _prompt(prompt_len, seed, self.vocab)
+        params = SamplingParams(max_tokens=max_tokens, temperature=0.0 if seed == 0 else 1.0, top_p=1.0, seed=seed,
+                                stop_token_ids=())
+        try:
+            run = self._lead.start(rng, params)
+        except NoCohortError as exc:
+            return RequestObservation(request_id, None, 0, (), VALID, error="no_coverage",
+                                      error_layer=_no_coverage_layer(str(exc)))
+        run.request_id = request_id  # the harness's id, so audit selection is reproducible across runs
+        self._used_ids.add(request_id)
+
+        async def drive() -> ChainVerdict:
+            verdict = VALID
+            try:
+                async for _ in run.tokens():
+                    pass
+            except CohortError as exc:
+                verdict = ChainVerdict(False, exc.link, exc.culprit, exc.reason, exc.detail)
+            await self._lead.drain_hooks()
+            return verdict
+
+        verdict = self._call(drive())
+        steps = []
+        for s in run.steps:
+            steps.append(StepObservation(s.step, s.first_position, s.num_positions, s.first_input_digest,
+                                         tuple(s.commitments), tuple(digest_encoded(b) for b in s.inputs),
+                                         tuple(digest_encoded(b) for b in s.outputs)))
+        info = self._lead.request_info(request_id) or {}
+        self._summaries[request_id] = info
+        return RequestObservation(request_id, run.cohort, run.fee, tuple(steps), verdict, tuple(run.generated))
+
+    def audit(self, request_id: str) -> list[AuditVerdict]:
+        from verisplit.impl.verifier import verdict_from_dict
+
+        info = self._summaries.get(request_id) or {}
+        if info.get("hook_errors"):
+            raise ImplAdapterError(f"audit hook failed for {request_id}: {info['hook_errors']}")
+        return [verdict_from_dict(a) for a in info.get("audits", []) if a.get("source") == "audit"]
+
+    def chain_finding(self, request_id: str) -> dict[str, Any] | None:
+        """The audit service's own chain analysis of the record (culprit, link, reason), if any."""
+        info = self._summaries.get(request_id) or {}
+        for a in info.get("audits", []):
+            if a.get("source") == "chain":
+                return {"culprit": a["provider_id"], "link": a["segment_index"]}
+        return None
+
+    def settle(self, request_id: str) -> Settlement:
+        record = self._service.ledger.get(request_id)
+        if record is None:
+            raise ImplAdapterError(f"ledger: no record for {request_id}")
+        return _settlement(record.body)
+
+    def ledger(self) -> list[Settlement]:
+        return [_settlement(r.body) for r in self._service.ledger.records()]
+
+
+def _settlement(body: dict[str, Any]) -> Settlement:
+    return Settlement(int(body["fee"]), str(body["lead"]), {str(k): int(v) for k, v in body["payouts"].items()},
+                      int(body["residual"]), int(body["refund"]), frozenset(body["failed"]))
+
+
+def _prompt(prompt_len: int, seed: int, vocab: int) -> list[int]:
+    h = hashlib.sha256(f"conformance-prompt/{prompt_len}/{seed}".encode()).digest()
+    return [(h[i % 32] + 7 * i) % vocab for i in range(prompt_len)]
+
+
+def _no_coverage_layer(message: str) -> int | None:
+    found = re.search(r"covers layer (\d+)", message)
+    if found:
+        return int(found.group(1))
+    return 0 if "no provider has registered" in message else None
+
+
+class _PoolRegistry:
+    """The Registry gRPC service the provider processes register with: verified offers go to the
+    adapter's pool (not listed for routing); heartbeats always answer ``known`` so providers never
+    re-register. ``ImplAdapter.add_offer`` lists them on the live registry."""
+
+    def __init__(self, adapter: ImplAdapter) -> None:
+        self.adapter = adapter
+
+    async def Register(self, request: Any, context: Any) -> Any:
+        import grpc
+
+        from verisplit.impl import verisplit_pb2 as pb
+        from verisplit.impl.keys import offer_signature_valid
+        from verisplit.impl.provider import offer_fields_from_pb
+
+        fields = offer_fields_from_pb(request.offer)
+        if not offer_signature_valid(fields, bytes(request.signature)):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "signature: offer does not verify")
+        self.adapter._pool[fields.provider_id] = fields
+        return pb.RegisterResponse(provider_id=fields.provider_id, heartbeat_interval_ms=1000, offer_ttl_ms=10**9)
+
+    async def Heartbeat(self, request: Any, context: Any) -> Any:
+        from verisplit.impl import verisplit_pb2 as pb
+
+        return pb.HeartbeatResponse(known=True)
+
+
+def describe_pool(templates: tuple[ProviderTemplate, ...]) -> str:
+    return json.dumps([t.to_dict() for t in templates])
+
+
+if sys.platform == "win32":  # pragma: no cover
+    raise ImportError("the implementation adapter needs POSIX process groups")

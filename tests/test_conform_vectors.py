@@ -1,0 +1,108 @@
+"""The spec's test vectors regenerate identically, and read back correctly as another node would."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from verisplit.conformance import vectors
+from verisplit.spec import audit, commitment, encoding, settlement
+
+
+def test_vectors_regenerate_identically() -> None:
+    problems = vectors.check()
+    assert problems == [], "\n".join(problems) + "\n" + vectors.diff()[:4000]
+
+
+def test_check_detects_a_changed_file(tmp_path) -> None:
+    vectors.write(tmp_path)
+    for name in vectors.GENERATORS:
+        (tmp_path / f"{name}.md").write_text("doc")
+    assert vectors.check(tmp_path) == []
+    path = tmp_path / "settlement.json"
+    doc = json.loads(path.read_text())
+    doc["cases"][0]["expected"]["residual"] = doc["cases"][0]["expected"].get("residual", 0) + 1
+    path.write_text(vectors.render(doc))
+    assert vectors.check(tmp_path) == ["settlement.json: differs from a fresh generation"]
+
+
+def _load(kind: str) -> dict:
+    doc = json.loads((vectors.VECTORS_DIR / f"{kind}.json").read_text())
+    assert doc["kind"] == kind and doc["version"] == vectors.VERSIONS[kind]
+    return doc
+
+
+def test_tensor_vectors_decode_and_digest() -> None:
+    doc = _load("tensor_digest")
+    dtypes = {c["dtype"] for c in doc["cases"]}
+    assert dtypes == set(encoding.DTYPE_CODES)
+    for case in doc["cases"]:
+        frame = encoding.decode_tensor(bytes.fromhex(case["encoding_hex"]))
+        assert frame == encoding.TensorFrame(case["dtype"], tuple(case["shape"]), bytes.fromhex(case["data_hex"]))
+        assert encoding.digest_encoded(bytes.fromhex(case["encoding_hex"])).hex() == case["digest_hex"]
+
+
+def test_bfloat16_bytes_match_torch() -> None:
+    torch = pytest.importorskip("torch")
+    for case in _load("tensor_digest")["cases"]:
+        if case["dtype"] != "bfloat16":
+            continue
+        values = [float(v) for v in case["values"]]
+        finite = [i for i, v in enumerate(values) if v == v]  # NaN payloads are implementation-defined
+        t = torch.tensor([values[i] for i in finite], dtype=torch.float32).to(torch.bfloat16)
+        data = bytes.fromhex(case["data_hex"])
+        expected = b"".join(data[2 * i:2 * i + 2] for i in finite)
+        assert t.view(torch.uint8).numpy().tobytes() == expected, case["name"]
+
+
+def test_reject_vectors_are_rejected() -> None:
+    for case in _load("encoding_reject")["cases"]:
+        with pytest.raises(encoding.EncodingError) as info:
+            encoding.decode_tensor(bytes.fromhex(case["frame_hex"]))
+        assert str(info.value).startswith(case["error_field"] + ":")
+
+
+def test_commitment_vectors_verify() -> None:
+    for case in _load("commitment_signature")["cases"]:
+        c = commitment.commitment_from_dict(case["commitment"])
+        assert commitment.signing_bytes(c).hex() == case["signing_bytes_hex"]
+        assert commitment.signature_valid(c) is case["signature_valid"]
+        assert c.signer.hex() == case["public_key_hex"]
+
+
+def test_chain_vectors_cover_every_reason() -> None:
+    doc = _load("chain_verdict")
+    cohort = vectors.cohort_from_dict(doc["cohort"])
+    context = commitment.StepContext(**doc["context"])
+    seen = set()
+    for case in doc["cases"]:
+        if case["check"] == "chain":
+            items = [commitment.commitment_from_dict(c) for c in case["commitments"]]
+            verdict = commitment.check_chain(cohort, items, bytes.fromhex(case["first_input_digest_hex"]), context)
+            assert {"valid": verdict.valid, "link": verdict.link, "culprit": verdict.culprit,
+                    "reason": verdict.reason} == case["expected"], case["name"]
+            seen.add(verdict.reason)
+        else:
+            seen.add(case["expected"]["reason"])
+    assert set(commitment.REASONS) <= seen
+
+
+def test_settlement_vectors_conserve() -> None:
+    for case in _load("settlement")["cases"]:
+        if "error_field" in case["expected"]:
+            with pytest.raises(settlement.SettlementError):
+                settlement.settle(case["fee"], case["work_by_provider"], "lead", case["failed"])
+            continue
+        assert sum(case["expected"]["payouts"].values()) + case["expected"]["residual"] + case["expected"]["refund"] == case["fee"]
+
+
+def test_audit_and_cohort_vectors_have_both_outcomes() -> None:
+    kinds = {c["expected"].get("error", "cohort") for c in _load("cohort_formation")["cases"] if "cohort" not in c}
+    assert {"cohort", "no_coverage", "invalid_offer"} <= kinds
+    doc = _load("audit_selection")
+    picks = [d["audited"]["1/2"] for c in doc["cases"] for d in c["draws"]]
+    assert True in picks and False in picks
+    for case in doc["cases"]:
+        seed = bytes.fromhex(case["seed_hex"])
+        assert audit.seed_commitment(seed).hex() == case["seed_commitment_hex"]
