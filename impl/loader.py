@@ -17,7 +17,7 @@ from safetensors import safe_open
 from verisplit.impl.config import ModelConfig
 from verisplit.impl.device import pick_device
 from verisplit.impl.errors import CheckpointError, SegmentInputError
-from verisplit.impl.model import SegmentModel, checkpoint_name
+from verisplit.impl.model import SegmentModel, checkpoint_tensor_names
 from verisplit.impl.segment import Segment
 from verisplit.impl.tensors import TORCH_DTYPES, digest_named_tensors
 
@@ -78,7 +78,7 @@ def load_segment(
     dt = resolve_dtype(dtype, config, dev)
     with torch.device("meta"):
         module = SegmentModel(config, first_layer, end_layer)
-    wanted = _wanted_names(module, config)
+    wanted = checkpoint_tensor_names(module, config)
     mapping = weight_map(root)
     missing = sorted({name for name in wanted.values() if name not in mapping})
     if missing:
@@ -101,17 +101,6 @@ def load_full(checkpoint_dir: str | Path, **kw: object) -> Segment:
     """The whole model as one segment (layers ``[0, num_hidden_layers)``)."""
     config = ModelConfig.from_dir(Path(checkpoint_dir))
     return load_segment(checkpoint_dir, 0, config.num_hidden_layers, **kw)  # type: ignore[arg-type]
-
-
-def _wanted_names(module: SegmentModel, config: ModelConfig) -> dict[str, str]:
-    """Module state-dict key -> checkpoint tensor name (tied heads read ``model.embed_tokens.weight``)."""
-    wanted = {}
-    for key in module.state_dict(keep_vars=True):
-        if key == "lm_head.weight" and config.tie_word_embeddings:
-            wanted[key] = "model.embed_tokens.weight"
-        else:
-            wanted[key] = checkpoint_name(key)
-    return wanted
 
 
 def _read_tensors(

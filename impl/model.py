@@ -212,3 +212,18 @@ def checkpoint_name(module_name: str) -> str:
     if module_name.startswith("lm_head."):
         return module_name
     return "model." + module_name
+
+
+def checkpoint_tensor_names(module: SegmentModel, config: ModelConfig) -> dict[str, str]:
+    """Module state-dict key -> checkpoint tensor name (a tied head reads ``model.embed_tokens.weight``).
+
+    Invariant: the names a segment's weights digest covers depend only on (config, layer range), so a
+    provider's view of a sub-range and a verifier's fresh load of that range name the same tensors.
+    """
+    wanted = {}
+    for key in module.state_dict(keep_vars=True):
+        if key == "lm_head.weight" and config.tie_word_embeddings:
+            wanted[key] = "model.embed_tokens.weight"
+        else:
+            wanted[key] = checkpoint_name(key)
+    return wanted

@@ -17,7 +17,8 @@ import torch
 
 from verisplit.impl.config import ModelConfig
 from verisplit.impl.errors import SegmentInputError, SessionError
-from verisplit.impl.model import SegmentModel, rope_inv_freq
+from verisplit.impl.model import SegmentModel, checkpoint_tensor_names, rope_inv_freq
+from verisplit.impl.tensors import digest_named_tensors
 
 
 @dataclass
@@ -62,6 +63,34 @@ class Segment:
     def __repr__(self) -> str:
         return (f"Segment({self.model_id!r}, layers [{self.first_layer}, {self.end_layer}), "
                 f"{self.dtype}, {self.device}, sessions={len(self._sessions)})")
+
+    # --- sub-ranges -----------------------------------------------------------------------
+    def sub_segment(self, first_layer: int, end_layer: int) -> "Segment":
+        """A segment running layers ``[first_layer, end_layer)`` of this one, sharing its weights.
+
+        A cohort may assign a provider any sub-range of its offer (spec rule C1). The view owns the
+        embedding iff it starts at layer 0 and the norm/head iff it ends at the last layer, keeps any
+        layer selection already applied to ``layer_indices``, and has its own sessions. Invariant: its
+        ``weights_digest`` equals that of ``load_segment(checkpoint, first_layer, end_layer)`` in the
+        same dtype (same checkpoint names, same bytes), so audits of a sub-range compare like with like.
+        """
+        if (first_layer, end_layer) == (self.first_layer, self.end_layer):
+            return self
+        if not (isinstance(first_layer, int) and isinstance(end_layer, int)
+                and self.first_layer <= first_layer < end_layer <= self.end_layer):
+            raise SegmentInputError(f"layer range: [{first_layer}, {end_layer}) is not a non-empty sub-range of "
+                                    f"the loaded [{self.first_layer}, {self.end_layer})")
+        with torch.device("meta"):
+            module = SegmentModel(self.config, first_layer, end_layer)
+        parent_state = self.module.state_dict(keep_vars=True)
+        state = {key: parent_state[key] for key in module.state_dict(keep_vars=True)}
+        module.load_state_dict(state, strict=True, assign=True)
+        names = checkpoint_tensor_names(module, self.config)
+        view = Segment(self.config, first_layer, end_layer, module, model_id=self.model_id, device=self.device,
+                       dtype=self.dtype, weights_digest=digest_named_tensors({names[k]: v for k, v in state.items()}),
+                       loaded_files=self.loaded_files)
+        view.layer_indices = [i for i in self.layer_indices if first_layer <= i < end_layer]
+        return view
 
     # --- sessions -------------------------------------------------------------------------
     def open_session(self, session_id: str, max_length: int) -> None:
