@@ -1,0 +1,174 @@
+"""Ed25519 identities: key files, fingerprints, and the signed offer and heartbeat statements.
+
+Key file format (one line of JSON, file mode 0600)::
+
+    {"kind": "verisplit-ed25519", "version": 1, "seed": "<64 hex chars>", "public_key": "<64 hex chars>"}
+
+Invariants: ``create_key_file`` never overwrites and leaves the file readable by its owner only;
+``load_key_file`` refuses group/other-readable files and any file whose public key does not match
+its seed. The byte layouts of ``offer_signing_bytes`` and ``heartbeat_signing_bytes`` are
+documented in docs/protocol.md; both are injective (fixed-width integers, length-prefixed strings).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from nacl.exceptions import BadSignatureError
+from nacl.signing import SigningKey, VerifyKey
+
+KEY_KIND = "verisplit-ed25519"
+KEY_VERSION = 1
+OFFER_DOMAIN = b"verisplit/offer/v1\x00"
+HEARTBEAT_DOMAIN = b"verisplit/heartbeat/v1\x00"
+
+
+class KeyFileError(ValueError):
+    """A key file is missing, unreadable, malformed, or too widely readable (the message says which)."""
+
+
+def fingerprint(public_key: bytes) -> str:
+    """Short human-readable fingerprint: ``ed25519:`` + first 16 hex chars of SHA-256(public key)."""
+    return "ed25519:" + hashlib.sha256(public_key).hexdigest()[:16]
+
+
+def create_key_file(path: str | Path) -> SigningKey:
+    """Write a fresh Ed25519 key to ``path`` (mode 0600); refuses to overwrite an existing file."""
+    target = Path(path)
+    if target.exists() or target.is_symlink():
+        raise KeyFileError(f"{target}: already exists; refusing to overwrite an identity (delete it first)")
+    if not target.parent.is_dir():
+        raise KeyFileError(f"{target.parent}: directory does not exist")
+    key = SigningKey.generate()
+    body = json.dumps({
+        "kind": KEY_KIND, "version": KEY_VERSION,
+        "seed": bytes(key).hex(), "public_key": bytes(key.verify_key).hex(),
+    }) + "\n"
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise KeyFileError(f"{target}: already exists; refusing to overwrite an identity") from None
+    except OSError as exc:
+        raise KeyFileError(f"{target}: cannot create key file ({exc.strerror})") from None
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(body)
+    os.chmod(target, 0o600)  # in case the umask widened nothing but the fs ignored the mode
+    return key
+
+
+def load_key_file(path: str | Path) -> SigningKey:
+    """Read a key written by ``create_key_file``; every problem raises ``KeyFileError`` naming it."""
+    source = Path(path)
+    try:
+        info = source.stat()
+    except FileNotFoundError:
+        raise KeyFileError(f"{source}: key file not found (create one with `verisplit keygen --out {source}`)") from None
+    except OSError as exc:
+        raise KeyFileError(f"{source}: cannot stat key file ({exc.strerror})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise KeyFileError(f"{source}: not a regular file")
+    if info.st_mode & 0o077:
+        raise KeyFileError(f"{source}: permissions {oct(info.st_mode & 0o777)} are too open; "
+                           f"the key must be readable by its owner only (chmod 600 {source})")
+    try:
+        data = json.loads(source.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise KeyFileError(f"{source}: not a verisplit key file ({exc.__class__.__name__})") from None
+    if not isinstance(data, dict) or data.get("kind") != KEY_KIND:
+        raise KeyFileError(f"{source}: field 'kind' must be {KEY_KIND!r}")
+    if data.get("version") != KEY_VERSION:
+        raise KeyFileError(f"{source}: field 'version' must be {KEY_VERSION}, got {data.get('version')!r}")
+    try:
+        seed = bytes.fromhex(str(data.get("seed")))
+    except ValueError:
+        raise KeyFileError(f"{source}: field 'seed' is not hex") from None
+    if len(seed) != 32:
+        raise KeyFileError(f"{source}: field 'seed' must be 32 bytes, got {len(seed)}")
+    key = SigningKey(seed)
+    if str(data.get("public_key", "")).lower() != bytes(key.verify_key).hex():
+        raise KeyFileError(f"{source}: field 'public_key' does not match the seed")
+    return key
+
+
+def _text(value: str) -> bytes:
+    raw = value.encode("utf-8")
+    if len(raw) > 0xFFFF:
+        raise ValueError("signed text field longer than 65535 bytes")
+    return struct.pack("<H", len(raw)) + raw
+
+
+def _fixed(name: str, value: bytes, size: int) -> bytes:
+    if len(value) != size:
+        raise ValueError(f"{name}: must be {size} bytes, got {len(value)}")
+    return value
+
+
+@dataclass(frozen=True)
+class SignedFields:
+    """An offer as signed: every field of the wire ``Offer`` message (see verisplit.proto)."""
+
+    protocol_version: int
+    provider_id: str
+    public_key: bytes
+    model_id: str
+    weights_digest: bytes
+    num_layers: int
+    first_layer: int
+    end_layer: int
+    price_per_work_unit: int
+    endpoint: str
+    kv_capacity_tokens: int
+    issued_at_ms: int
+
+
+def offer_signing_bytes(o: SignedFields) -> bytes:
+    """Canonical bytes an offer signature covers (docs/protocol.md, "Offer signing bytes")."""
+    return b"".join([
+        OFFER_DOMAIN,
+        struct.pack("<H", o.protocol_version),
+        _text(o.provider_id),
+        _fixed("public_key", o.public_key, 32),
+        _text(o.model_id),
+        _fixed("weights_digest", o.weights_digest, 32),
+        struct.pack("<III", o.num_layers, o.first_layer, o.end_layer),
+        struct.pack("<Q", o.price_per_work_unit),
+        _text(o.endpoint),
+        struct.pack("<QQ", o.kv_capacity_tokens, o.issued_at_ms),
+    ])
+
+
+def sign_offer(o: SignedFields, key: SigningKey) -> bytes:
+    """64-byte Ed25519 signature of ``offer_signing_bytes(o)``; ``o.public_key`` must be ``key``'s."""
+    if o.public_key != bytes(key.verify_key):
+        raise ValueError("public_key: the offer names a key other than the signing key")
+    return key.sign(offer_signing_bytes(o)).signature
+
+
+def offer_signature_valid(o: SignedFields, signature: bytes) -> bool:
+    """True iff ``signature`` verifies over the offer's signing bytes under ``o.public_key``."""
+    try:
+        VerifyKey(o.public_key).verify(offer_signing_bytes(o), signature)
+    except (BadSignatureError, ValueError, TypeError):
+        return False
+    return True
+
+
+def heartbeat_signing_bytes(provider_id: str, sent_at_ms: int, leaving: bool) -> bytes:
+    """Canonical bytes a heartbeat signature covers (docs/protocol.md, "Heartbeat signing bytes")."""
+    return HEARTBEAT_DOMAIN + _text(provider_id) + struct.pack("<QB", sent_at_ms, 1 if leaving else 0)
+
+
+def heartbeat_signature_valid(public_key: bytes, provider_id: str, sent_at_ms: int, leaving: bool,
+                              signature: bytes) -> bool:
+    """True iff ``signature`` is the provider's signature over the heartbeat's signing bytes."""
+    try:
+        VerifyKey(public_key).verify(heartbeat_signing_bytes(provider_id, sent_at_ms, leaving), signature)
+    except (BadSignatureError, ValueError, TypeError):
+        return False
+    return True

@@ -1,0 +1,375 @@
+"""A provider: serves one layer range over gRPC and signs a commitment for every step.
+
+Invariants:
+- Each step's commitment covers the digest of the exact canonical bytes the provider received
+  (``input_digest``) and of the bytes of the tensor its behaviour commits to (``output_digest``);
+  the honest behaviour sends exactly those bytes.
+- Steps of a session are strictly sequential: step numbers 0, 1, 2... and positions continuing the
+  cache (the segment enforces positions); anything else is INVALID_ARGUMENT and leaves the session as it was.
+- KV memory is reserved at OpenSession (``max_length * kv_bytes_per_token``); a session that would
+  exceed the budget is refused with RESOURCE_EXHAUSTED before any allocation.
+- A malformed frame ends only its own stream (INVALID_ARGUMENT naming the field); the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import torch
+from nacl.signing import SigningKey
+
+from verisplit.impl import verisplit_pb2 as pb
+from verisplit.impl import verisplit_pb2_grpc as pb_grpc
+from verisplit.impl.behaviour import Behaviour
+from verisplit.impl.errors import SegmentInputError, SessionError
+from verisplit.impl.framing import (DEFAULT_MAX_TENSOR_BYTES, FramingError, Reassembler, add_service, chunk_tensor,
+                                    commitment_to_pb, grpc_options, parse_endpoint)
+from verisplit.impl.keys import SignedFields, heartbeat_signing_bytes, sign_offer
+from verisplit.impl.segment import Segment
+from verisplit.impl.tensors import from_canonical, to_canonical
+from verisplit.spec.commitment import PROTOCOL_VERSION, BoundaryCommitment, sign_commitment
+from verisplit.spec.encoding import EncodingError, digest_encoded
+
+log = logging.getLogger("verisplit.provider")
+
+SESSION_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+SESSION_IDLE_S = 300.0  # a session with no traffic for this long is reclaimed
+
+
+@dataclass
+class _Session:
+    request_id: str
+    segment_index: int
+    max_length: int
+    next_step: int = 0
+    busy: bool = False
+    last_used: float = field(default_factory=time.monotonic)
+
+
+def offer_fields_to_pb(o: SignedFields) -> pb.Offer:
+    return pb.Offer(
+        protocol_version=o.protocol_version, provider_id=o.provider_id, public_key=o.public_key,
+        model_id=o.model_id, weights_digest=o.weights_digest, num_layers=o.num_layers,
+        first_layer=o.first_layer, end_layer=o.end_layer, price_per_work_unit=o.price_per_work_unit,
+        endpoint=o.endpoint, kv_capacity_tokens=o.kv_capacity_tokens, issued_at_ms=o.issued_at_ms)
+
+
+def offer_fields_from_pb(m: pb.Offer) -> SignedFields:
+    return SignedFields(
+        protocol_version=m.protocol_version, provider_id=m.provider_id, public_key=bytes(m.public_key),
+        model_id=m.model_id, weights_digest=bytes(m.weights_digest), num_layers=m.num_layers,
+        first_layer=m.first_layer, end_layer=m.end_layer, price_per_work_unit=m.price_per_work_unit,
+        endpoint=m.endpoint, kv_capacity_tokens=m.kv_capacity_tokens, issued_at_ms=m.issued_at_ms)
+
+
+class _Abort(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class ProviderService(pb_grpc.ProviderServicer):
+    """The Provider gRPC service around one loaded ``Segment``."""
+
+    def __init__(self, segment: Segment, key: SigningKey, behaviour: Behaviour, offer: SignedFields,
+                 kv_capacity_tokens: int, max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES) -> None:
+        self.segment = segment
+        self.key = key
+        self.behaviour = behaviour
+        self.offer = offer
+        self.offer_signature = sign_offer(offer, key)
+        self.kv_capacity_tokens = kv_capacity_tokens
+        self.max_tensor_bytes = max_tensor_bytes
+        self.sessions: dict[str, _Session] = {}
+        self.kv_tokens_reserved = 0
+
+    # --- unary RPCs -------------------------------------------------------------------------
+    async def Info(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext) -> pb.ProviderInfo:
+        return pb.ProviderInfo(
+            offer=pb.SignedOffer(offer=offer_fields_to_pb(self.offer), signature=self.offer_signature),
+            open_sessions=len(self.sessions), kv_tokens_reserved=self.kv_tokens_reserved,
+            dtype=str(self.segment.dtype).removeprefix("torch."), device=str(self.segment.device),
+            max_tensor_bytes=self.max_tensor_bytes)
+
+    async def OpenSession(self, request: pb.OpenSessionRequest, context: grpc.aio.ServicerContext) -> pb.OpenSessionResponse:
+        seg = self.segment
+        if not SESSION_ID.match(request.session_id):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "session_id: must match [A-Za-z0-9._-]{1,128}")
+        if not request.request_id or len(request.request_id) > 128:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request_id: must be 1..128 characters")
+        if request.model_id != seg.model_id:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"model_id: this provider serves {seg.model_id!r}, not {request.model_id!r}")
+        if (request.first_layer, request.end_layer) != (seg.first_layer, seg.end_layer):
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"first_layer/end_layer: this provider serves exactly [{seg.first_layer}, {seg.end_layer}), "
+                                f"not [{request.first_layer}, {request.end_layer})")
+        limit = seg.config.max_position_embeddings
+        if not 1 <= request.max_length <= limit:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"max_length: {request.max_length} must be in [1, {limit}]")
+        if request.session_id in self.sessions:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"session_id: {request.session_id!r} is already open")
+        if self.kv_tokens_reserved + request.max_length > self.kv_capacity_tokens:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"max_length: {request.max_length} KV positions requested, "
+                                f"{self.kv_capacity_tokens - self.kv_tokens_reserved} of {self.kv_capacity_tokens} free")
+        try:
+            seg.open_session(request.session_id, request.max_length)
+        except (SegmentInputError, SessionError) as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except torch.OutOfMemoryError:  # budget larger than the device really has
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "max_length: device out of memory allocating the KV cache")
+        self.sessions[request.session_id] = _Session(request.request_id, request.segment_index, request.max_length)
+        self.kv_tokens_reserved += request.max_length
+        return pb.OpenSessionResponse(weights_digest=seg.weights_digest,
+                                      kv_bytes_reserved=request.max_length * seg.kv_bytes_per_token())
+
+    async def CloseSession(self, request: pb.CloseSessionRequest, context: grpc.aio.ServicerContext) -> pb.CloseSessionResponse:
+        if not self._close(request.session_id):
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"session_id: {request.session_id!r} is not open")
+        return pb.CloseSessionResponse()
+
+    def _close(self, session_id: str) -> bool:
+        state = self.sessions.pop(session_id, None)
+        if state is None:
+            return False
+        self.kv_tokens_reserved -= state.max_length
+        try:
+            self.segment.close_session(session_id)
+        except SessionError:  # pragma: no cover - the two maps are kept in step
+            pass
+        return True
+
+    def reap_idle(self, now: float | None = None) -> list[str]:
+        """Close sessions idle for longer than ``SESSION_IDLE_S`` (not those mid-step)."""
+        now = time.monotonic() if now is None else now
+        stale = [sid for sid, s in self.sessions.items() if not s.busy and now - s.last_used > SESSION_IDLE_S]
+        for sid in stale:
+            self._close(sid)
+        return stale
+
+    # --- the step stream ----------------------------------------------------------------------
+    async def Steps(self, request_iterator, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+        """Bidirectional stream; the session it first names is closed when the stream ends."""
+        reassembler = Reassembler("input", self.max_tensor_bytes)
+        bound: str | None = None
+        header: tuple[int, int, int] | None = None
+        try:
+            async for frame in request_iterator:
+                try:
+                    if bound is None:
+                        state = self.sessions.get(frame.session_id)
+                        if state is None:
+                            raise _Abort(grpc.StatusCode.NOT_FOUND, f"session_id: {frame.session_id!r} is not open")
+                        if state.busy:
+                            raise _Abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                         f"session_id: {frame.session_id!r} is already attached to another stream")
+                        bound = frame.session_id
+                        state.busy = True
+                    elif frame.session_id != bound:
+                        raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                     f"session_id: this stream carries session {bound!r}, got {frame.session_id!r}")
+                    this_header = (frame.step, frame.first_position, frame.num_positions)
+                    if reassembler.in_progress and this_header != header:
+                        raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                     "step: step/first_position/num_positions changed inside one chunked tensor")
+                    header = this_header
+                    blob = reassembler.add(frame.input)
+                    if blob is None:
+                        continue
+                    results = await self._run_step(self.sessions[bound], frame, blob)
+                except FramingError as exc:
+                    raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+                for result in results:
+                    yield result
+        except _Abort as exc:
+            await context.abort(exc.code, exc.message)
+        finally:
+            if bound is not None:
+                self._close(bound)
+
+    async def _run_step(self, state: _Session, frame: pb.StepFrame, blob: bytes) -> list[pb.StepResult]:
+        seg = self.segment
+        if frame.step != state.next_step:
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"step: expected step {state.next_step}, got {frame.step}")
+        if frame.num_positions < 1:
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "num_positions: must be >= 1")
+        try:
+            inputs = from_canonical(blob)
+        except EncodingError as exc:
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"input: {exc}") from None
+        if inputs.dim() < 1 or inputs.shape[0] != frame.num_positions:
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                         f"num_positions: {frame.num_positions} does not match the input's shape {list(inputs.shape)}")
+        positions = torch.arange(frame.first_position, frame.first_position + frame.num_positions, dtype=torch.int64)
+        session_id = frame.session_id
+        state.last_used = time.monotonic()
+        try:
+            if frame.num_positions == 1:
+                out = seg.step(session_id, inputs, positions)  # decode: cheaper than a thread hop
+            else:
+                out = await asyncio.to_thread(seg.step, session_id, inputs, positions)
+        except (SegmentInputError, SessionError) as exc:
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"input: {exc}") from None
+        step = frame.step
+        committed = self.behaviour.output(step, inputs, out)
+        committed_bytes = to_canonical(committed)
+        sent = self.behaviour.sent(step, committed)
+        sent_bytes = committed_bytes if sent is committed else to_canonical(sent)
+        unsigned = BoundaryCommitment(
+            protocol_version=PROTOCOL_VERSION, model_id=seg.model_id, weights_digest=seg.weights_digest,
+            request_id=state.request_id, step=step, segment_index=state.segment_index,
+            first_layer=seg.first_layer, end_layer=seg.end_layer, first_position=frame.first_position,
+            num_positions=frame.num_positions, input_digest=digest_encoded(blob),
+            output_digest=digest_encoded(committed_bytes), signer=bytes(32))
+        signed = sign_commitment(unsigned, self.behaviour.signing_key(step, self.key))
+        state.next_step += 1
+        state.last_used = time.monotonic()
+        chunks = chunk_tensor(sent_bytes)
+        results = [pb.StepResult(step=step, output=chunk) for chunk in chunks]
+        results[-1].commitment.CopyFrom(commitment_to_pb(signed))
+        return results
+
+
+# --- process wiring ----------------------------------------------------------------------------
+
+@dataclass
+class ProviderSettings:
+    """Everything ``verisplit provider serve`` needs (see cli_net)."""
+
+    checkpoint: Path
+    first_layer: int
+    end_layer: int
+    key: SigningKey
+    listen: str
+    lead: str
+    provider_id: str
+    price: int = 1
+    kv_budget_mb: float = 256.0
+    device: str | None = None
+    dtype: str | None = None
+    advertise: str | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None  # CA for the lead's registry when it uses TLS
+    behaviour: Behaviour = field(default_factory=Behaviour)
+    ready_file: Path | None = None
+    max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES
+
+
+def server_credentials(cert: Path, key: Path) -> grpc.ServerCredentials:
+    return grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
+
+
+def open_channel(endpoint: str, tls_ca: Path | None) -> grpc.aio.Channel:
+    """Channel to ``endpoint`` (``host:port``, ``grpc://`` or ``grpcs://``); TLS when a CA is given or grpcs://."""
+    target, scheme_tls = parse_endpoint(endpoint)
+    use_tls = scheme_tls if scheme_tls is not None else tls_ca is not None
+    if use_tls:
+        roots = tls_ca.read_bytes() if tls_ca is not None else None
+        return grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=roots), options=grpc_options())
+    return grpc.aio.insecure_channel(target, options=grpc_options())
+
+
+async def serve_provider(settings: ProviderSettings, stop: asyncio.Event) -> None:
+    """Load the slice, start the server, register with the lead, heartbeat until ``stop`` is set."""
+    from verisplit.impl.loader import load_segment
+
+    segment = await asyncio.to_thread(load_segment, settings.checkpoint, settings.first_layer, settings.end_layer,
+                                      device=settings.device, dtype=settings.dtype)
+    settings.behaviour.prepare(segment)
+    per_token = segment.kv_bytes_per_token()
+    capacity = int(settings.kv_budget_mb * (1 << 20)) // max(per_token, 1)
+    server = grpc.aio.server(options=grpc_options())
+    host = settings.listen.rpartition(":")[0].strip("[]")
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        port = server.add_secure_port(settings.listen, server_credentials(settings.tls_cert, settings.tls_key))
+    else:
+        port = server.add_insecure_port(settings.listen)
+    if port == 0:
+        raise RuntimeError(f"listen: could not bind {settings.listen}")
+    advertise = settings.advertise or f"{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}"
+    offer = SignedFields(
+        protocol_version=PROTOCOL_VERSION, provider_id=settings.provider_id, public_key=bytes(settings.key.verify_key),
+        model_id=segment.model_id, weights_digest=segment.weights_digest, num_layers=segment.config.num_hidden_layers,
+        first_layer=segment.first_layer, end_layer=segment.end_layer, price_per_work_unit=settings.price,
+        endpoint=advertise, kv_capacity_tokens=capacity, issued_at_ms=int(time.time() * 1000))
+    service = ProviderService(segment, settings.key, settings.behaviour, offer, capacity, settings.max_tensor_bytes)
+    add_service(pb_grpc.add_ProviderServicer_to_server, service, server)
+    await server.start()
+    log.info("provider %s serving layers [%d, %d) of %s on %s", settings.provider_id, segment.first_layer,
+             segment.end_layer, segment.model_id, advertise)
+    channel = open_channel(settings.lead, settings.tls_ca)
+    registry = pb_grpc.RegistryStub(channel)
+    signed = pb.SignedOffer(offer=offer_fields_to_pb(offer), signature=service.offer_signature)
+    try:
+        interval = await _register(registry, signed, stop)
+        if interval is None:
+            return
+        if settings.ready_file is not None:
+            _write_ready(settings.ready_file, {"provider_id": settings.provider_id, "endpoint": advertise,
+                                               "first_layer": segment.first_layer, "end_layer": segment.end_layer})
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=interval)
+                break
+            except asyncio.TimeoutError:
+                pass
+            service.reap_idle()
+            try:
+                reply = await registry.Heartbeat(_heartbeat(settings.provider_id, settings.key, False), timeout=5)
+                if not reply.known:
+                    log.warning("lead no longer lists %s; registering again", settings.provider_id)
+                    interval = await _register(registry, signed, stop) or interval
+            except grpc.aio.AioRpcError as exc:
+                log.warning("heartbeat to %s failed: %s %s", settings.lead, exc.code().name, exc.details())
+        try:
+            await registry.Heartbeat(_heartbeat(settings.provider_id, settings.key, True), timeout=2)
+        except grpc.aio.AioRpcError:
+            pass
+    finally:
+        await server.stop(grace=1.0)
+        await channel.close()
+
+
+async def _register(registry: pb_grpc.RegistryStub, signed: pb.SignedOffer, stop: asyncio.Event) -> float | None:
+    """Register until accepted (retrying while the lead is unreachable); None if stopped first.
+    A refusal (bad signature, banned key, wrong model) is permanent and raises RuntimeError."""
+    delay = 0.2
+    while not stop.is_set():
+        try:
+            reply = await registry.Register(signed, timeout=5)
+            return max(reply.heartbeat_interval_ms / 1000.0, 0.05)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise RuntimeError(f"lead refused the offer: {exc.code().name}: {exc.details()}") from None
+            log.info("lead not reachable yet (%s); retrying in %.1fs", exc.code().name, delay)
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=delay)
+        except asyncio.TimeoutError:
+            pass
+        delay = min(delay * 2, 5.0)
+    return None
+
+
+def _heartbeat(provider_id: str, key: SigningKey, leaving: bool) -> pb.HeartbeatRequest:
+    now = int(time.time() * 1000)
+    signature = key.sign(heartbeat_signing_bytes(provider_id, now, leaving)).signature
+    return pb.HeartbeatRequest(provider_id=provider_id, sent_at_ms=now, leaving=leaving, signature=signature)
+
+
+def _write_ready(path: Path, data: dict[str, object]) -> None:
+    """Atomically write the readiness file the parent process waits for."""
+    import json
+    import os
+
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data), encoding="utf-8")
+    os.replace(tmp, path)

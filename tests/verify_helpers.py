@@ -1,0 +1,42 @@
+"""Shared fixtures for the verification tests: a tiny seeded checkpoint and an in-process cohort."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from nacl.signing import SigningKey
+
+from verisplit.impl.behaviour import make_behaviour
+from verisplit.impl.cheats import simulate_request
+from verisplit.impl.checkpoint import make_random_checkpoint
+from verisplit.impl.loader import load_segment
+
+RANGES = [(0, 2), (2, 4), (4, 6)]
+PROMPT = list(range(5, 17))
+NEW_TOKENS = 6
+
+
+def make_ckpt(root: Path) -> Path:
+    return make_random_checkpoint(root, layers=6, hidden=64, heads=4, kv_heads=2, max_position=128, seed=11)
+
+
+def keys() -> list[SigningKey]:
+    return [SigningKey(bytes([k + 1]) * 32) for k in range(len(RANGES))]
+
+
+def run(ckpt: Path, modes: list[str], *, dtype: str = "float32", request_id: str = "req-0",
+        prompt: list[int] | None = None, fee: int = 1000):
+    """Serve one request in process with ``modes[k]`` at segment k (fresh segments every time)."""
+    segments = [load_segment(ckpt, a, b, device="cpu", dtype=dtype) for a, b in RANGES]
+    behaviours = [make_behaviour(m) for m in modes]
+    return simulate_request(segments, keys(), behaviours, prompt or PROMPT, NEW_TOKENS, request_id=request_id,
+                            fee=fee)
+
+
+def honest_modes() -> list[str]:
+    return ["honest"] * len(RANGES)
+
+
+def prompt_for(seed: int) -> list[int]:
+    return torch.randint(0, 512, (9 + seed % 5,), generator=torch.Generator().manual_seed(seed)).tolist()
