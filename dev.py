@@ -74,7 +74,8 @@ def test() -> int:
         ("z3 proofs", [verisplit, "prove"]),
         ("pytest (default)", [str(PY), "-m", "pytest"]),
         ("pytest (slow)", [str(PY), "-m", "pytest", "-m", "slow"]),
-        ("conformance", [verisplit, "conform", "run"]),
+        ("conformance vectors", [verisplit, "conform", "vectors", "--check"]),
+        ("conformance (impl vs spec)", [verisplit, "conform"]),
         ("lean", None),
     ]
     results: list[tuple[str, int, float]] = []

@@ -62,7 +62,14 @@ def test_no_bare_spec_or_impl_modules_are_importable() -> None:
 
 
 def test_wheel_contains_only_the_verisplit_namespace(tmp_path: Path) -> None:
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
+    # Build from a copy of the tracked files so setuptools' build/ folder never lands in the checkout.
+    source = tmp_path / "src"
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, files):
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            (source / name).write_bytes((ROOT / name).read_bytes())
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(source)],
                    check=True, timeout=300, capture_output=True)
     wheel = next(tmp_path.glob("verisplit-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
