@@ -35,22 +35,10 @@ from verisplit.spec.commitment import (
     check_receipt,
     sign_commitment,
 )
+from verisplit.impl.behaviour import CAUGHT_BY  # torch-free: the cheat catalogue's single table
 from verisplit.spec.encoding import decode_tensor, digest_encoded, encode_tensor
 from verisplit.spec.settlement import Settlement, settle
 
-# Which check must catch each behaviour (mirrors ``verisplit.impl.cheats.CAUGHT_BY``; a test keeps them equal).
-CAUGHT_BY: dict[str, str] = {
-    "skip_layer": "audit",
-    "int8_weights": "audit",
-    "lower_precision": "audit",
-    "noise": "audit",
-    "other_model": "audit",
-    "prefix_range": "audit",
-    "replay": "audit",
-    "wrong_key": "chain",
-    "substitute_output": "chain",
-    "sometimes": "audit",
-}
 # Behaviours that cheat only from the second step on (an honest-looking single-step request is honest).
 CHEATS_FROM_STEP: dict[str, int] = {"replay": 1, "sometimes": 1}
 HONEST = "honest"

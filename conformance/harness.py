@@ -165,12 +165,7 @@ class Harness:
     def form_cohort(self) -> dict[str, Any]:
         """The router's cohort must be the spec's choice (and valid); NoCoverage must name the same layer."""
         routed = self.adapter.route()
-        offers = self.state.registry.offers
-        try:
-            spec_cohort: Cohort | None = form_cohort(offers, self.state.model)
-            spec_gap = None
-        except NoCoverage as exc:
-            spec_cohort, spec_gap = None, exc.layer
+        spec_cohort, spec_gap = self._spec_cohort()
         outcome = {"cohort": cohort_to_dict(routed.cohort), "no_coverage_layer": routed.no_coverage_layer,
                    "spec_cohort": cohort_to_dict(spec_cohort), "spec_no_coverage_layer": spec_gap}
         self.trace.add("form_cohort", {}, outcome)
@@ -179,6 +174,13 @@ class Harness:
             self._apply("form_cohort", FormCohort(self.next_id("cohort"), routed.cohort))
         self.check_invariants("form_cohort")
         return outcome
+
+    def _spec_cohort(self) -> tuple[Cohort | None, int | None]:
+        """The spec's cohort over the current offers, or (None, first uncovered layer)."""
+        try:
+            return form_cohort(self.state.registry.offers, self.state.model), None
+        except NoCoverage as exc:
+            return None, exc.layer
 
     def _compare_cohort(self, rule: str, cohort: Cohort | None, gap: int | None, spec_cohort: Cohort | None,
                         spec_gap: int | None) -> None:
@@ -205,12 +207,7 @@ class Harness:
         obs = self.adapter.run_request(request_id, prompt_len, max_tokens, seed)
         outcome = _request_outcome(obs)
         self.trace.add("run_request", args, outcome)
-        offers = self.state.registry.offers
-        try:
-            spec_cohort: Cohort | None = form_cohort(offers, self.state.model)
-            spec_gap = None
-        except NoCoverage as exc:
-            spec_cohort, spec_gap = None, exc.layer
+        spec_cohort, spec_gap = self._spec_cohort()
         self._compare_cohort("run_request", obs.cohort, obs.error_layer if obs.cohort is None else None, spec_cohort, spec_gap)
         if obs.cohort is None:
             self.check_invariants("run_request")

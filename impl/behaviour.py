@@ -17,6 +17,21 @@ if TYPE_CHECKING:
 
 CHEATS_ENV = "VERISPLIT_ALLOW_CHEATS"
 
+# The cheat catalogue and which check must catch each mode: "chain" (the lead's chain/receipt check)
+# or "audit" (re-execution). Torch-free, so the spec-side conformance adapter can share it.
+CAUGHT_BY: dict[str, str] = {
+    "skip_layer": "audit",
+    "int8_weights": "audit",
+    "lower_precision": "audit",
+    "noise": "audit",
+    "other_model": "audit",
+    "prefix_range": "audit",
+    "replay": "audit",
+    "wrong_key": "chain",
+    "substitute_output": "chain",
+    "sometimes": "audit",
+}
+
 
 class Behaviour:
     """Honest behaviour: run the assigned range as loaded, commit to and send the true output,

@@ -20,24 +20,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from nacl.signing import SigningKey
 
-from verisplit.impl.behaviour import BEHAVIOURS, Behaviour, make_behaviour, register
+from verisplit.impl.behaviour import BEHAVIOURS, CAUGHT_BY, Behaviour, make_behaviour, register
 
 if TYPE_CHECKING:
     from verisplit.impl.segment import Segment
 
-# Which check catches each mode ("audit" or "chain"); tests and the benchmark iterate this table.
-CAUGHT_BY: dict[str, str] = {
-    "skip_layer": "audit",
-    "int8_weights": "audit",
-    "lower_precision": "audit",
-    "noise": "audit",
-    "other_model": "audit",
-    "prefix_range": "audit",
-    "replay": "audit",
-    "wrong_key": "chain",
-    "substitute_output": "chain",
-    "sometimes": "audit",
-}
 
 
 def _linears(segment: "Segment") -> list[torch.nn.Linear]:
