@@ -2,8 +2,9 @@
 
 Endpoints: ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions`` (``stream``
 gives server-sent events ending in ``data: [DONE]``), ``GET /v1/requests/{id}`` (cohort,
-commitments, status, culprit, fee, hook outputs), ``GET /v1/cohort``, ``GET /v1/providers``,
-``GET /healthz``.
+commitments, status, culprit, fee, and once the audit hook ran: ``audits``, ``settlement``, ``ejected``,
+``ledger_seq``), ``GET /v1/cohort``, ``GET /v1/providers``, ``GET /v1/audit`` (seed commitment and p),
+``GET|POST /v1/audit/reveal`` (the audit seed), ``GET /healthz``.
 
 Invariants: every error is OpenAI-shaped ``{"error": {"message", "type", "param", "code"}}`` (a
 broken link adds ``culprit``, ``reason`` and ``request_id``); bad input is a 4xx naming the field;
@@ -133,6 +134,19 @@ def create_app(lead: Lead) -> FastAPI:
                                  "endpoint": by_id[a.provider_id].endpoint, "fingerprint": fingerprint(a.public_key),
                                  "price_per_work_unit": by_id[a.provider_id].price_per_work_unit}
                                 for a in formed.assignments]}
+
+    @app.get("/v1/audit")
+    async def audit() -> dict[str, Any]:
+        return lead.audit_view()
+
+    @app.get("/v1/audit/reveal")
+    @app.post("/v1/audit/reveal")
+    async def audit_reveal() -> dict[str, Any]:
+        try:
+            seed = lead.reveal_audit_seed()
+        except LookupError as exc:
+            raise APIError(404, f"audit: {exc}", "not_found_error", None, "audit_disabled") from None
+        return {"seed": seed.hex(), **lead.audit_view()}
 
     @app.get("/v1/requests/{request_id}")
     async def request_info(request_id: str) -> dict[str, Any]:

@@ -6,7 +6,9 @@ links (layer work x positions, exactly as ``verisplit.spec.protocol`` does); (2)
 segment selected by the commit-reveal rule ``is_audited(seed, request_id, k, p)`` over the steps
 it served validly; (3) settles with the spec's ``settle`` (failed = chain culprit + failed audits;
 full refund when nothing was served, as ``expected_settlement``); (4) appends one signed ledger
-record; (5) ejects every failed provider; (6) returns a JSON-ready summary.
+record; (5) ejects every failed provider (if it already left the registry, its key is banned all the
+same); (6) returns a JSON-ready summary. Non-protocol aborts (``unavailable``, ``provider_error``,
+``timeout``...: any reason outside the spec's ``REASONS``) credit the accepted links and blame nobody.
 
 Invariants: only providers with a failing verdict (chain or audit) are ejected or forfeit; the
 seed is fixed at construction and only its commitment is published until ``reveal``; an audit
@@ -29,7 +31,7 @@ from nacl.signing import SigningKey
 from verisplit.impl.ledger import Ledger, LedgerError, settlement_body
 from verisplit.impl.verifier import EvidenceError, Verifier, verdict_to_dict
 from verisplit.spec.audit import AuditVerdict, Tolerance, is_audited, seed_commitment
-from verisplit.spec.commitment import StepContext, check_chain, check_receipt
+from verisplit.spec.commitment import MISSING_LINK, REASONS, StepContext, check_chain, check_receipt
 from verisplit.spec.encoding import digest_encoded
 from verisplit.spec.settlement import Settlement, settle
 
@@ -71,12 +73,33 @@ def analyse_chain(record: Any, layer_work: Sequence[int] | None = None) -> Chain
             return a.end_layer - a.first_layer
         return sum(layer_work[a.first_layer:a.end_layer])
 
-    for step_record in record.steps:
+    non_protocol_abort = getattr(record, "status", "") == "aborted" and not _protocol_reason(getattr(record, "reason", None))
+    extra = getattr(record, "extra", None) or {}
+    abort_link = extra.get("link") if isinstance(extra.get("link"), int) else None
+    for position, step_record in enumerate(record.steps):
         context = StepContext(record.model_id, record.request_id, step_record.step, step_record.first_position,
                               step_record.num_positions)
-        verdict = check_chain(record.cohort, list(step_record.commitments), step_record.first_input_digest, context)
+        commitments = list(step_record.commitments)
+        verdict = check_chain(record.cohort, commitments, step_record.first_input_digest, context)
         good = len(assignments) if verdict.valid else (verdict.link or 0)
         failure: tuple[int, str, str] | None = None
+        last = position == len(record.steps) - 1
+        if (not verdict.valid and last and non_protocol_abort and verdict.reason == MISSING_LINK
+                and verdict.link == len(commitments)):
+            # The step was cut short by a non-protocol abort (a provider unreachable, erroring, slow, or
+            # sending an output of the wrong shape): links the lead accepted earn, nobody is a culprit.
+            if abort_link is not None:
+                good = min(good, abort_link)
+            for index in range(good):
+                if _receipt_failure(step_record, index) is not None:
+                    good = index
+                    break
+            for index in range(good):
+                work[assignments[index].provider_id] += units(index) * step_record.num_positions
+                valid_steps[index] += 1
+            analysis.notes.append(f"aborted without a protocol failure ({getattr(record, 'reason', '')}) at step "
+                                  f"{step_record.step}: no culprit")
+            return analysis
         if not verdict.valid:
             failure = (min(good, len(assignments) - 1), verdict.reason or "chain", verdict.detail)
         for index in range(min(good, len(assignments))):
@@ -93,7 +116,10 @@ def analyse_chain(record: Any, layer_work: Sequence[int] | None = None) -> Chain
             analysis.step = step_record.step
             return analysis
     recorded = getattr(record, "culprit", None)
-    if recorded:
+    if recorded and non_protocol_abort:
+        analysis.notes.append(f"aborted without a protocol failure ({getattr(record, 'reason', '')}) by "
+                              f"{recorded!r}: no culprit")
+    elif recorded:
         ids = [a.provider_id for a in assignments]
         if recorded in ids:
             analysis.culprit, analysis.link = recorded, ids.index(recorded)
@@ -102,6 +128,12 @@ def analyse_chain(record: Any, layer_work: Sequence[int] | None = None) -> Chain
         else:
             analysis.notes.append(f"record names culprit {recorded!r}, who is not in the cohort")
     return analysis
+
+
+def _protocol_reason(reason: object) -> bool:
+    """Whether an abort reason is one of the spec's chain/receipt reasons (H1-H4); only those make a
+    culprit. Others (``unavailable``, ``provider_error``, ``timeout``, ...) blame nobody."""
+    return reason in REASONS
 
 
 def settle_request(fee: int, work: dict[str, int], lead: str, failed: set[str]) -> Settlement:
@@ -125,7 +157,8 @@ class AuditService:
                  audit_p: Fraction, seed: bytes | None, tolerance: Tolerance,
                  eject: Callable[[str, str], None], *, lead_id: str = "lead",
                  device: str | None = None, dtype: str | None = None,
-                 layer_work: Sequence[int] | None = None, verifier: Verifier | None = None) -> None:
+                 layer_work: Sequence[int] | None = None, verifier: Verifier | None = None,
+                 ban_key: Callable[[bytes, str], None] | None = None) -> None:
         p = Fraction(audit_p)
         if not 0 <= p <= 1:
             raise ValueError(f"audit_p: must be in [0, 1], got {audit_p}")
@@ -139,6 +172,9 @@ class AuditService:
         self.lead_id = lead_id
         self.layer_work = layer_work
         self._eject = eject
+        # Fallback when ``eject`` raises KeyError (provider no longer listed): ban its key directly.
+        # Default: the ``ban_key`` of the object ``eject`` is bound to (the lead's ``Registry``).
+        self._ban_key = ban_key if ban_key is not None else getattr(getattr(eject, "__self__", None), "ban_key", None)
         self.verifier = verifier or Verifier(checkpoint_dir, device=device, dtype=dtype)
         self.ledger = Ledger(ledger_path)
         self._lock = threading.Lock()
@@ -154,9 +190,16 @@ class AuditService:
         """Audit, settle and record ``record`` (audits in a worker thread), then eject the failed."""
         result, failed = await asyncio.to_thread(self.process, record)
         ejected: list[str] = []
+        keys = {a.provider_id: a.public_key for a in record.cohort.assignments}
         for provider_id, reason in failed.items():
             try:
-                self._eject(provider_id, reason)
+                try:
+                    self._eject(provider_id, reason)
+                except KeyError:
+                    # Already gone from the registry (left or expired): still ban the key it signed with.
+                    if self._ban_key is None:
+                        raise
+                    self._ban_key(keys[provider_id], reason)
                 ejected.append(provider_id)
             except Exception as exc:  # noqa: BLE001 - report, never lose the settlement
                 result["errors"].append(f"eject {provider_id!r}: {exc}")

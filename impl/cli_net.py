@@ -14,6 +14,8 @@ import logging
 import os
 import signal
 import socket
+from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -163,12 +165,26 @@ def lead_group() -> None:
 @click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None, help="Serve the registry over TLS (PEM certificate).")
 @click.option("--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None, help="Private key (PEM) for --tls-cert.")
 @click.option("--tls-ca", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None, help="CA (PEM): dial providers over TLS, verifying against it.")
+@click.option("--ledger", "ledger_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Settlement ledger (SQLite) [default: DATA_DIR/ledger.db].")
+@click.option("--lead-key", "lead_key_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Ed25519 key signing ledger records [default: DATA_DIR/lead.key, created with mode 0600 if absent].")
+@click.option("--audit-p", "audit_p", default=None,
+              help="Audit probability per (request, segment), e.g. 1/10 [default: 1/10 with --calibration; 0 without]. "
+                   "0 disables audits; settlement and the ledger still run.")
+@click.option("--audit-seed-file", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Audit seed (hex, e.g. from `verisplit verifier seed`) [default: a fresh random seed].")
+@click.option("--calibration", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Tolerance file from `verisplit calibrate`; required for audits (no guessed tolerance).")
+@click.option("--no-audit", is_flag=True, help="Disable audits (same as --audit-p 0).")
 @click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path), default=None, hidden=True)
 @click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
 def lead_serve(listen: str, http: str, checkpoint: Path, data_dir: Path, retention: int, heartbeat_interval: float,
                offer_ttl: float, tls_cert: Path | None, tls_key: Path | None, tls_ca: Path | None,
-               ready_file: Path | None, verbose: bool) -> None:
-    """Serve the registry (gRPC) and the HTTP API; route and relay every request through a cohort."""
+               ledger_path: Path | None, lead_key_path: Path | None, audit_p: str | None, audit_seed_file: Path | None,
+               calibration: Path | None, no_audit: bool, ready_file: Path | None, verbose: bool) -> None:
+    """Serve the registry (gRPC) and the HTTP API; route and relay every request through a cohort;
+    audit, settle and record every finished request (see docs/protocol.md, "Lead auditing")."""
     from verisplit.impl.errors import CheckpointError
     from verisplit.impl.framing import parse_host_port
     from verisplit.impl.lead import Lead
@@ -183,10 +199,101 @@ def lead_serve(listen: str, http: str, checkpoint: Path, data_dir: Path, retenti
                     offer_ttl_s=offer_ttl)
     except (ValueError, CheckpointError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
+    settings = AuditSettings(ledger=ledger_path or data_dir / "ledger.db", lead_key=lead_key_path or data_dir / "lead.key",
+                             audit_p=audit_p, seed_file=audit_seed_file, calibration=calibration, no_audit=no_audit)
+    attach_audit_service(lead, checkpoint, settings)
     try:
         asyncio.run(run_lead(lead, listen, http_host, http_port, tls_cert, tls_key, ready_file))
     except OSError as exc:
         raise click.ClickException(f"lead: {exc}") from None
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """The lead's auditing flags (see ``lead serve --help``)."""
+
+    ledger: Path
+    lead_key: Path
+    audit_p: str | None = None
+    seed_file: Path | None = None
+    calibration: Path | None = None
+    no_audit: bool = False
+
+
+def parse_fraction(text: str, param_hint: str = "--audit-p") -> Fraction:
+    """``"1/10"``, ``"0.25"`` or ``"0"`` as a Fraction in [0, 1]; anything else is a BadParameter."""
+    try:
+        value = Fraction(text.strip())
+    except (ValueError, ZeroDivisionError):
+        raise click.BadParameter(f"{text!r} is not a fraction such as 1/10 or 0.1", param_hint=param_hint) from None
+    if not 0 <= value <= 1:
+        raise click.BadParameter(f"{text!r} must lie in [0, 1]", param_hint=param_hint)
+    return value
+
+
+def read_seed_file(path: Path) -> bytes:
+    """The hex seed in ``path`` (at least 16 bytes), or a ClickException naming the problem."""
+    try:
+        seed = bytes.fromhex(path.read_text(encoding="utf-8").strip())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise click.ClickException(f"--audit-seed-file: {path} does not hold a hex seed ({exc})") from None
+    if len(seed) < 16:
+        raise click.ClickException(f"--audit-seed-file: {path} holds {len(seed)} bytes; at least 16 are needed")
+    return seed
+
+
+def attach_audit_service(lead: Any, checkpoint: Path, settings: AuditSettings) -> Any:
+    """Build the ``AuditService`` for ``lead`` from ``settings`` and attach it; returns it.
+
+    Rules: audits need a calibrated tolerance, so ``--audit-p`` > 0 without ``--calibration`` is an
+    error, and with neither flag auditing is off (logged as a warning); settlement and the signed
+    ledger run in every case. The lead key is loaded, or created (mode 0600) when absent.
+    """
+    from verisplit.impl.audit_service import AuditService
+    from verisplit.impl.calibrate import CalibrationError, load_tolerance
+    from verisplit.spec.audit import Tolerance
+
+    log = logging.getLogger("verisplit.lead")
+    if settings.no_audit:
+        p = Fraction(0)
+    elif settings.audit_p is not None:
+        p = parse_fraction(settings.audit_p)
+    else:
+        p = Fraction(1, 10) if settings.calibration is not None else Fraction(0)
+    if p > 0 and settings.calibration is None:
+        raise click.BadParameter("auditing needs a calibrated tolerance: pass --calibration FILE (from `verisplit "
+                                 "calibrate`) or --no-audit", param_hint="--calibration")
+    if settings.calibration is not None and p > 0:
+        try:
+            tolerance = load_tolerance(settings.calibration)
+        except CalibrationError as exc:
+            raise click.ClickException(f"--calibration: {exc}") from None
+    else:
+        tolerance = Tolerance("none", 0.0, 0.0)  # never used: no segment is selected at p = 0
+        if settings.calibration is None and not settings.no_audit and settings.audit_p is None:
+            log.warning("AUDITS DISABLED: no --calibration file was given (a tolerance is never guessed); "
+                        "settlement and the ledger still run. Run `verisplit calibrate` and pass --calibration.")
+    try:
+        if settings.lead_key.exists():
+            key = load_key_file(settings.lead_key)
+        else:
+            settings.lead_key.parent.mkdir(parents=True, exist_ok=True)
+            key = create_key_file(settings.lead_key)
+            log.warning("created lead key %s (%s)", settings.lead_key, fingerprint(bytes(key.verify_key)))
+    except (KeyFileError, OSError) as exc:
+        raise click.ClickException(f"--lead-key: {exc}") from None
+    seed = read_seed_file(settings.seed_file) if settings.seed_file is not None else None
+    try:
+        settings.ledger.parent.mkdir(parents=True, exist_ok=True)
+        service = AuditService(checkpoint, settings.ledger, key, p, seed, tolerance, lead.registry.eject,
+                               lead_id=f"lead-{fingerprint(bytes(key.verify_key)).split(':')[1][:12]}",
+                               ban_key=lead.registry.ban_key)
+    except (ValueError, OSError) as exc:
+        raise click.ClickException(f"--ledger: {exc}") from None
+    lead.attach_audit(service)
+    log.warning("audit: p = %s, seed commitment %s, ledger %s, lead key %s", f"{p.numerator}/{p.denominator}",
+                service.seed_commitment.hex(), settings.ledger, fingerprint(bytes(key.verify_key)))
+    return service
 
 
 async def run_lead(lead: Any, listen: str, http_host: str, http_port: int, tls_cert: Path | None, tls_key: Path | None,

@@ -38,18 +38,31 @@ from verisplit.impl.records import RecordError, RequestRecord, RequestStore, Ste
 from verisplit.impl.tensors import from_canonical, to_canonical
 from verisplit.spec.cohort import (Cohort, InvalidOffer, ModelSpec, NoCoverage, Offer, form_cohort, quote_fee,
                                    validate_offer)
+from verisplit.spec.commitment import REASONS as PROTOCOL_REASONS
 from verisplit.spec.commitment import (PROTOCOL_VERSION, BoundaryCommitment, StepContext, check_link, check_receipt,
                                        commitment_to_dict, next_step_context)
 from verisplit.spec.encoding import EncodingError, decode_tensor, digest_encoded
 
 log = logging.getLogger("verisplit.lead")
 
-# Abort reasons beyond the spec's link reasons (verisplit.spec.commitment.REASONS).
+# Abort reasons beyond the spec's link reasons (verisplit.spec.commitment.REASONS). These are *not*
+# protocol failures: an unreachable, erroring, overloaded or slow provider (or one whose output is not a
+# tensor of the boundary's shape) has broken no signed rule, so it is neither marked failed nor ejected;
+# see ``is_protocol_failure`` and docs/protocol.md "Aborts".
 UNAVAILABLE = "unavailable"            # the provider could not be reached or dropped the stream
 PROVIDER_ERROR = "provider_error"      # the provider answered with an error status
 MALFORMED_OUTPUT = "malformed_output"  # output bytes are not a canonical tensor of the expected shape
 RESOURCE_EXHAUSTED = "resource_exhausted"
 TIMEOUT = "timeout"
+
+NON_PROTOCOL_REASONS = frozenset({UNAVAILABLE, PROVIDER_ERROR, MALFORMED_OUTPUT, RESOURCE_EXHAUSTED, TIMEOUT})
+
+
+def is_protocol_failure(reason: str | None) -> bool:
+    """True iff ``reason`` is one of the spec's chain/receipt reasons (rules H1-H4), the only aborts
+    that make the named provider a culprit (failed, forfeiting, ejected)."""
+    return reason in PROTOCOL_REASONS
+
 
 PostRequestHook = Callable[[RequestRecord], Awaitable[dict[str, Any]]]
 
@@ -383,11 +396,40 @@ class Lead:
         self.tls_ca = tls_ca
         self.step_timeout_s = step_timeout_s
         self.post_request_hooks: list[PostRequestHook] = []
+        self.audit: Any = None  # the AuditService, once ``attach_audit`` ran
         self.commitments_checked = 0
         self._channels: dict[str, tuple[grpc.aio.Channel, pb_grpc.ProviderStub]] = {}
         self._info: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._retention = retention
         self._tasks: set[asyncio.Task[Any]] = set()
+
+    def attach_audit(self, service: Any) -> None:
+        """Install ``service`` (a ``verisplit.impl.audit_service.AuditService``) as a post-request hook:
+        every finished request is then audited, settled, written to the ledger, and failed providers
+        are ejected from ``self.registry`` (offer removed, key banned)."""
+        self.audit = service
+        self.post_request_hooks.append(service)
+
+    def audit_view(self) -> dict[str, Any]:
+        """What the lead publishes about auditing: the seed commitment, p, and whether it revealed."""
+        service = self.audit
+        if service is None:
+            return {"enabled": False, "seed_commitment": None, "p": "0", "revealed": False}
+        p = service.audit_p
+        return {"enabled": p > 0, "seed_commitment": service.seed_commitment.hex(), "p": f"{p.numerator}/{p.denominator}",
+                "revealed": bool(getattr(self, "_revealed", False)),
+                "tolerance": {"dtype": service.tolerance.dtype, "atol": service.tolerance.atol,
+                              "rtol": service.tolerance.rtol}}
+
+    def reveal_audit_seed(self) -> bytes:
+        """Reveal the audit seed (opens the published commitment). After this, audit selection of any
+        later request is predictable: a production lead reveals per epoch and starts a new seed."""
+        if self.audit is None:
+            raise LookupError("auditing is not configured on this lead")
+        self._revealed = True
+        log.warning("audit seed revealed; selections under commitment %s are now predictable",
+                    self.audit.seed_commitment.hex())
+        return bytes(self.audit.reveal())
 
     # --- routing ------------------------------------------------------------------------------
     def route(self) -> tuple[Cohort, list[Offer]]:
@@ -526,7 +568,10 @@ class Lead:
         elif run.status == "running":
             run.status = "aborted"
         positions = len(run.prompt_ids) + len(run.generated)
-        run.fee = quote_fee(run.cohort, self.model_spec, run.offers, positions) if run.status == "completed" else 0
+        # The client pays for what it received: the quote over prompt + generated tokens, also when a
+        # request aborts after some tokens (a failed provider's slice of it is refunded at settlement);
+        # nothing generated, nothing charged.
+        run.fee = quote_fee(run.cohort, self.model_spec, run.offers, positions) if run.generated else 0
         err = run.error
         record = RequestRecord(
             request_id=run.request_id, model_id=self.model_id, cohort=run.cohort, steps=run.steps,
@@ -619,6 +664,9 @@ class Lead:
 
     async def close(self) -> None:
         await self.drain_hooks()
+        if self.audit is not None:
+            with contextlib.suppress(Exception):
+                self.audit.ledger.close()
         for channel, _ in self._channels.values():
             await channel.close()
         self._channels.clear()

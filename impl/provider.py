@@ -9,6 +9,11 @@ Invariants:
 - KV memory is reserved at OpenSession (``max_length * kv_bytes_per_token``); a session that would
   exceed the budget is refused with RESOURCE_EXHAUSTED before any allocation.
 - A malformed frame ends only its own stream (INVALID_ARGUMENT naming the field); the server keeps serving.
+- A session may be opened for any non-empty sub-range of the loaded range (spec rule C1): it runs on a
+  view of that range (``Segment.sub_segment``, cached per range) whose commitments declare the view's
+  layer range and weights digest (equal to a fresh load of that range). A test-only cheat behaviour is
+  applied to the assigned range itself: such a provider loads the range fresh and calls ``prepare`` on
+  it, so "skip a layer / run a prefix of the assigned range" means exactly that range.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import grpc
 import torch
@@ -47,6 +53,7 @@ class _Session:
     request_id: str
     segment_index: int
     max_length: int
+    segment: Segment
     next_step: int = 0
     busy: bool = False
     last_used: float = field(default_factory=time.monotonic)
@@ -79,8 +86,11 @@ class ProviderService(pb_grpc.ProviderServicer):
     """The Provider gRPC service around one loaded ``Segment``."""
 
     def __init__(self, segment: Segment, key: SigningKey, behaviour: Behaviour, offer: SignedFields,
-                 kv_capacity_tokens: int, max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES) -> None:
+                 kv_capacity_tokens: int, max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES,
+                 load_range: Callable[[int, int], Segment] | None = None) -> None:
         self.segment = segment
+        self._views: dict[tuple[int, int], Segment] = {(segment.first_layer, segment.end_layer): segment}
+        self._load_range = load_range
         self.key = key
         self.behaviour = behaviour
         self.offer = offer
@@ -89,6 +99,26 @@ class ProviderService(pb_grpc.ProviderServicer):
         self.max_tensor_bytes = max_tensor_bytes
         self.sessions: dict[str, _Session] = {}
         self.kv_tokens_reserved = 0
+
+    # --- sub-ranges ---------------------------------------------------------------------------
+    async def view(self, first_layer: int, end_layer: int) -> Segment:
+        """The segment serving ``[first_layer, end_layer)`` (a non-empty sub-range of the loaded one),
+        created once per range. Honest: a weight-sharing ``sub_segment`` view. A cheat behaviour with a
+        ``load_range`` hook: a fresh load of the range with ``prepare`` applied to it."""
+        key = (first_layer, end_layer)
+        found = self._views.get(key)
+        if found is not None:
+            return found
+        seg = self.segment
+        if not seg.first_layer <= first_layer < end_layer <= seg.end_layer:
+            raise SegmentInputError(f"first_layer/end_layer: [{first_layer}, {end_layer}) is not a non-empty sub-range "
+                                    f"of the offered [{seg.first_layer}, {seg.end_layer})")
+        if self.behaviour.name != "honest" and self._load_range is not None:
+            view = await asyncio.to_thread(self._load_range, first_layer, end_layer)
+            self.behaviour.prepare(view)
+        else:
+            view = seg.sub_segment(first_layer, end_layer)
+        return self._views.setdefault(key, view)
 
     # --- unary RPCs -------------------------------------------------------------------------
     async def Info(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext) -> pb.ProviderInfo:
@@ -99,18 +129,22 @@ class ProviderService(pb_grpc.ProviderServicer):
             max_tensor_bytes=self.max_tensor_bytes)
 
     async def OpenSession(self, request: pb.OpenSessionRequest, context: grpc.aio.ServicerContext) -> pb.OpenSessionResponse:
-        seg = self.segment
+        loaded = self.segment
         if not SESSION_ID.match(request.session_id):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "session_id: must match [A-Za-z0-9._-]{1,128}")
         if not request.request_id or len(request.request_id) > 128:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request_id: must be 1..128 characters")
-        if request.model_id != seg.model_id:
+        if request.model_id != loaded.model_id:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                f"model_id: this provider serves {seg.model_id!r}, not {request.model_id!r}")
-        if (request.first_layer, request.end_layer) != (seg.first_layer, seg.end_layer):
+                                f"model_id: this provider serves {loaded.model_id!r}, not {request.model_id!r}")
+        if not loaded.first_layer <= request.first_layer < request.end_layer <= loaded.end_layer:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                f"first_layer/end_layer: this provider serves exactly [{seg.first_layer}, {seg.end_layer}), "
-                                f"not [{request.first_layer}, {request.end_layer})")
+                                f"first_layer/end_layer: [{request.first_layer}, {request.end_layer}) is not a non-empty "
+                                f"sub-range of the offered [{loaded.first_layer}, {loaded.end_layer})")
+        try:
+            seg = await self.view(request.first_layer, request.end_layer)
+        except (SegmentInputError, OSError, ValueError) as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"first_layer/end_layer: {exc}")
         limit = seg.config.max_position_embeddings
         if not 1 <= request.max_length <= limit:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"max_length: {request.max_length} must be in [1, {limit}]")
@@ -126,7 +160,7 @@ class ProviderService(pb_grpc.ProviderServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except torch.OutOfMemoryError:  # budget larger than the device really has
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "max_length: device out of memory allocating the KV cache")
-        self.sessions[request.session_id] = _Session(request.request_id, request.segment_index, request.max_length)
+        self.sessions[request.session_id] = _Session(request.request_id, request.segment_index, request.max_length, seg)
         self.kv_tokens_reserved += request.max_length
         return pb.OpenSessionResponse(weights_digest=seg.weights_digest,
                                       kv_bytes_reserved=request.max_length * seg.kv_bytes_per_token())
@@ -142,7 +176,7 @@ class ProviderService(pb_grpc.ProviderServicer):
             return False
         self.kv_tokens_reserved -= state.max_length
         try:
-            self.segment.close_session(session_id)
+            state.segment.close_session(session_id)
         except SessionError:  # pragma: no cover - the two maps are kept in step
             pass
         return True
@@ -196,7 +230,7 @@ class ProviderService(pb_grpc.ProviderServicer):
                 self._close(bound)
 
     async def _run_step(self, state: _Session, frame: pb.StepFrame, blob: bytes) -> list[pb.StepResult]:
-        seg = self.segment
+        seg = state.segment
         if frame.step != state.next_step:
             raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"step: expected step {state.next_step}, got {frame.step}")
         if frame.num_positions < 1:
@@ -301,7 +335,11 @@ async def serve_provider(settings: ProviderSettings, stop: asyncio.Event) -> Non
         model_id=segment.model_id, weights_digest=segment.weights_digest, num_layers=segment.config.num_hidden_layers,
         first_layer=segment.first_layer, end_layer=segment.end_layer, price_per_work_unit=settings.price,
         endpoint=advertise, kv_capacity_tokens=capacity, issued_at_ms=int(time.time() * 1000))
-    service = ProviderService(segment, settings.key, settings.behaviour, offer, capacity, settings.max_tensor_bytes)
+    def load_range(first_layer: int, end_layer: int) -> Segment:
+        return load_segment(settings.checkpoint, first_layer, end_layer, device=settings.device, dtype=settings.dtype)
+
+    service = ProviderService(segment, settings.key, settings.behaviour, offer, capacity, settings.max_tensor_bytes,
+                              load_range=load_range)
     add_service(pb_grpc.add_ProviderServicer_to_server, service, server)
     await server.start()
     log.info("provider %s serving layers [%d, %d) of %s on %s", settings.provider_id, segment.first_layer,
