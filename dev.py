@@ -96,7 +96,7 @@ def test() -> int:
         status = "ok" if code == 0 else f"FAILED (exit {code})"
         if name == "lean" and not lean_checked:
             status = "NOT CHECKED (no lake on PATH)"
-        print(f"  {name:<18} {status:<32} {seconds:7.1f}s")
+        print(f"  {name:<28} {status:<32} {seconds:7.1f}s")
     return 1 if any(code != 0 for _, code, _ in results) else 0
 
 
