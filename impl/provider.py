@@ -381,6 +381,7 @@ async def _register(registry: pb_grpc.RegistryStub, signed: pb.SignedOffer, stop
     """Register until accepted (retrying while the lead is unreachable); None if stopped first.
     A refusal (bad signature, banned key, wrong model) is permanent and raises RuntimeError."""
     delay = 0.2
+    warned = False
     while not stop.is_set():
         try:
             reply = await registry.Register(signed, timeout=5)
@@ -388,7 +389,10 @@ async def _register(registry: pb_grpc.RegistryStub, signed: pb.SignedOffer, stop
         except grpc.aio.AioRpcError as exc:
             if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 raise RuntimeError(f"lead refused the offer: {exc.code().name}: {exc.details()}") from None
-            log.info("lead not reachable yet (%s); retrying in %.1fs", exc.code().name, delay)
+            # Say so once, loudly (a lead that never comes up must not look like a hang); then quietly.
+            level = logging.WARNING if delay >= 5.0 and not warned else logging.INFO
+            warned = warned or level == logging.WARNING
+            log.log(level, "lead not reachable yet (%s); still retrying every %.1fs", exc.code().name, delay)
         try:
             await asyncio.wait_for(stop.wait(), timeout=delay)
         except asyncio.TimeoutError:
