@@ -83,9 +83,15 @@ class Judgement:
 
 
 def judge(expected: Sequence[float], observed: Sequence[float], tolerance: Tolerance) -> Judgement:
-    """Rule A3. Invariant: passes iff lengths agree, all values finite, and ratio <= 1."""
+    """Rule A3. Invariant: passes iff lengths agree, all values finite, and every element satisfies
+    ``|o - e| <= atol + rtol*|e|`` (ratio <= 1). An element whose bound is 0 (``atol = 0`` and
+    ``e = 0``) passes only if it is exact (ratio 0), else its ratio is infinite. A tolerance with a
+    negative or non-finite bound, or with both bounds 0, raises ValueError naming ``tolerance``."""
     if len(expected) != len(observed):
         return Judgement(False, math.inf, math.inf, f"length {len(observed)} != expected {len(expected)}")
+    for name, bound in (("atol", tolerance.atol), ("rtol", tolerance.rtol)):
+        if not (math.isfinite(bound) and bound >= 0):
+            raise ValueError(f"tolerance: {name} must be a finite number >= 0, got {bound}")
     if tolerance.atol <= 0 and tolerance.rtol <= 0:
         raise ValueError("tolerance: atol or rtol must be positive")
     max_abs = 0.0
@@ -95,7 +101,11 @@ def judge(expected: Sequence[float], observed: Sequence[float], tolerance: Toler
             return Judgement(False, math.inf, math.inf, "non-finite value in the output")
         diff = abs(o - e)
         max_abs = max(max_abs, diff)
-        ratio = max(ratio, diff / (tolerance.atol + tolerance.rtol * abs(e)))
+        bound = tolerance.atol + tolerance.rtol * abs(e)
+        if bound > 0:
+            ratio = max(ratio, diff / bound)
+        elif diff > 0:
+            ratio = math.inf
     if ratio > 1.0:
         return Judgement(False, max_abs, ratio, f"distance ratio {ratio:.3g} exceeds tolerance")
     return Judgement(True, max_abs, ratio)
@@ -129,8 +139,9 @@ class Registry:
 def eject(registry: Registry, verdicts: Iterable[AuditVerdict]) -> Registry:
     """Rule A4: remove exactly the providers with a failed verdict, ban their keys, record why.
 
-    Invariant: a provider with no failing verdict keeps its offer unchanged. Lean/Z3: forfeit isolation
-    (``forfeit_isolation``) is the settlement side of the same rule.
+    Invariant: a provider with no failing verdict keeps its offer unchanged. No Z3 check covers this
+    function (tests/test_spec_audit.py does); forfeit isolation, proved for ``settle_parts``, is the
+    settlement side of the same rule.
     """
     failed: dict[str, str] = {}
     for verdict in verdicts:

@@ -61,12 +61,12 @@ def settle_parts(fee: Any, works: Sequence[Any], failed_flags: Sequence[Any]) ->
 
 def settle(fee: int, work_by_provider: Mapping[str, int], lead: str, failed: Collection[str] = ()) -> Settlement:
     """Split ``fee`` by work served (S1-S5); invalid input raises ``SettlementError`` naming it."""
-    if not isinstance(fee, int) or fee < 0:
+    if isinstance(fee, bool) or not isinstance(fee, int) or fee < 0:
         raise SettlementError(f"fee: must be a non-negative integer, got {fee!r}")
     if not work_by_provider:
         raise SettlementError("work_by_provider: no providers to pay")
     for provider_id, work in work_by_provider.items():
-        if not isinstance(work, int) or work < 0:
+        if isinstance(work, bool) or not isinstance(work, int) or work < 0:
             raise SettlementError(f"work_by_provider['{provider_id}']: must be a non-negative integer, got {work!r}")
     if sum(work_by_provider.values()) < 1:
         raise SettlementError("work_by_provider: total work is 0, nothing was served")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -106,3 +107,66 @@ def test_audit_and_cohort_vectors_have_both_outcomes() -> None:
     for case in doc["cases"]:
         seed = bytes.fromhex(case["seed_hex"])
         assert audit.seed_commitment(seed).hex() == case["seed_commitment_hex"]
+
+
+def test_settlement_vectors_replay_through_settle() -> None:
+    """Every case's expected payouts/residual/refund (or error field) is what ``settle`` returns, as an
+    implementer reading the file would check (not only conservation of the stored numbers)."""
+    cases = _load("settlement")["cases"]
+    names = {c["name"] for c in cases}
+    assert {"single-provider", "zero-work-provider", "all-failed", "max-residual"} <= names
+    assert any(c["fee"] == 0 for c in cases)
+    for case in cases:
+        expected = case["expected"]
+        if "error_field" in expected:
+            with pytest.raises(settlement.SettlementError) as info:
+                settlement.settle(case["fee"], case["work_by_provider"], "lead", case["failed"])
+            assert str(info.value).split(":", 1)[0] == expected["error_field"], case["name"]
+            continue
+        s = settlement.settle(case["fee"], case["work_by_provider"], "lead", case["failed"])
+        assert (s.payouts, s.residual, s.refund) == (expected["payouts"], expected["residual"], expected["refund"]), case["name"]
+        assert expected["conserved"] is True
+
+
+def test_cohort_vectors_replay_through_form_cohort_and_violations() -> None:
+    from verisplit.spec import cohort as spec_cohort
+
+    cases = _load("cohort_formation")["cases"]
+    for case in cases:
+        model = spec_cohort.ModelSpec(case["model"]["model_id"], case["model"]["num_layers"],
+                                      tuple(case["model"]["layer_work"]))
+        offers = [vectors.offer_from_dict(o) for o in case["offers"]]
+        expected = case["expected"]
+        if "cohort" in case:  # a hand-broken cohort: cohort_violations
+            found = spec_cohort.cohort_violations(vectors.cohort_from_dict(case["cohort"]), model, offers)
+            assert [{"kind": v.kind, "segment_index": v.segment_index} for v in found] == expected["violations"], case["name"]
+        elif expected.get("error") == "no_coverage":
+            with pytest.raises(spec_cohort.NoCoverage) as info:
+                spec_cohort.form_cohort(offers, model)
+            assert info.value.layer == expected["layer"], case["name"]
+        elif expected.get("error") == "invalid_offer":
+            with pytest.raises(spec_cohort.InvalidOffer, match=re.escape(expected["message"])):
+                spec_cohort.form_cohort(offers, model)
+        else:
+            chosen = spec_cohort.form_cohort(offers, model)
+            assert chosen == vectors.cohort_from_dict(expected["cohort"]), case["name"]
+            assert spec_cohort.cohort_cost(chosen, model, offers) == expected["cost"], case["name"]
+            assert spec_cohort.cohort_violations(chosen, model, offers) == []
+
+
+def test_audit_vectors_replay_through_is_audited() -> None:
+    from fractions import Fraction
+
+    doc = _load("audit_selection")
+    assert bytes.fromhex(doc["seed_domain_hex"]) == audit.SEED_DOMAIN
+    assert bytes.fromhex(doc["draw_domain_hex"]) == audit.DRAW_DOMAIN
+    for case in doc["cases"]:
+        seed = bytes.fromhex(case["seed_hex"])
+        assert audit.reveal_valid(bytes.fromhex(case["seed_commitment_hex"]), seed) is case["reveal_valid"]
+        for draw in case["draws"]:
+            k = draw["segment_index"]
+            assert audit.audit_draw(seed, case["request_id"], k) == int(draw["draw"]), case["name"]
+            for p_text, selected in draw["audited"].items():
+                assert audit.is_audited(seed, case["request_id"], k, Fraction(p_text)) is selected, (case["name"], k, p_text)
+    for row in doc["boundary"]:
+        assert audit.draw_selects(int(row["draw"]), Fraction(row["p"])) is row["selected"]

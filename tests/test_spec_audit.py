@@ -69,3 +69,31 @@ def test_eject_removes_exactly_the_failed() -> None:
     assert after.banned_keys == {offers[1].public_key}
     assert after.ejections == (("p1", "distance"),)
     assert [o for o in after.offers] == [offers[0], offers[2]]
+
+
+def test_judge_with_zero_bound_element_is_exact_not_a_crash() -> None:
+    # atol = 0 with expected 0: the element's bound is 0, so only an exact match passes
+    # (before the fix this divided by zero).
+    tol = Tolerance("float32", atol=0.0, rtol=1e-2)
+    assert judge([0.0, 1.0], [0.0, 1.005], tol).passed
+    off = judge([0.0], [1e-30], tol)
+    assert not off.passed and off.ratio == math.inf and off.max_abs == 1e-30
+
+
+@pytest.mark.parametrize("atol,rtol", [(-1.0, 0.5), (0.5, -1.0), (math.nan, 0.1), (0.1, math.inf)])
+def test_judge_rejects_negative_or_non_finite_tolerance(atol: float, rtol: float) -> None:
+    # A negative bound made every ratio negative, so any difference "passed" (1 vs 100 under atol=-1, rtol=0.5).
+    with pytest.raises(ValueError, match="tolerance"):
+        judge([1.0], [100.0], Tolerance("float32", atol=atol, rtol=rtol))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.floats(-1e6, 1e6), st.floats(-1e6, 1e6)), max_size=8),
+       st.sampled_from([0.0, 1e-3, 1.0]), st.sampled_from([0.0, 1e-2, 0.5]))
+def test_judge_passes_iff_every_element_within_its_bound(pairs: list[tuple[float, float]], atol: float, rtol: float) -> None:
+    if atol == 0 and rtol == 0:
+        return
+    expected = [e for e, _ in pairs]
+    observed = [o for _, o in pairs]
+    within = all(abs(o - e) <= atol + rtol * abs(e) for e, o in pairs)
+    assert judge(expected, observed, Tolerance("float32", atol, rtol)).passed is within

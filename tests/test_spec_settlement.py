@@ -50,6 +50,8 @@ def test_refund_is_exactly_the_failed_slices() -> None:
 @pytest.mark.parametrize("fee,work,failed,message", [
     (-1, {"a": 1}, (), "fee"),
     (1.5, {"a": 1}, (), "fee"),
+    (True, {"a": 1}, (), "fee"),
+    (10, {"a": True}, (), r"work_by_provider\['a'\]"),
     (10, {}, (), "no providers"),
     (10, {"a": 0}, (), "total work is 0"),
     (10, {"a": -2}, (), r"work_by_provider\['a'\]"),
@@ -58,3 +60,17 @@ def test_refund_is_exactly_the_failed_slices() -> None:
 def test_invalid_input_is_named(fee: object, work: dict, failed: tuple, message: str) -> None:
     with pytest.raises(SettlementError, match=message):
         settle(fee, work, "lead", failed)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("fee,works,failed,residual", [
+    (0, [0, 3], set(), 0),  # fee 0 and a zero-work provider
+    (7, [5], set(), 0),  # single provider takes everything, no residual
+    (7, [5], {"p0"}, 0),  # single provider failed: the whole fee is refunded
+    (2, [1, 1, 1], set(), 2),  # residual at its bound N-1
+])
+def test_settlement_edges_the_random_strategy_may_miss(fee: int, works: list[int], failed: set[str], residual: int) -> None:
+    ids = [f"p{i}" for i in range(len(works))]
+    s = settle(fee, dict(zip(ids, works)), "lead", failed)
+    assert conserved(s) and s.residual == residual and 0 <= s.residual <= len(works) - 1
+    assert all(s.payouts[i] == 0 for i in failed)
+    assert s.refund == sum(fee * w // sum(works) for i, w in zip(ids, works) if i in failed)

@@ -85,7 +85,14 @@ def _lemma_obligations() -> Iterator[Obligation]:
 
 
 def _named_residual_hyps(inst: Instance, residual: Any) -> tuple[list[Any], Any, Any]:
-    """Linear facts about the named products for one bounded instance (see module docstring)."""
+    """Linear facts about the named products for one bounded instance (see module docstring).
+
+    The monotone-lemma instances are stated about ``fee - sum(q_i)`` (the term ``WR`` is ``W`` times,
+    by distributivity), never about the ``residual`` the spec returned: that the spec's residual equals
+    this term is left for Z3 to derive from the spec's own expression. (Stating them about ``residual``
+    would assume the conclusion: a spec whose residual is off by one still "proved".) ``residual`` is
+    accepted for interface stability and is unused."""
+    del residual
     n = inst.n
     P = [z3.Int(f"P{i}") for i in range(n)]  # fee*w_i
     M = [z3.Int(f"M{i}") for i in range(n)]  # W*q_i
@@ -96,7 +103,8 @@ def _named_residual_hyps(inst: Instance, residual: Any) -> tuple[list[Any], Any,
         hyps += [P[i] == M[i] + inst.r[i], 0 <= inst.r[i], inst.r[i] < W]  # lemma div
     hyps.append(FW == _sum(P))  # lemma distributive, W = sum w_i
     hyps.append(WR == FW - _sum(M))  # lemma distributive, residual = fee - sum q_i
-    hyps += [z3.Implies(WR >= 0, residual >= 0), z3.Implies(WR < n * W, residual < n)]  # lemma monotone
+    intended = inst.fee - _sum(inst.q)  # WR == W * intended (lemma distributive)
+    hyps += [z3.Implies(WR >= 0, intended >= 0), z3.Implies(WR < n * W, intended < n)]  # lemma monotone
     return hyps, WR, FW
 
 
