@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
 """One entry point for a fresh machine with nothing but Python: set up, then run the demo or all checks.
 
-    python3 dev.py demo [ARGS...]   # create .venv, install torch (CPU) + verisplit[all], run `verisplit demo`
+    python3 dev.py demo [ARGS...]   # create .venv, install torch + verisplit[all], run `verisplit demo`
     python3 dev.py test             # same setup, then every proof and test (what .ci/run runs)
+    python3 dev.py setup            # only create/refresh .venv
 
+Setup runs once per (pyproject.toml, VERISPLIT_TORCH) and is skipped while .venv matches both.
 Environment: VERISPLIT_TORCH (default ``torch==2.13.0``) is installed before the project so that the
-``torch>=`` floor is already met and pip does not pull a multi-GB CUDA build on CPU machines.
+``torch>=`` floor is already met by the build you chose. Which build that is depends on pip's
+configured index: plain PyPI serves a CUDA build on Linux; for a CPU-only build point pip at
+PyTorch's CPU index (e.g. ``PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu``).
 """
 
 from __future__ import annotations
@@ -41,10 +45,10 @@ def setup() -> None:
         except Exception as exc:  # e.g. Debian without python3-venv
             sys.exit(f"could not create {VENV}: {exc} (install your distribution's python3-venv package)")
     stamp = VENV / ".verisplit-installed"
-    want = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    torch_spec = os.environ.get("VERISPLIT_TORCH", "torch==2.13.0")
+    want = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + b"\0" + torch_spec.encode()).hexdigest()
     if stamp.exists() and stamp.read_text() == want:
         return
-    torch_spec = os.environ.get("VERISPLIT_TORCH", "torch==2.13.0")
     steps = [
         [str(PY), "-m", "pip", "install", "-q", "--upgrade", "pip"],
         [str(PY), "-m", "pip", "install", "-q", torch_spec],
@@ -101,15 +105,27 @@ def test() -> int:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("demo", "test", "setup"):
+    if argv[:1] in (["-h"], ["--help"], ["help"]):
         print(__doc__)
-        return 2
-    setup()
-    if argv[0] == "setup":
         return 0
-    if argv[0] == "demo":
-        return run([str(BIN / "verisplit"), "demo", *argv[1:]])
-    return test()
+    if not argv or argv[0] not in ("demo", "test", "setup"):
+        if argv:
+            print(f"dev.py: unknown command {argv[0]!r} (demo, test, setup)", file=sys.stderr)
+        print(__doc__, file=sys.stderr)
+        return 2
+    if argv[0] != "demo" and len(argv) > 1:
+        print(f"dev.py: {argv[0]} takes no arguments, got {' '.join(argv[1:])}", file=sys.stderr)
+        return 2
+    try:
+        setup()
+        if argv[0] == "setup":
+            return 0
+        if argv[0] == "demo":
+            return run([str(BIN / "verisplit"), "demo", *argv[1:]])
+        return test()
+    except KeyboardInterrupt:
+        print("\ndev.py: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -75,6 +75,12 @@ class ModelConfig:
             raise UnsupportedModelError(
                 f"config.json: model_type {model_type!r} is not supported ({', '.join(SUPPORTED_MODEL_TYPES)})"
             )
+        quantization = d.get("quantization_config")
+        if quantization is not None:
+            method = quantization.get("quant_method") if isinstance(quantization, dict) else quantization
+            raise UnsupportedModelError(
+                f"config.json: quantization_config (quant_method {method!r}) is not supported; "
+                "this runtime loads unquantized float32/float16/bfloat16 weights only")
         hidden_act = d.get("hidden_act", "silu")
         if hidden_act != "silu":
             raise UnsupportedModelError(f"config.json: hidden_act {hidden_act!r} is not supported (silu)")
@@ -186,6 +192,11 @@ def _rope(d: Mapping[str, Any]) -> tuple[float, dict[str, Any] | None]:
     if theta is None and isinstance(params, dict):
         theta = params.get("rope_theta")
     theta = _pos_float({"rope_theta": 10000.0 if theta is None else theta}, "rope_theta", 10000.0)
+    for source in (d, params if isinstance(params, dict) else {}, scaling if isinstance(scaling, dict) else {}):
+        partial = source.get("partial_rotary_factor", 1.0)
+        if partial != 1.0:
+            raise UnsupportedModelError(
+                f"config.json: partial_rotary_factor {partial!r} is not supported (rotary over the whole head_dim, 1.0)")
     if scaling is None:
         return theta, None
     if not isinstance(scaling, dict):
@@ -205,6 +216,10 @@ def _rope(d: Mapping[str, Any]) -> tuple[float, dict[str, Any] | None]:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
             raise CheckpointError(f"config.json: rope_scaling.{key} must be a positive number, got {value!r}")
         out[key] = value
+    if rope_type == "llama3" and not out["high_freq_factor"] > out["low_freq_factor"]:
+        raise CheckpointError(
+            f"config.json: rope_scaling.high_freq_factor {out['high_freq_factor']!r} must exceed "
+            f"low_freq_factor {out['low_freq_factor']!r} (llama3 interpolates between them)")
     return theta, out
 
 

@@ -6,6 +6,7 @@ device. Temperature 0 is greedy argmax (ties go to the lowest id).
 
 from __future__ import annotations
 
+import math
 import uuid
 from typing import Iterable, Sequence
 
@@ -20,17 +21,26 @@ def sample_next(
 ) -> int:
     """Next token id from one row of logits ``[vocab]``.
 
-    temperature == 0: argmax. Otherwise softmax(logits / temperature), keep the smallest set of
+    temperature == 0 (or below fp32's smallest subnormal): argmax. Otherwise softmax(logits / temperature), keep the smallest set of
     most likely tokens whose mass reaches ``top_p`` (at least one), renormalise, draw with ``generator``.
+    A temperature so small that ``logits / temperature`` overflows is computed as
+    ``(logits - max) / temperature`` (the same softmax), which tends to argmax. NaN or +inf logits,
+    or a row with no finite logit, raise ``SegmentInputError`` (never a draw from garbage).
     """
     if logits_row.dim() != 1:
         raise SegmentInputError(f"logits_row: expected shape [vocab], got {list(logits_row.shape)}")
-    if temperature < 0 or not 0 < top_p <= 1:
-        raise SegmentInputError(f"sampling: temperature must be >= 0 and top_p in (0, 1], got {temperature}, {top_p}")
+    if not math.isfinite(temperature) or temperature < 0 or not 0 < top_p <= 1:
+        raise SegmentInputError(
+            f"sampling: temperature must be a finite number >= 0 and top_p in (0, 1], got {temperature}, {top_p}")
     row = logits_row.detach().to(device="cpu", dtype=torch.float32)
-    if temperature == 0:
+    if bool(torch.isnan(row).any()) or bool(torch.isposinf(row).any()) or not bool(torch.isfinite(row).any()):
+        raise SegmentInputError("logits_row: logits contain NaN or +inf, or no finite value; cannot pick a token")
+    if float(torch.tensor(temperature, dtype=torch.float32)) == 0:  # 0, or a temperature fp32 rounds to 0
         return int(torch.argmax(row))
-    probs = torch.softmax(row / temperature, dim=-1)
+    scaled = row / temperature
+    if not bool(torch.isfinite(scaled.max())):  # tiny temperature overflowed to +-inf: shift first
+        scaled = (row - row.max()) / temperature
+    probs = torch.softmax(scaled, dim=-1)
     sorted_probs, order = torch.sort(probs, descending=True, stable=True)
     if top_p < 1:
         cumulative = torch.cumsum(sorted_probs, dim=-1)
@@ -73,7 +83,7 @@ def generate_reference(
     stops = set() if eos_token_id is None else ({eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id))
     generator = torch.Generator().manual_seed(seed)
     session_id = f"ref-{uuid.uuid4().hex}"
-    max_length = len(token_ids) + max(max_new_tokens, 1)
+    max_length = len(token_ids) + max(max_new_tokens - 1, 0)  # the last sampled token is never fed back
     opened: list[Segment] = []
     out: list[int] = []
     try:

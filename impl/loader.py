@@ -24,6 +24,9 @@ from verisplit.impl.tensors import TORCH_DTYPES, digest_named_tensors
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 COMPUTE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# Stored dtypes a tensor may be cast from without changing its meaning (quantized int/fp8 weights need
+# scales this runtime does not apply, so they are refused rather than silently cast).
+SOURCE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 def resolve_dtype(dtype: torch.dtype | str | None, config: ModelConfig, device: torch.device) -> torch.dtype:
@@ -132,6 +135,9 @@ def _read_tensors(
                     if name not in available:
                         raise CheckpointError(f"{path}: tensor {name!r} listed in the index is not in the file")
                     tensor = handle.get_tensor(name)
+                    if tensor.dtype not in SOURCE_DTYPES:
+                        raise CheckpointError(f"{path}: tensor {name!r} is stored as {tensor.dtype}; only "
+                                              "float32/float16/bfloat16 weights are supported (no quantized weights)")
                     if tuple(tensor.shape) != expected_shapes[name]:
                         raise CheckpointError(f"{path}: tensor {name!r} has shape {list(tensor.shape)}, "
                                               f"config.json implies {list(expected_shapes[name])}")
