@@ -76,5 +76,6 @@ def test_wheel_contains_only_the_verisplit_namespace(tmp_path: Path) -> None:
     tops = {n.split("/")[0] for n in names}
     assert tops == {"verisplit", wheel.name.split("-")[0] + "-" + wheel.name.split("-")[1] + ".dist-info"}
     for module in ("verisplit/spec/cohort.py", "verisplit/impl/__init__.py", "verisplit/conformance/__init__.py",
-                   "verisplit/proofs_z3/__init__.py", "verisplit/cli.py"):
+                   "verisplit/proofs_z3/__init__.py", "verisplit/cli.py", "verisplit/impl/verisplit.proto",
+                   "verisplit/conformance/vectors/settlement.json", "verisplit/conformance/vectors/README.md"):
         assert module in names
