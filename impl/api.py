@@ -14,8 +14,9 @@ every completion names its request id in ``id`` and in the ``X-Verisplit-Request
 from __future__ import annotations
 
 import contextlib
-import os
 import json
+import logging
+import os
 import time
 from typing import Any, AsyncIterator, Literal
 
@@ -97,10 +98,22 @@ def create_app(lead: Lead) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        if first.get("type") == "json_invalid":  # loc is ("body", <char offset>), not a field
+            detail = (first.get("ctx") or {}).get("error", "")
+            offset = first.get("loc", ("body", "?"))[-1]
+            return JSONResponse(APIError(400, f"body: not valid JSON ({detail or 'decode error'} at character "
+                                              f"{offset})", code="invalid_json").body(), status_code=400)
         loc = [str(p) for p in first.get("loc", ()) if p != "body"]
         param = ".".join(loc) or None
         return JSONResponse(APIError(400, f"{param or 'body'}: {first.get('msg')}", param=param,
                                      code="invalid_value").body(), status_code=400)
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        # Last resort: still an OpenAI-shaped body (the traceback goes to the log, not the client).
+        logging.getLogger("verisplit.lead").exception("internal error serving %s", request.url.path)
+        return JSONResponse(APIError(500, f"internal error: {exc.__class__.__name__}", "server_error",
+                                     code="internal_error").body(), status_code=500)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -188,6 +201,8 @@ def create_app(lead: Lead) -> FastAPI:
         if isinstance(body.prompt, list) and body.prompt and all(isinstance(p, int) for p in body.prompt):
             prompt_ids = [int(p) for p in body.prompt]
         elif isinstance(body.prompt, list):
+            if not body.prompt:
+                raise APIError(400, "prompt: must not be empty", param="prompt", code="invalid_value")
             if len(body.prompt) != 1:
                 raise APIError(400, "prompt: only one prompt per request is supported", param="prompt", code="invalid_value")
             prompt_ids = encode(tokenizer, str(body.prompt[0]))
@@ -195,16 +210,18 @@ def create_app(lead: Lead) -> FastAPI:
             prompt_ids = encode(tokenizer, body.prompt)
         if not prompt_ids:
             raise APIError(400, "prompt: must not be empty", param="prompt", code="invalid_value")
+        stops = stops_of(body.stop)
         run = begin(prompt_ids, body.max_tokens or 16, body)
-        return await respond(run, stops_of(body.stop), body.stream, chat=False)
+        return await respond(run, stops, body.stream, chat=False)
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatBody) -> Any:
         check_model(body.model)
         text = format_chat([m.model_dump() for m in body.messages])
         prompt_ids = encode(tokenizer, text)
+        stops = stops_of(body.stop)
         run = begin(prompt_ids, body.max_completion_tokens or body.max_tokens or 64, body)
-        return await respond(run, stops_of(body.stop), body.stream, chat=True)
+        return await respond(run, stops, body.stream, chat=True)
 
     async def generate(run: RequestRun, stops: list[str]) -> AsyncIterator[tuple[str, str | None]]:
         """Yield (text delta, finish_reason or None); honours stop strings by truncating the text."""

@@ -52,13 +52,18 @@ def show_command(path: Path) -> None:
         table.add_column(column)
     try:
         for record in ledger.records():
-            b = record.body
-            payouts = " ".join(f"{p}={v}" for p, v in sorted(b.get("payouts", {}).items()))
-            audits = " ".join(f"{a.get('segment_index')}:{'pass' if a.get('passed') else 'FAIL'}"
-                              for a in b.get("audits", []))
+            # Display only: a malformed (tampered) body is shown as-is, never a traceback; `verify` judges it.
+            b = record.body if isinstance(record.body, dict) else {}
+            raw_payouts = b.get("payouts")
+            payouts = " ".join(f"{p}={v}" for p, v in sorted(raw_payouts.items(), key=lambda kv: str(kv[0]))) \
+                if isinstance(raw_payouts, dict) else str(raw_payouts)
+            raw_audits = b.get("audits")
+            audits = " ".join(f"{a.get('segment_index')}:{'pass' if a.get('passed') else 'FAIL'}" if isinstance(a, dict)
+                              else "?" for a in raw_audits) if isinstance(raw_audits, list) else str(raw_audits)
+            raw_failed = b.get("failed")
+            failed = ",".join(str(f) for f in raw_failed) if isinstance(raw_failed, list) else str(raw_failed)
             table.add_row(str(record.seq), str(b.get("request_id")), str(b.get("fee")), payouts,
-                          str(b.get("residual")), str(b.get("refund")), ",".join(b.get("failed", [])) or "-",
-                          audits or "-")
+                          str(b.get("residual")), str(b.get("refund")), failed or "-", audits or "-")
     except LedgerError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)

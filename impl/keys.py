@@ -154,7 +154,8 @@ def offer_signature_valid(o: SignedFields, signature: bytes) -> bool:
     """True iff ``signature`` verifies over the offer's signing bytes under ``o.public_key``."""
     try:
         VerifyKey(o.public_key).verify(offer_signing_bytes(o), signature)
-    except (BadSignatureError, ValueError, TypeError):
+    except (BadSignatureError, ValueError, TypeError, struct.error, OverflowError):
+        # struct.error: a field outside its fixed width (e.g. a wire protocol_version above u16)
         return False
     return True
 
@@ -169,6 +170,6 @@ def heartbeat_signature_valid(public_key: bytes, provider_id: str, sent_at_ms: i
     """True iff ``signature`` is the provider's signature over the heartbeat's signing bytes."""
     try:
         VerifyKey(public_key).verify(heartbeat_signing_bytes(provider_id, sent_at_ms, leaving), signature)
-    except (BadSignatureError, ValueError, TypeError):
+    except (BadSignatureError, ValueError, TypeError, struct.error, OverflowError):
         return False
     return True

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import struct
 import time
 import uuid
 from collections import OrderedDict
@@ -38,6 +39,7 @@ from verisplit.impl.records import RecordError, RequestRecord, RequestStore, Ste
 from verisplit.impl.tensors import from_canonical, to_canonical
 from verisplit.spec.cohort import (Cohort, InvalidOffer, ModelSpec, NoCoverage, Offer, form_cohort, quote_fee,
                                    validate_offer)
+from verisplit.spec.commitment import BAD_SIGNATURE as PROTOCOL_BAD_SIGNATURE
 from verisplit.spec.commitment import REASONS as PROTOCOL_REASONS
 from verisplit.spec.commitment import (PROTOCOL_VERSION, BoundaryCommitment, StepContext, check_link, check_receipt,
                                        commitment_to_dict, next_step_context)
@@ -244,6 +246,12 @@ class RegistryService(pb_grpc.RegistryServicer):
 
 # --- relay -----------------------------------------------------------------------------------------
 
+# torch.Generator.manual_seed accepts exactly this range; anything else is refused up front (400), not a
+# ValueError deep inside the relay.
+SEED_MIN = -(1 << 63)
+SEED_MAX = (1 << 64) - 1
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """Sampling settings of one request (temperature 0 = greedy)."""
@@ -304,8 +312,13 @@ class _Hop:
         self.opened = True
         self.call = self.stub.Steps()
 
-    async def exchange(self, session_id: str, context: StepContext, blob: bytes) -> tuple[bytes, pb.Commitment]:
-        """Send one step's input, return (output bytes, wire commitment)."""
+    async def exchange(self, session_id: str, context: StepContext, blob: bytes,
+                       max_output_bytes: int | None = None) -> tuple[bytes, pb.Commitment]:
+        """Send one step's input, return (output bytes, wire commitment). An output announced larger
+        than ``max_output_bytes`` is refused at its first chunk (malformed_output), so a provider
+        cannot make the lead buffer more than one boundary tensor's worth of bytes."""
+        if max_output_bytes is not None:
+            self.reassembler.max_tensor_bytes = max_output_bytes
         try:
             for chunk in chunk_tensor(blob):
                 await self.call.write(pb.StepFrame(session_id=session_id, step=context.step,
@@ -353,6 +366,32 @@ class _Hop:
 
 
 MISSING_COMMITMENT = "missing_link"
+OUTPUT_HEADER_SLACK = 4096  # bytes above the payload allowed for the canonical header (a few dozen in practice)
+
+
+def output_byte_limit(config: ModelConfig, positions: int, last: bool) -> int:
+    """Largest canonical output the lead accepts from a hop: ``positions`` rows of the boundary's width
+    (vocab for the last segment, hidden otherwise) at 4 bytes per element (fp32, the widest allowed
+    dtype), plus header slack. Anything larger cannot pass ``_check_shape`` anyway."""
+    width = config.vocab_size if last else config.hidden_size
+    return positions * width * 4 + OUTPUT_HEADER_SLACK
+
+
+def link_failure(assignment: Any, index: int, commitment: BoundaryCommitment, sent_digest: bytes,
+                 received_digest: bytes, context: StepContext) -> tuple[str, str] | None:
+    """``check_link`` then ``check_receipt`` on one received commitment, as (reason, detail) or None.
+
+    A commitment whose fields cannot be encoded into signing bytes at all (e.g. a wire
+    ``protocol_version`` above 65535, which the spec's ``signing_bytes`` packs as u16 and so raises
+    ``struct.error``) cannot carry a valid signature: it is ``bad_signature`` by its sender, never an
+    unattributed crash of the relay."""
+    try:
+        failure = check_link(assignment, index, commitment, sent_digest, context)
+    except (struct.error, ValueError, OverflowError) as exc:
+        return PROTOCOL_BAD_SIGNATURE, f"commitment fields cannot be encoded for signing ({exc})"
+    if failure is None:
+        failure = check_receipt(commitment, sent_digest, received_digest)
+    return failure
 
 
 @dataclass
@@ -451,6 +490,8 @@ class Lead:
         bad = [t for t in prompt_ids if not 0 <= t < self.config.vocab_size]
         if bad:
             raise ValueError(f"prompt: token id {bad[0]} outside [0, {self.config.vocab_size})")
+        if not SEED_MIN <= params.seed <= SEED_MAX:
+            raise ValueError(f"seed: {params.seed} outside [{SEED_MIN}, {SEED_MAX}] (a 64-bit generator seed)")
         if len(prompt_ids) + max(params.max_tokens, 1) > self.config.max_position_embeddings:
             raise ValueError(f"max_tokens: prompt ({len(prompt_ids)}) + max_tokens ({params.max_tokens}) exceeds the "
                              f"context length {self.config.max_position_embeddings}")
@@ -522,7 +563,8 @@ class Lead:
         blob, expected = first_blob, first_digest
         for hop in hops:
             t0 = time.perf_counter()
-            out, wire = await hop.exchange(session_id, context, blob)
+            limit = output_byte_limit(self.config, context.num_positions, last=hop is hops[-1])
+            out, wire = await hop.exchange(session_id, context, blob, limit)
             t1 = time.perf_counter()
             out_digest = digest_encoded(out)
             t2 = time.perf_counter()
@@ -530,10 +572,8 @@ class Lead:
             record.commitments.append(commitment)
             record.inputs.append(blob)
             record.outputs.append(out)
-            assignment = run.cohort.assignments[hop.index]
-            failure = check_link(assignment, hop.index, commitment, expected, context)
-            if failure is None:
-                failure = check_receipt(commitment, expected, out_digest)
+            failure = link_failure(run.cohort.assignments[hop.index], hop.index, commitment, expected, out_digest,
+                                   context)
             t3 = time.perf_counter()
             timings.round_trip += t1 - t0
             timings.digest += t2 - t1

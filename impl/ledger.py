@@ -258,7 +258,11 @@ class Ledger:
                 return bad("body is not JSON")
             if not isinstance(body, dict):
                 return bad("body is not a JSON object")
-            if not isinstance(text, str) or canonical_json(body) != text:
+            try:
+                canonical = canonical_json(body)
+            except (TypeError, ValueError):  # NaN/Infinity (json.loads accepts them) or other non-canonical values
+                return bad("body is not in canonical form (holds NaN/Infinity or non-JSON values)")
+            if not isinstance(text, str) or canonical != text:
                 return bad("body is not in canonical form")
             if body.get("seq") != seq or body.get("request_id") != request_id:
                 return bad("seq/request_id columns disagree with the signed body")

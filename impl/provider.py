@@ -242,6 +242,10 @@ class ProviderService(pb_grpc.ProviderServicer):
         if inputs.dim() < 1 or inputs.shape[0] != frame.num_positions:
             raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
                          f"num_positions: {frame.num_positions} does not match the input's shape {list(inputs.shape)}")
+        if frame.first_position + frame.num_positions > state.max_length:  # also keeps torch.arange within int64
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                         f"first_position: positions [{frame.first_position}, {frame.first_position + frame.num_positions}) "
+                         f"exceed the session's max_length {state.max_length}")
         positions = torch.arange(frame.first_position, frame.first_position + frame.num_positions, dtype=torch.int64)
         session_id = frame.session_id
         state.last_used = time.monotonic()
