@@ -103,5 +103,9 @@ def export_command(path: Path, out: Path | None) -> None:
     if out is None:
         click.echo(text, nl=False)
     else:
-        out.write_text(text, encoding="utf-8")
+        try:
+            out.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            click.echo(f"error: {out}: cannot write the export ({exc.strerror})", err=True)
+            sys.exit(2)
         click.echo(f"{len(lines)} records -> {out}")

@@ -56,8 +56,14 @@ def create_key_file(path: str | Path) -> SigningKey:
         raise KeyFileError(f"{target}: already exists; refusing to overwrite an identity") from None
     except OSError as exc:
         raise KeyFileError(f"{target}: cannot create key file ({exc.strerror})") from None
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(body)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(body)
+            handle.flush()
+            os.fsync(handle.fileno())  # an identity that was reported written must survive a crash
+    except OSError as exc:
+        target.unlink(missing_ok=True)  # never leave a half-written key that blocks the retry
+        raise KeyFileError(f"{target}: could not write the key ({exc.strerror})") from None
     os.chmod(target, 0o600)  # in case the umask widened nothing but the fs ignored the mode
     return key
 

@@ -47,6 +47,9 @@ def judge_tensors(expected: torch.Tensor, observed: torch.Tensor, tolerance: Tol
             return Judgement(False, math.inf, math.inf, f"length {observed.numel()} != expected {expected.numel()}")
         return Judgement(False, math.inf, math.inf,
                          f"shape {list(observed.shape)} != expected {list(expected.shape)}")
+    for name, bound in (("atol", tolerance.atol), ("rtol", tolerance.rtol)):
+        if not (math.isfinite(bound) and bound >= 0):
+            raise ValueError(f"tolerance: {name} must be a finite number >= 0, got {bound}")
     if tolerance.atol <= 0 and tolerance.rtol <= 0:
         raise ValueError("tolerance: atol or rtol must be positive")
     e = expected.detach().to("cpu", torch.float64).reshape(-1)
@@ -57,7 +60,11 @@ def judge_tensors(expected: torch.Tensor, observed: torch.Tensor, tolerance: Tol
         return Judgement(False, math.inf, math.inf, "non-finite value in the output")
     diff = (o - e).abs()
     max_abs = float(diff.max())
-    ratio = float((diff / (tolerance.atol + tolerance.rtol * e.abs())).max())
+    bound = tolerance.atol + tolerance.rtol * e.abs()
+    # As in the spec: an element with bound 0 passes only if exact (ratio 0), else its ratio is infinite.
+    per_element = torch.where(bound > 0, diff / bound.clamp_min(torch.finfo(torch.float64).tiny),
+                              torch.where(diff > 0, math.inf, 0.0))
+    ratio = float(per_element.max())
     if ratio > 1.0:
         return Judgement(False, max_abs, ratio, f"distance ratio {ratio:.3g} exceeds tolerance")
     return Judgement(True, max_abs, ratio)

@@ -102,12 +102,26 @@ def _digest32(name: str, value: bytes) -> bytes:
     return value
 
 
+_FIELD_BITS = (("protocol_version", 16), ("step", 64), ("segment_index", 32), ("first_layer", 32),
+               ("end_layer", 32), ("first_position", 64), ("num_positions", 64))
+
+
+def _check_widths(c: BoundaryCommitment) -> None:
+    """Every integer field must fit its fixed width (else no canonical encoding exists)."""
+    for name, bits in _FIELD_BITS:
+        value = getattr(c, name)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < (1 << bits):
+            raise ValueError(f"commitment field {name}: {value!r} is not an unsigned {bits}-bit integer")
+
+
 def signing_bytes(c: BoundaryCommitment) -> bytes:
     """Canonical bytes the signature covers (every field except ``signature``; see docs/protocol.md).
 
     Invariant: injective on commitments (fixed-width integers and digests, length-prefixed strings),
-    so a signature binds every field.
+    so a signature binds every field. A field that does not fit its width raises ValueError naming
+    it, so such a commitment can never carry a valid signature (``signature_valid`` is False).
     """
+    _check_widths(c)
     return b"".join([
         COMMITMENT_DOMAIN,
         struct.pack("<H", c.protocol_version),

@@ -140,6 +140,10 @@ def test_cli_show_verify_export(ledger_path, tmp_path):
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert result.exit_code == 0 and [line["seq"] for line in lines] == [1, 2, 3, 4, 5]
     assert lines[2]["body"]["failed"] == ["b"]
+    unwritable = tmp_path / "no-such-dir" / "export.jsonl"
+    result = runner.invoke(ledger_group, ["export", "--ledger", str(ledger_path), "--out", str(unwritable)])
+    assert result.exit_code == 2 and "cannot write the export" in result.output and result.exception is not None
+    assert isinstance(result.exception, SystemExit)  # a clear error, not an OSError traceback
     _edit(ledger_path, "DELETE FROM records WHERE seq = 2")
     result = runner.invoke(ledger_group, ["verify", "--ledger", str(ledger_path)])
     assert result.exit_code == 1 and "record seq 3 (request 'r2')" in result.output

@@ -186,3 +186,22 @@ def test_generated_modules_match_the_proto(tmp_path: Path) -> None:
                                   "from verisplit.impl import verisplit_pb2 as verisplit__pb2")
     assert (tmp_path / "verisplit_pb2.py").read_text() == (IMPL / "verisplit_pb2.py").read_text()
     assert grpc_text == (IMPL / "verisplit_pb2_grpc.py").read_text()
+
+
+def test_key_file_write_failure_leaves_no_partial_identity(tmp_path, monkeypatch) -> None:
+    """A failed write removes the half-written file, so a retry can create the key."""
+    from verisplit.impl import keys
+
+    target = tmp_path / "k.key"
+    real_fsync = keys.os.fsync
+
+    def failing_fsync(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(keys.os, "fsync", failing_fsync)
+    with pytest.raises(keys.KeyFileError, match="could not write the key"):
+        keys.create_key_file(target)
+    assert not target.exists()
+    monkeypatch.setattr(keys.os, "fsync", real_fsync)
+    keys.create_key_file(target)
+    assert target.stat().st_mode & 0o777 == 0o600

@@ -96,3 +96,15 @@ def test_signing_bytes_cover_every_field_and_roundtrip_json() -> None:
         commitment_from_dict({k: v for k, v in commitment_to_dict(c).items() if k != "model_id"})
     with pytest.raises(ValueError, match="weights_digest"):
         signing_bytes(replace(c, weights_digest=b"short"))
+
+
+@pytest.mark.parametrize("field,value", [("protocol_version", 1 << 16), ("step", -1), ("segment_index", 1 << 32),
+                                         ("num_positions", 1 << 64), ("first_layer", True)])
+def test_out_of_range_fields_cannot_be_signed_and_fail_as_bad_signature(field: str, value: int) -> None:
+    cohort, keys = make_cohort(1)
+    c = signed_chain(cohort, CTX, [1, 2], keys)[0]
+    with pytest.raises(ValueError, match=field):
+        signing_bytes(replace(c, **{field: value}))
+    assert not signature_valid(replace(c, **{field: value}))
+    verdict = check_chain(cohort, [replace(c, **{field: value})], digest_of(1), CTX)
+    assert (verdict.link, verdict.reason) == (0, BAD_SIGNATURE)

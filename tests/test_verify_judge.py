@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from verisplit.impl.verifier import judge_tensors
 from verisplit.spec.audit import Tolerance, judge
 
-values = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, width=32)
+values = st.one_of(st.just(0.0), st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, width=32))
 specials = st.sampled_from([math.nan, math.inf, -math.inf])
 
 
@@ -24,7 +24,9 @@ def pairs(draw):
     observed = [e + d * (1 + abs(e)) for e, d in zip(expected, noise)]
     if n and draw(st.booleans()):
         observed[draw(st.integers(0, n - 1))] = draw(st.one_of(values, specials))
-    tol = Tolerance("float32", draw(st.floats(1e-6, 1e-2)), draw(st.floats(0.0, 1e-2)))
+    atol = draw(st.one_of(st.just(0.0), st.floats(1e-6, 1e-2)))  # atol 0: elements with e = 0 must be exact
+    rtol = draw(st.floats(1e-6 if atol == 0 else 0.0, 1e-2))
+    tol = Tolerance("float32", atol, rtol)
     return expected, observed, tol
 
 
@@ -47,6 +49,11 @@ def test_length_mismatch_and_bad_tolerance():
     assert not judge_tensors(torch.zeros(2, 3), torch.zeros(3, 2), tol).passed  # stricter: shapes must agree
     with pytest.raises(ValueError, match="atol or rtol"):
         judge_tensors(torch.zeros(2), torch.zeros(2), Tolerance("float32", 0.0, 0.0))
+    for bad in (Tolerance("float32", -1.0, 0.5), Tolerance("float32", 1e-3, math.inf)):
+        with pytest.raises(ValueError, match="tolerance"):
+            judge_tensors(torch.zeros(2), torch.ones(2), bad)
+    exact_zero = judge_tensors(torch.zeros(2), torch.zeros(2), Tolerance("float32", 0.0, 0.1))
+    assert exact_zero.passed and exact_zero.ratio == 0.0  # bound 0, diff 0: exact, not 0/0
 
 
 def test_low_precision_inputs_are_compared_in_float64():
