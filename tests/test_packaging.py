@@ -79,3 +79,17 @@ def test_wheel_contains_only_the_verisplit_namespace(tmp_path: Path) -> None:
                    "verisplit/proofs_z3/__init__.py", "verisplit/cli.py", "verisplit/impl/verisplit.proto",
                    "verisplit/conformance/vectors/settlement.json", "verisplit/conformance/vectors/README.md"):
         assert module in names
+
+
+def test_z3_proofs_run_without_torch() -> None:
+    """Reviewers who install only the [proofs] extra can re-run every Z3 check."""
+    code = BLOCK_TORCH + """
+import sys
+from verisplit.proofs_z3.runner import run_all, summary
+passed, failed = summary(run_all())
+print(passed, failed)
+assert failed == 0 and passed > 0
+assert "torch" not in sys.modules
+"""
+    result = run_python(code)
+    assert result.returncode == 0, result.stdout + result.stderr
