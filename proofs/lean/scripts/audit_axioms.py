@@ -3,7 +3,7 @@
 standard axioms (propext, Classical.choice, Quot.sound). Run from proofs/lean after `lake build`.
 
 Exit status 0 only when every audited theorem was reported and none uses another axiom
-(sorryAx, a custom `axiom`, or `Lean.ofReduceBool` from native_decide all fail the audit).
+(sorryAx, a custom `axiom`, or `Lean.ofReduceBool` from kernel-bypassing decision procedures all fail the audit).
 """
 
 from __future__ import annotations
