@@ -33,17 +33,22 @@ REQUEST_ID_HEADER = "X-Verisplit-Request-Id"
 MAX_STOP_SEQUENCES = 4
 
 
-class CompletionBody(BaseModel):
+class SamplingBody(BaseModel):
+    """Fields shared by both completion endpoints (OpenAI names, defaults and bounds)."""
+
     model_config = ConfigDict(extra="allow")
     model: str | None = None
-    prompt: str | list[int] | list[str]
-    max_tokens: int | None = Field(default=16, ge=1)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     seed: int | None = None
     stop: str | list[str] | None = None
     stream: bool = False
     n: int = 1
+
+
+class CompletionBody(SamplingBody):
+    prompt: str | list[int] | list[str]
+    max_tokens: int | None = Field(default=16, ge=1)
 
 
 class ChatMessage(BaseModel):
@@ -52,18 +57,10 @@ class ChatMessage(BaseModel):
     content: str
 
 
-class ChatBody(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    model: str | None = None
+class ChatBody(SamplingBody):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    stream: bool = False
-    n: int = 1
 
 
 class APIError(Exception):
