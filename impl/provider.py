@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -320,8 +321,9 @@ async def serve_provider(settings: ProviderSettings, stop: asyncio.Event) -> Non
     """Load the slice, start the server, register with the lead, heartbeat until ``stop`` is set."""
     from verisplit.impl.loader import load_segment
 
+    # A progress bar for an operator watching a terminal (large slices take minutes); none in logs.
     segment = await asyncio.to_thread(load_segment, settings.checkpoint, settings.first_layer, settings.end_layer,
-                                      device=settings.device, dtype=settings.dtype)
+                                      device=settings.device, dtype=settings.dtype, progress=sys.stderr.isatty())
     settings.behaviour.prepare(segment)
     per_token = segment.kv_bytes_per_token()
     capacity = int(settings.kv_budget_mb * (1 << 20)) // max(per_token, 1)
