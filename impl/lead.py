@@ -325,7 +325,8 @@ class _Hop:
                                                    first_position=context.first_position,
                                                    num_positions=context.num_positions, input=chunk))
             while True:
-                message = await asyncio.wait_for(self.call.read(), timeout=self.step_timeout_s)
+                async with asyncio.timeout(self.step_timeout_s):  # no task per read, unlike wait_for
+                    message = await self.call.read()
                 if message is grpc.aio.EOF:
                     raise await self._ended()
                 if message.step != context.step:
