@@ -206,6 +206,19 @@ def _commitment(rng: random.Random, model_id: str, request_id: str) -> commitmen
     )
 
 
+def _signature_case(name: str, key_name: str, c: commitment.BoundaryCommitment) -> dict[str, Any]:
+    """One commitment-signature vector: the key, the commitment, its signing bytes and validity."""
+    return {
+        "name": name,
+        "key_name": key_name,
+        "key_seed_hex": key_seed_hex(key_name),
+        "public_key_hex": bytes(deterministic_key(key_name).verify_key).hex(),
+        "commitment": commitment.commitment_to_dict(c),
+        "signing_bytes_hex": commitment.signing_bytes(c).hex(),
+        "signature_valid": commitment.signature_valid(c),
+    }
+
+
 def commitment_signature_vectors() -> dict[str, Any]:
     """``signing_bytes`` and Ed25519 signatures of commitments under deterministic keys."""
     rng = random.Random(SEEDS["commitment_signature"])
@@ -216,40 +229,15 @@ def commitment_signature_vectors() -> dict[str, Any]:
         key_name = f"provider-{index % 3}"
         unsigned = _commitment(rng, model_id, request_id)
         signed = commitment.sign_commitment(unsigned, deterministic_key(key_name))
-        cases.append({
-            "name": f"commitment-{index}",
-            "key_name": key_name,
-            "key_seed_hex": key_seed_hex(key_name),
-            "public_key_hex": bytes(deterministic_key(key_name).verify_key).hex(),
-            "commitment": commitment.commitment_to_dict(signed),
-            "signing_bytes_hex": commitment.signing_bytes(signed).hex(),
-            "signature_valid": commitment.signature_valid(signed),
-        })
+        cases.append(_signature_case(f"commitment-{index}", key_name, signed))
     extreme = commitment.BoundaryCommitment(
         protocol_version=0xFFFF, model_id="x" * 300, weights_digest=b"\xff" * 32, request_id="r",
         step=2**64 - 1, segment_index=2**32 - 1, first_layer=0, end_layer=2**32 - 1,
         first_position=2**64 - 1, num_positions=2**64 - 1, input_digest=b"\x00" * 32,
         output_digest=b"\x01" * 32, signer=b"\x00" * 32)
     signed = commitment.sign_commitment(extreme, deterministic_key("provider-extreme"))
-    cases.append({
-        "name": "commitment-extremes",
-        "key_name": "provider-extreme",
-        "key_seed_hex": key_seed_hex("provider-extreme"),
-        "public_key_hex": bytes(deterministic_key("provider-extreme").verify_key).hex(),
-        "commitment": commitment.commitment_to_dict(signed),
-        "signing_bytes_hex": commitment.signing_bytes(signed).hex(),
-        "signature_valid": True,
-    })
-    tampered = replace(signed, step=signed.step - 1)
-    cases.append({
-        "name": "commitment-tampered-step",
-        "key_name": "provider-extreme",
-        "key_seed_hex": key_seed_hex("provider-extreme"),
-        "public_key_hex": bytes(deterministic_key("provider-extreme").verify_key).hex(),
-        "commitment": commitment.commitment_to_dict(tampered),
-        "signing_bytes_hex": commitment.signing_bytes(tampered).hex(),
-        "signature_valid": commitment.signature_valid(tampered),
-    })
+    cases.append(_signature_case("commitment-extremes", "provider-extreme", signed))
+    cases.append(_signature_case("commitment-tampered-step", "provider-extreme", replace(signed, step=signed.step - 1)))
     return _document("commitment_signature", cases, domain_hex=commitment.COMMITMENT_DOMAIN.hex())
 
 
