@@ -18,10 +18,8 @@ that cannot run (unusable evidence, load failure) blames nobody and is reported 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import math
 import os
-import struct
 import threading
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -33,7 +31,7 @@ from nacl.signing import SigningKey
 from verisplit.impl.ledger import Ledger, LedgerError, settlement_body
 from verisplit.impl.verifier import EvidenceError, Verifier, verdict_to_dict
 from verisplit.spec.audit import AuditVerdict, Tolerance, is_audited, seed_commitment
-from verisplit.spec.commitment import MISSING_LINK, REASONS, StepContext, check_chain, check_receipt, signing_bytes
+from verisplit.spec.commitment import MISSING_LINK, REASONS, StepContext, check_chain, check_receipt
 from verisplit.spec.encoding import digest_encoded
 from verisplit.spec.settlement import Settlement, settle
 
@@ -81,7 +79,7 @@ def analyse_chain(record: Any, layer_work: Sequence[int] | None = None) -> Chain
     for position, step_record in enumerate(record.steps):
         context = StepContext(record.model_id, record.request_id, step_record.step, step_record.first_position,
                               step_record.num_positions)
-        commitments = [_signable(c) for c in step_record.commitments]
+        commitments = step_record.commitments
         verdict = check_chain(record.cohort, commitments, step_record.first_input_digest, context)
         good = len(assignments) if verdict.valid else (verdict.link or 0)
         failure: tuple[int, str, str] | None = None
@@ -130,20 +128,6 @@ def analyse_chain(record: Any, layer_work: Sequence[int] | None = None) -> Chain
         else:
             analysis.notes.append(f"record names culprit {recorded!r}, who is not in the cohort")
     return analysis
-
-
-def _signable(c: Any) -> Any:
-    """``c`` itself, or, when its fields cannot be encoded into signing bytes at all (a wire
-    ``protocol_version`` above u16, which makes the spec's ``signing_bytes`` raise ``struct.error``),
-    a copy with protocol_version 0 and an empty signature: it then fails H1 (``bad_signature``) at
-    its own link, as the lead judged it on receipt, instead of crashing the analysis."""
-    try:
-        signing_bytes(c)
-    except (struct.error, OverflowError):
-        return dataclasses.replace(c, protocol_version=0, signature=b"")
-    except ValueError:  # wrong-length digests: signature_valid already answers False for these
-        pass
-    return c
 
 
 def _protocol_reason(reason: object) -> bool:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import struct
 import time
 import uuid
 from collections import OrderedDict
@@ -39,7 +38,6 @@ from verisplit.impl.records import RecordError, RequestRecord, RequestStore, Ste
 from verisplit.impl.tensors import from_canonical, to_canonical
 from verisplit.spec.cohort import (Cohort, InvalidOffer, ModelSpec, NoCoverage, Offer, form_cohort, quote_fee,
                                    validate_offer)
-from verisplit.spec.commitment import BAD_SIGNATURE as PROTOCOL_BAD_SIGNATURE
 from verisplit.spec.commitment import REASONS as PROTOCOL_REASONS
 from verisplit.spec.commitment import (PROTOCOL_VERSION, BoundaryCommitment, StepContext, check_link, check_receipt,
                                        commitment_to_dict, next_step_context)
@@ -382,14 +380,9 @@ def link_failure(assignment: Any, index: int, commitment: BoundaryCommitment, se
                  received_digest: bytes, context: StepContext) -> tuple[str, str] | None:
     """``check_link`` then ``check_receipt`` on one received commitment, as (reason, detail) or None.
 
-    A commitment whose fields cannot be encoded into signing bytes at all (e.g. a wire
-    ``protocol_version`` above 65535, which the spec's ``signing_bytes`` packs as u16 and so raises
-    ``struct.error``) cannot carry a valid signature: it is ``bad_signature`` by its sender, never an
-    unattributed crash of the relay."""
-    try:
-        failure = check_link(assignment, index, commitment, sent_digest, context)
-    except (struct.error, ValueError, OverflowError) as exc:
-        return PROTOCOL_BAD_SIGNATURE, f"commitment fields cannot be encoded for signing ({exc})"
+    A commitment whose fields do not fit their wire widths has no signing bytes, so the spec's
+    ``signature_valid`` is False and it fails as ``bad_signature`` by its sender."""
+    failure = check_link(assignment, index, commitment, sent_digest, context)
     if failure is None:
         failure = check_receipt(commitment, sent_digest, received_digest)
     return failure
