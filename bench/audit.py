@@ -8,7 +8,7 @@
 2. Detection: for each cheat of the catalogue and each dtype, ``trials`` requests with the cheat at a
    rotating segment; detected = the chain check or the audit names exactly the cheating segment.
    Honest false positives: failed audits over every segment of ``honest`` honest requests per dtype.
-   Tolerances come from ``verisplit.impl.calibrate`` on the same model and dtype (margin 4).
+   Tolerances come from ``verisplit.impl.audit.calibrate`` on the same model and dtype (margin 4).
 
 Usage: python bench/audit.py [--quick] [--docs]   (--docs rewrites the Audit section of
 docs/BENCHMARKS.md and the calibration section of docs/determinism.md)
@@ -28,13 +28,15 @@ from pathlib import Path
 import torch
 from nacl.signing import SigningKey
 
-from verisplit.impl.audit_service import analyse_chain
-from verisplit.impl.behaviour import make_behaviour
-from verisplit.impl.calibrate import calibrate
-from verisplit.impl.cheats import CATALOGUE, CAUGHT_BY, simulate_request
-from verisplit.impl.checkpoint import make_random_checkpoint
-from verisplit.impl.loader import load_segment
-from verisplit.impl.verifier import Verifier
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the test-only cheat catalogue
+from cheatkit.cheats import CATALOGUE, make_behaviour, simulate_request  # noqa: E402
+
+from verisplit.impl.audit.service import analyse_chain
+from verisplit.impl.audit.calibrate import calibrate
+from verisplit.spec.threats import CAUGHT_BY
+from verisplit.impl.runtime.checkpoint import make_random_checkpoint
+from verisplit.impl.runtime.loader import load_segment
+from verisplit.impl.audit.verifier import Verifier
 from verisplit.spec.audit import Tolerance
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -27,14 +27,14 @@ from typing import Any, Callable
 import torch
 from nacl.signing import SigningKey
 
-from verisplit.impl import verisplit_pb2 as pb
-from verisplit.impl.checkpoint import make_random_checkpoint
-from verisplit.impl.framing import Reassembler, chunk_tensor, commitment_from_pb, commitment_to_pb
-from verisplit.impl.lead import Lead, SamplingParams
-from verisplit.impl.loader import load_full
-from verisplit.impl.procs import ProcessGroup, free_port, verisplit_command
-from verisplit.impl.keys import create_key_file
-from verisplit.impl.tensors import to_canonical
+from verisplit.impl.node import verisplit_pb2 as pb
+from verisplit.impl.runtime.checkpoint import make_random_checkpoint
+from verisplit.impl.node.framing import Reassembler, chunk_tensor, commitment_from_pb, commitment_to_pb
+from verisplit.impl.node.lead import Lead, SamplingParams
+from verisplit.impl.runtime.loader import load_full
+from verisplit.impl.node.procs import ProcessGroup, free_port, verisplit_command
+from verisplit.impl.records.keys import create_key_file
+from verisplit.impl.runtime.tensors import to_canonical
 from verisplit.spec.cohort import Assignment
 from verisplit.spec.commitment import BoundaryCommitment, StepContext, check_link, check_receipt, sign_commitment
 from verisplit.spec.encoding import digest_encoded
@@ -80,7 +80,7 @@ def unsplit_decode(checkpoint: Path, prompt: list[int], tokens: int) -> float:
 
 async def cohort_decode(checkpoint: Path, workdir: Path, prompt: list[int], tokens: int, runs: int) -> dict[str, float]:
     """Decode steps per second through 4 provider processes, this process being the lead."""
-    from verisplit.impl.cli_net import run_lead
+    from verisplit.impl.cli.net import run_lead
 
     lead = Lead(checkpoint, workdir / "lead", retention=20)
     listen = f"127.0.0.1:{free_port()}"

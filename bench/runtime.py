@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
-from verisplit.impl.checkpoint import DEFAULT_MODEL, ensure_default_checkpoint
-from verisplit.impl.device import pick_device, set_determinism
-from verisplit.impl.generate import cache_vs_prefill_drift, run_chain
-from verisplit.impl.loader import load_full, load_segment
-from verisplit.impl.segment import Segment
+from verisplit.impl.runtime.checkpoint import DEFAULT_MODEL, ensure_default_checkpoint
+from verisplit.impl.runtime.device import pick_device, set_determinism
+from verisplit.impl.runtime.generate import cache_vs_prefill_drift, run_chain
+from verisplit.impl.runtime.loader import load_full, load_segment
+from verisplit.impl.runtime.segment import Segment
 
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "BENCHMARKS.md"

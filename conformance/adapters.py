@@ -35,12 +35,10 @@ from verisplit.spec.commitment import (
     check_receipt,
     sign_commitment,
 )
-from verisplit.impl.behaviour import CAUGHT_BY  # torch-free: the cheat catalogue's single table
+from verisplit.spec.threats import CAUGHT_BY, CHEATS_FROM_STEP  # the threat catalogue's single table
 from verisplit.spec.encoding import decode_tensor, digest_encoded, encode_tensor
 from verisplit.spec.settlement import Settlement, settle
 
-# Behaviours that cheat only from the second step on (an honest-looking single-step request is honest).
-CHEATS_FROM_STEP: dict[str, int] = {"replay": 1, "sometimes": 1}
 HONEST = "honest"
 
 

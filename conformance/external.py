@@ -25,7 +25,8 @@ from typing import Any, Callable
 import click
 
 from verisplit.spec.cohort import Assignment, Cohort, ModelSpec, NoCoverage, Offer, cohort_violations, form_cohort, quote_fee
-from verisplit.spec.commitment import PROTOCOL_VERSION, StepContext, check_chain, check_link, check_receipt, commitment_from_dict
+from verisplit.spec.commitment import (BAD_SIGNATURE, PROTOCOL_VERSION, WRONG_SIGNER, StepContext, check_chain, check_link,
+                                       check_receipt, commitment_from_dict)
 from verisplit.spec.encoding import EncodingError, decode_tensor, digest_encoded, encode_tensor
 
 CLEAN_ERROR_CODES = ("INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "OUT_OF_RANGE", "RESOURCE_EXHAUSTED",
@@ -68,7 +69,7 @@ class _Checks:
 # --- provider --------------------------------------------------------------------------------------
 
 def _tolerance(checkpoint: Path, tolerance_path: Path | None, device: str | None) -> Any:
-    from verisplit.impl.calibrate import load_tolerance
+    from verisplit.impl.audit.calibrate import load_tolerance
 
     if tolerance_path is not None:
         return load_tolerance(tolerance_path)
@@ -86,14 +87,14 @@ def check_provider(endpoint: str, checkpoint: Path, first_layer: int, end_layer:
     import grpc
     import torch
 
-    from verisplit.impl import verisplit_pb2 as pb
-    from verisplit.impl import verisplit_pb2_grpc as pb_grpc
-    from verisplit.impl.framing import chunk_tensor, commitment_from_pb, grpc_options
-    from verisplit.impl.keys import offer_signature_valid
-    from verisplit.impl.loader import load_segment
-    from verisplit.impl.provider import offer_fields_from_pb
-    from verisplit.impl.tensors import from_canonical, to_canonical
-    from verisplit.impl.verifier import judge_tensors
+    from verisplit.impl.node import verisplit_pb2 as pb
+    from verisplit.impl.node import verisplit_pb2_grpc as pb_grpc
+    from verisplit.impl.node.framing import chunk_tensor, commitment_from_pb, grpc_options
+    from verisplit.impl.records.keys import offer_signature_valid
+    from verisplit.impl.runtime.loader import load_segment
+    from verisplit.impl.node.framing import offer_fields_from_pb
+    from verisplit.impl.runtime.tensors import from_canonical, to_canonical
+    from verisplit.impl.audit.verifier import judge_tensors
 
     checks = _Checks()
     channel = grpc.insecure_channel(endpoint, options=grpc_options())
@@ -175,7 +176,7 @@ def check_provider(endpoint: str, checkpoint: Path, first_layer: int, end_layer:
         context = StepContext(fields.model_id, request_id, step, position, n)
         failure = check_link(assignment, 0, c, digest_encoded(blob), context)
         if failure is not None:
-            if failure[0] in ("bad_signature", "wrong_signer"):
+            if failure[0] in (BAD_SIGNATURE, WRONG_SIGNER):
                 sig_ok, sig_detail = False, f"step {step}: {failure[0]}: {failure[1]}"
             else:
                 chain_ok, chain_detail = False, f"step {step}: {failure[0]}: {failure[1]}"

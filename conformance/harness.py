@@ -28,7 +28,7 @@ from verisplit.conformance.traces import (
 )
 from verisplit.spec import audit as spec_audit
 from verisplit.spec.cohort import Cohort, NoCoverage, Offer, cohort_violations, form_cohort
-from verisplit.spec.commitment import ChainVerdict, StepContext, VALID, check_link, check_receipt
+from verisplit.spec.commitment import VALID, ChainVerdict, StepContext, check_chain, check_exchanged_chain
 from verisplit.spec.protocol import (
     ABORTED,
     COMPLETED,
@@ -61,28 +61,15 @@ class _Req:
 
 
 def expected_verdict(cohort: Cohort, observation: Any, context: StepContext) -> tuple[ChainVerdict, int]:
-    """The lead's required verdict on one observed step: per link in order, H1-H3 (``check_link``) then
-    H4 (``check_receipt``) against the digests of the bytes actually exchanged. Returns the verdict and
-    how many commitments the spec's ``CommitStep`` should see (all, or those before an H4 failure, so
-    that the spec blames the same link as ``missing_link``)."""
-    expected_input = observation.first_input_digest
-    commitments = observation.commitments
-    for index, assignment in enumerate(cohort.assignments):
-        if index >= len(commitments):
-            return ChainVerdict(False, index, assignment.provider_id, "missing_link"), len(commitments)
-        c = commitments[index]
-        failure = check_link(assignment, index, c, expected_input, context)
-        if failure is not None:
-            return ChainVerdict(False, index, assignment.provider_id, failure[0], failure[1]), len(commitments)
-        if index < len(observation.sent_digests) and index < len(observation.received_digests):
-            receipt = check_receipt(c, observation.sent_digests[index], observation.received_digests[index])
-            if receipt is not None:
-                return ChainVerdict(False, index, assignment.provider_id, receipt[0], receipt[1]), index
-        expected_input = c.output_digest
-    if len(commitments) > len(cohort.assignments):
-        last = cohort.assignments[-1]
-        return ChainVerdict(False, len(cohort.assignments), last.provider_id, "duplicate_or_replay"), len(commitments)
-    return VALID, len(commitments)
+    """The lead's required verdict on one observed step: the spec's ``check_exchanged_chain`` (H1-H4)
+    against the digests of the bytes actually exchanged. Returns the verdict and how many commitments
+    the spec's ``CommitStep`` should see (all, or those before an H4 failure, so that the spec blames
+    the same link as ``missing_link``)."""
+    chain_only = check_chain(cohort, observation.commitments, observation.first_input_digest, context)
+    verdict = check_exchanged_chain(cohort, observation.commitments, observation.first_input_digest,
+                                    observation.sent_digests, observation.received_digests, context)
+    receipt_failed = not verdict.valid and not _same_verdict(verdict, chain_only)
+    return verdict, (verdict.link or 0) if receipt_failed else len(observation.commitments)
 
 
 def _same_verdict(a: ChainVerdict, b: ChainVerdict) -> bool:

@@ -2,11 +2,12 @@
 
 Layout (one pool per run, reused by every example):
 - a seeded random HF checkpoint (``verisplit model make-random``) and one key file per template;
-- one ``verisplit provider serve`` process per template (honest, or ``--cheat MODE`` with
-  ``VERISPLIT_ALLOW_CHEATS=1``), each loading only its layer range and registering with the adapter's
+- one provider process per template (honest: ``verisplit provider serve``; a cheater: the test-only
+  launcher ``python -m cheatkit.serve MODE`` from the source tree's ``tests/cheatkit``, which the
+  distribution does not ship), each loading only its layer range and registering with the adapter's
   registry endpoint over gRPC;
-- the lead: ``verisplit.impl.lead.Lead`` (registry, router ``form_cohort``, lead-mediated relay that
-  checks every commitment on receipt, request store) plus ``verisplit.impl.audit_service.AuditService``
+- the lead: ``verisplit.impl.node.lead.Lead`` (registry, router ``form_cohort``, lead-mediated relay that
+  checks every commitment on receipt, request store) plus ``verisplit.impl.audit.service.AuditService``
   as its post-request hook (commit-reveal audits by the verifier, settlement, signed SQLite ledger,
   ejection). It runs on an asyncio loop in this process and talks gRPC to the providers.
 
@@ -75,12 +76,26 @@ MODEL_ARGS = ("--arch", "llama", "--layers", "4", "--hidden", "64", "--heads", "
 AUDIT_SEED = b"verisplit-conformance-audit-seed-v1"
 
 
+def cheatkit_root() -> Path:
+    """The folder holding the test-only ``cheatkit`` package: ``$VERISPLIT_CHEATKIT`` if set, else the
+    source tree's ``tests/`` beside this package. Raises ``ImplAdapterError`` saying what to do when
+    neither exists (an installed wheel ships no cheat code)."""
+    configured = os.environ.get("VERISPLIT_CHEATKIT")
+    candidates = [Path(configured)] if configured else [Path(__file__).resolve().parent.parent / "tests"]
+    for root in candidates:
+        if (root / "cheatkit" / "serve.py").is_file():
+            return root
+    raise ImplAdapterError("the cheating providers come from the test-only cheat catalogue (tests/cheatkit in a "
+                           "source checkout), which the installed distribution does not ship: run from a source "
+                           "checkout or set VERISPLIT_CHEATKIT to the folder that holds cheatkit/")
+
+
 class ImplAdapterError(RuntimeError):
     """The pool could not be started or the lead failed; the message says which part and why."""
 
 
 def _run_cli(*args: str) -> None:
-    from verisplit.impl.procs import verisplit_command
+    from verisplit.impl.node.procs import verisplit_command
 
     done = subprocess.run(verisplit_command(*args), capture_output=True, text=True)
     if done.returncode != 0:
@@ -99,8 +114,8 @@ def ensure_checkpoint(workdir: Path) -> Path:
 
 
 def ensure_tolerance(checkpoint: Path, workdir: Path, device: str | None) -> Tolerance:
-    """The audit tolerance measured by ``verisplit.impl.calibrate`` on this checkpoint (cached as JSON)."""
-    from verisplit.impl.calibrate import calibrate, load_tolerance, write_calibration
+    """The audit tolerance measured by ``verisplit.impl.audit.calibrate`` on this checkpoint (cached as JSON)."""
+    from verisplit.impl.audit.calibrate import calibrate, load_tolerance, write_calibration
 
     path = workdir / f"calibration-{device or 'auto'}.json"
     if not path.exists():
@@ -158,12 +173,12 @@ class ImplAdapter(Adapter):
     def _start(self, timeout: float) -> None:
         import grpc
 
-        from verisplit.impl import verisplit_pb2_grpc as pb_grpc
-        from verisplit.impl.config import ModelConfig
-        from verisplit.impl.framing import grpc_options
-        from verisplit.impl.keys import create_key_file, load_key_file
-        from verisplit.impl.procs import ProcessGroup, free_port, verisplit_command
-        from verisplit.impl.verifier import Verifier
+        from verisplit.impl.node import verisplit_pb2_grpc as pb_grpc
+        from verisplit.impl.runtime.config import ModelConfig
+        from verisplit.impl.node.framing import grpc_options
+        from verisplit.impl.records.keys import create_key_file, load_key_file
+        from verisplit.impl.node.procs import ProcessGroup, free_port, verisplit_command
+        from verisplit.impl.audit.verifier import Verifier
         from verisplit.spec.cohort import ModelSpec
 
         self.checkpoint = ensure_checkpoint(self.workdir)
@@ -193,18 +208,22 @@ class ImplAdapter(Adapter):
         self._server = self._call(start_server())
         self.reset()
         self.model = ModelSpec(self._lead.model_id, config.num_hidden_layers)
-        self._procs = ProcessGroup(self.workdir / "logs", env=dict(os.environ, VERISPLIT_ALLOW_CHEATS="1"))
+        cheaters = [t for t in self.templates if t.behaviour != "honest"]
+        cheat_root = cheatkit_root() if cheaters else None
+        self._procs = ProcessGroup(self.workdir / "logs")
         children = []
         for t in self.templates:
-            argv = verisplit_command("provider", "serve", "--checkpoint", str(self.checkpoint), "--layers",
-                                     f"{t.first_layer}:{t.end_layer}", "--key", str(keys_dir / f"{t.name}.key"),
-                                     "--listen", "127.0.0.1:0", "--lead", self.registry_endpoint,
-                                     "--provider-id", t.name, "--price", "1", "--dtype", "float32")
+            args = ["--checkpoint", str(self.checkpoint), "--layers", f"{t.first_layer}:{t.end_layer}",
+                    "--key", str(keys_dir / f"{t.name}.key"), "--listen", "127.0.0.1:0", "--lead", self.registry_endpoint,
+                    "--provider-id", t.name, "--price", "1", "--dtype", "float32"]
             if self.device:
-                argv += ["--device", self.device]
-            if t.behaviour != "honest":
-                argv += ["--cheat", t.behaviour]
-            children.append(self._procs.spawn(t.name, argv))
+                args += ["--device", self.device]
+            if t.behaviour == "honest":
+                children.append(self._procs.spawn(t.name, verisplit_command("provider", "serve", *args)))
+            else:
+                argv = [sys.executable, "-m", "cheatkit.serve", t.behaviour, *args]
+                pythonpath = os.pathsep.join(p for p in (str(cheat_root), os.environ.get("PYTHONPATH", "")) if p)
+                children.append(self._procs.spawn(t.name, argv, extra_env={"PYTHONPATH": pythonpath}))
         try:
             self._procs.wait_ready(children, timeout=timeout)
         except Exception as exc:
@@ -215,8 +234,8 @@ class ImplAdapter(Adapter):
 
     # --- per example ------------------------------------------------------------------------------
     def reset(self) -> None:
-        from verisplit.impl.audit_service import AuditService
-        from verisplit.impl.lead import Lead
+        from verisplit.impl.audit.service import AuditService
+        from verisplit.impl.node.lead import Lead
 
         if self._lead is not None:
             self._call(self._lead.close())
@@ -260,8 +279,8 @@ class ImplAdapter(Adapter):
         request id as session id, and ids repeat across examples so that reruns are deterministic)."""
         import grpc
 
-        from verisplit.impl import verisplit_pb2 as pb
-        from verisplit.impl import verisplit_pb2_grpc as pb_grpc
+        from verisplit.impl.node import verisplit_pb2 as pb
+        from verisplit.impl.node import verisplit_pb2_grpc as pb_grpc
 
         if not self._used_ids:
             return
@@ -276,8 +295,8 @@ class ImplAdapter(Adapter):
         self._used_ids.clear()
 
     def add_offer(self, template: ProviderTemplate, price: int) -> OfferResult:
-        from verisplit.impl.keys import sign_offer
-        from verisplit.impl.lead import RegistryError
+        from verisplit.impl.records.keys import sign_offer
+        from verisplit.impl.node.registry import RegistryError
 
         fields = replace(self._pool[template.name], price_per_work_unit=price, issued_at_ms=int(time.time() * 1000))
         try:
@@ -297,7 +316,7 @@ class ImplAdapter(Adapter):
         return EjectResult(False, "the lead has no ejection interface; only failed audits/chain checks eject")
 
     def route(self) -> RouteResult:
-        from verisplit.impl.lead import NoCohortError
+        from verisplit.impl.node.lead import NoCohortError
 
         try:
             cohort, _ = self._lead.route()
@@ -307,7 +326,8 @@ class ImplAdapter(Adapter):
 
     # --- requests ----------------------------------------------------------------------------------
     def run_request(self, request_id: str, prompt_len: int, max_tokens: int, seed: int) -> RequestObservation:
-        from verisplit.impl.lead import CohortError, NoCohortError, SamplingParams
+        from verisplit.impl.node.hops import CohortError
+        from verisplit.impl.node.lead import NoCohortError, SamplingParams
 
         rng = _prompt(prompt_len, seed, self.vocab)
         params = SamplingParams(max_tokens=max_tokens, temperature=0.0 if seed == 0 else 1.0, top_p=1.0, seed=seed,
@@ -341,7 +361,7 @@ class ImplAdapter(Adapter):
         return RequestObservation(request_id, run.cohort, run.fee, tuple(steps), verdict, tuple(run.generated))
 
     def audit(self, request_id: str) -> list[AuditVerdict]:
-        from verisplit.impl.verifier import verdict_from_dict
+        from verisplit.impl.audit.verifier import verdict_from_dict
 
         info = self._summaries.get(request_id) or {}
         if info.get("hook_errors"):
@@ -394,9 +414,9 @@ class _PoolRegistry:
     async def Register(self, request: Any, context: Any) -> Any:
         import grpc
 
-        from verisplit.impl import verisplit_pb2 as pb
-        from verisplit.impl.keys import offer_signature_valid
-        from verisplit.impl.provider import offer_fields_from_pb
+        from verisplit.impl.node import verisplit_pb2 as pb
+        from verisplit.impl.records.keys import offer_signature_valid
+        from verisplit.impl.node.framing import offer_fields_from_pb
 
         fields = offer_fields_from_pb(request.offer)
         if not offer_signature_valid(fields, bytes(request.signature)):
@@ -405,7 +425,7 @@ class _PoolRegistry:
         return pb.RegisterResponse(provider_id=fields.provider_id, heartbeat_interval_ms=1000, offer_ttl_ms=10**9)
 
     async def Heartbeat(self, request: Any, context: Any) -> Any:
-        from verisplit.impl import verisplit_pb2 as pb
+        from verisplit.impl.node import verisplit_pb2 as pb
 
         return pb.HeartbeatResponse(known=True)
 

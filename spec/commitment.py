@@ -285,3 +285,37 @@ def commitment_from_dict(data: dict[str, object]) -> BoundaryCommitment:
         except (TypeError, ValueError):
             raise ValueError(f"commitment: field '{name}' has an invalid value {raw!r}") from None
     return BoundaryCommitment(**values)  # type: ignore[arg-type]
+
+
+def check_exchanged_link(assignment: Assignment, segment_index: int, c: BoundaryCommitment, sent_digest: bytes,
+                         received_digest: bytes, context: StepContext) -> tuple[str, str] | None:
+    """Rules H1-H4 on one link as the lead checks it on receipt: H1-H3 (``check_link``) with the digest
+    of the bytes the lead sent as the expected input (the lead forwards exactly the bytes it received
+    from the previous link, so this is H3), then H4 (``check_receipt``). Returns (reason, detail) or None.
+
+    A commitment whose fields do not fit their wire widths has no signing bytes, so it fails as
+    ``bad_signature`` by its sender. Tests: tests/test_spec_commitment.py (agrees with
+    ``check_exchanged_chain`` link by link)."""
+    failure = check_link(assignment, segment_index, c, sent_digest, context)
+    if failure is None:
+        failure = check_receipt(c, sent_digest, received_digest)
+    return failure
+
+
+def check_exchanged_chain(cohort: Cohort, commitments: Sequence[BoundaryCommitment], first_input_digest: bytes,
+                          sent_digests: Sequence[bytes], received_digests: Sequence[bytes],
+                          context: StepContext) -> ChainVerdict:
+    """The verdict on one step as exchanged: ``check_chain`` (H1-H3) combined with the receipt rule H4
+    on every link whose sent/received bytes are known; the earlier failing link wins, and at the same
+    link the H1-H3 failure wins (it is checked first on receipt).
+
+    Invariant: equals the first failure of ``check_exchanged_link`` over the links in order when the
+    lead forwarded every output unchanged (``sent_digests[k+1] == received_digests[k]``).
+    Tests: tests/test_spec_commitment.py."""
+    verdict = check_chain(cohort, commitments, first_input_digest, context)
+    limit = len(cohort.assignments) if verdict.valid or verdict.link is None else verdict.link
+    for index in range(min(limit, len(commitments), len(sent_digests), len(received_digests), len(cohort.assignments))):
+        receipt = check_receipt(commitments[index], sent_digests[index], received_digests[index])
+        if receipt is not None:
+            return ChainVerdict(False, index, cohort.assignments[index].provider_id, receipt[0], receipt[1])
+    return verdict

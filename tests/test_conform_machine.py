@@ -32,8 +32,8 @@ def test_spec_adapter_conforms_and_writes_traces(tmp_path) -> None:
 
 
 def test_caught_by_table_matches_the_cheat_catalogue() -> None:
-    from verisplit.impl import cheats
-    from verisplit.impl.behaviour import BEHAVIOURS
+    from cheatkit import cheats
+    from cheatkit.cheats import BEHAVIOURS
 
     assert set(CAUGHT_BY) == set(BEHAVIOURS) - {"honest"}  # every registered cheat has a catching check
     assert set(CAUGHT_BY.values()) == {"audit", "chain"} and cheats.CATALOGUE == tuple(CAUGHT_BY)

@@ -10,8 +10,8 @@ import sqlite3
 from click.testing import CliRunner
 from nacl.signing import SigningKey
 
-from verisplit.impl.cli_ledger import ledger_group
-from verisplit.impl.ledger import Ledger, settlement_body
+from verisplit.impl.cli.ledger import ledger_group
+from verisplit.impl.records.ledger import Ledger, settlement_body
 from verisplit.spec.cohort import Assignment, Cohort
 from verisplit.spec.settlement import settle
 

@@ -1,4 +1,4 @@
-"""Test-only provider behaviours loaded by provider processes through ``--cheat module:Class``.
+"""Test-only provider behaviours loaded by provider processes through ``python -m cheatkit.serve module:Class``.
 
 The provider processes import this module (``PYTHONPATH`` includes ``tests/``), so it must stay
 light. The small tests below pin what each behaviour does to its hooks.
@@ -10,7 +10,7 @@ import pytest
 import torch
 from nacl.signing import SigningKey
 
-from verisplit.impl.behaviour import Behaviour
+from verisplit.impl.node.behaviour import Behaviour
 
 
 class SendOther(Behaviour):

@@ -20,17 +20,18 @@ import httpx
 import pytest
 import torch
 
-from verisplit.impl import verisplit_pb2 as pb
-from verisplit.impl import verisplit_pb2_grpc as pb_grpc
-from verisplit.impl.checkpoint import make_random_checkpoint
-from verisplit.impl.generate import generate_reference
-from verisplit.impl.keys import SignedFields, create_key_file, offer_signing_bytes, sign_offer
-from verisplit.impl.loader import load_full
-from verisplit.impl.procs import ProcessGroup, start_local_cohort, verisplit_command
-from verisplit.impl.provider import offer_fields_to_pb
-from verisplit.impl.records import RequestStore
-from verisplit.impl.tensors import to_canonical
-from verisplit.impl.tokenizer import load_tokenizer, stop_token_ids
+import cheatkit
+from verisplit.impl.node import verisplit_pb2 as pb
+from verisplit.impl.node import verisplit_pb2_grpc as pb_grpc
+from verisplit.impl.runtime.checkpoint import make_random_checkpoint
+from verisplit.impl.runtime.generate import generate_reference
+from verisplit.impl.records.keys import SignedFields, create_key_file, offer_signing_bytes, sign_offer
+from verisplit.impl.runtime.loader import load_full
+from verisplit.impl.node.procs import ProcessGroup, start_local_cohort, verisplit_command
+from verisplit.impl.node.framing import offer_fields_to_pb
+from verisplit.impl.records.requests import RequestStore
+from verisplit.impl.runtime.tensors import to_canonical
+from verisplit.impl.runtime.tokenizer import load_tokenizer, stop_token_ids
 from verisplit.spec.commitment import StepContext, check_chain, next_step_context
 from verisplit.spec.encoding import digest_encoded
 
@@ -63,12 +64,12 @@ def spawn_provider(cohort: dict[str, Any], name: str, layers: str, price: int, c
     key = cohort["root"] / "keys" / f"{name}.key"
     if not key.exists():
         create_key_file(key)
-    argv = verisplit_command("provider", "serve", "--checkpoint", str(cohort["checkpoint"]), "--layers", layers,
-                             "--key", str(key), "--listen", "127.0.0.1:0", "--lead", cohort["grpc"],
-                             "--price", str(price), "--provider-id", name)
+    args = ("--checkpoint", str(cohort["checkpoint"]), "--layers", layers, "--key", str(key), "--listen", "127.0.0.1:0",
+            "--lead", cohort["grpc"], "--price", str(price), "--provider-id", name)
     if cheat:
-        argv += ["--cheat", cheat]
-    child = group.spawn(name, argv, extra_env={"VERISPLIT_ALLOW_CHEATS": "1"})
+        child = group.spawn(name, cheatkit.provider_command(cheat, *args), extra_env=cheatkit.provider_env())
+    else:
+        child = group.spawn(name, verisplit_command("provider", "serve", *args))
     group.wait_ready([child], timeout=120)
     return child
 
@@ -259,15 +260,16 @@ def test_cheating_provider_is_caught_at_its_link(cohort: dict[str, Any], name: s
     assert cohort_ids(client) == [f"provider-{i}" for i in range(4)]
 
 
-def test_cheat_flag_is_refused_without_the_env_switch(cohort: dict[str, Any], tmp_path: Path) -> None:
+def test_shipped_cli_cannot_select_a_cheat(cohort: dict[str, Any], tmp_path: Path) -> None:
+    """No option or environment variable of ``verisplit provider serve`` reaches the cheat catalogue."""
     key = tmp_path / "k.key"
     create_key_file(key)
-    env = {k: v for k, v in os.environ.items() if k != "VERISPLIT_ALLOW_CHEATS"}
+    env = dict(os.environ, VERISPLIT_ALLOW_CHEATS="1")  # the old switch must mean nothing now
     result = subprocess.run(verisplit_command("provider", "serve", "--checkpoint", str(cohort["checkpoint"]), "--layers", "0:2",
                                               "--key", str(key), "--listen", "127.0.0.1:0", "--lead", cohort["grpc"],
                                               "--cheat", "test_net_cheat_helpers:SendOther"),
                             capture_output=True, text=True, env=env, timeout=60)
-    assert result.returncode != 0 and "VERISPLIT_ALLOW_CHEATS" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "No such option '--cheat'" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_provider_that_goes_away_gives_a_clear_error(cohort: dict[str, Any]) -> None:

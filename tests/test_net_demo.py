@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from verisplit.impl.checkpoint import make_random_checkpoint
-from verisplit.impl.procs import verisplit_command
+from verisplit.impl.runtime.checkpoint import make_random_checkpoint
+from verisplit.impl.node.procs import verisplit_command
 
 pytestmark = pytest.mark.net
 

@@ -13,14 +13,17 @@ import pytest
 from fastapi.testclient import TestClient
 from nacl.signing import SigningKey
 
-from verisplit.impl import verisplit_pb2 as pb
-from verisplit.impl.api import create_app
-from verisplit.impl.audit_service import analyse_chain
-from verisplit.impl.checkpoint import make_random_checkpoint
-from verisplit.impl.framing import FramingError, chunk_tensor
-from verisplit.impl.keys import SignedFields, offer_signature_valid, sign_offer
-from verisplit.impl.lead import Lead, Registry, RegistryError, link_failure, output_byte_limit
-from verisplit.impl.records import RequestRecord, StepRecord
+from verisplit.impl.node import verisplit_pb2 as pb
+from verisplit.impl.node.api import create_app
+from verisplit.impl.audit.service import analyse_chain
+from verisplit.impl.runtime.checkpoint import make_random_checkpoint
+from verisplit.impl.node.framing import FramingError, chunk_tensor
+from verisplit.impl.records.keys import SignedFields, offer_signature_valid, sign_offer
+from verisplit.impl.node.hops import output_byte_limit
+from verisplit.impl.node.lead import Lead
+from verisplit.impl.node.registry import Registry, RegistryError
+from verisplit.spec.commitment import check_exchanged_link as link_failure
+from verisplit.impl.records.requests import RequestRecord, StepRecord
 from verisplit.spec.cohort import Assignment, Cohort, ModelSpec
 from verisplit.spec.commitment import BoundaryCommitment, StepContext, sign_commitment
 from verisplit.spec.encoding import digest_encoded
@@ -154,10 +157,10 @@ def test_lead_bounds_a_hops_output_to_one_boundary_tensor(lead: Lead) -> None:
     assert 3 * config.hidden_size * 4 < hidden_limit < 3 * config.hidden_size * 4 + 8192
     assert output_byte_limit(config, 3, last=True) > 3 * config.vocab_size * 4
     # The hop's reassembler refuses an announced output above that limit at its first chunk.
-    from verisplit.impl.lead import _Hop
+    from verisplit.impl.node.hops import Hop as _Hop
 
     hop = _Hop.__new__(_Hop)
-    from verisplit.impl.framing import Reassembler
+    from verisplit.impl.node.framing import Reassembler
 
     hop.reassembler = Reassembler("output")
     hop.reassembler.max_tensor_bytes = hidden_limit
@@ -172,7 +175,8 @@ def test_exchange_applies_the_limit(lead: Lead) -> None:
     """``_Hop.exchange(max_output_bytes=...)`` installs the limit before reading anything."""
     import asyncio
 
-    from verisplit.impl.lead import MALFORMED_OUTPUT, CohortError, _Hop, RegisteredOffer
+    from verisplit.impl.node.hops import MALFORMED_OUTPUT, CohortError, Hop as _Hop
+    from verisplit.impl.node.registry import RegisteredOffer
 
     class Call:
         def __init__(self) -> None:

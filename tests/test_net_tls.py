@@ -8,8 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from verisplit.impl.checkpoint import make_random_checkpoint
-from verisplit.impl.procs import ProcessGroup, start_local_cohort
+from verisplit.impl.runtime.checkpoint import make_random_checkpoint
+from verisplit.impl.node.procs import ProcessGroup, start_local_cohort
 
 pytestmark = pytest.mark.net
 
@@ -34,8 +34,8 @@ def test_cohort_over_tls(tmp_path: Path) -> None:
         # A plaintext client cannot talk to the TLS provider.
         import grpc
 
-        from verisplit.impl import verisplit_pb2 as pb
-        from verisplit.impl import verisplit_pb2_grpc as pb_grpc
+        from verisplit.impl.node import verisplit_pb2 as pb
+        from verisplit.impl.node import verisplit_pb2_grpc as pb_grpc
 
         with grpc.insecure_channel(info["providers"][0]["endpoint"]) as channel:
             with pytest.raises(grpc.RpcError):

@@ -16,17 +16,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
-from verisplit.impl import verisplit_pb2 as pb
-from verisplit.impl.cli_net import keygen_command
-from verisplit.impl.framing import FramingError, Reassembler, chunk_tensor
-from verisplit.impl.keys import KeyFileError, SignedFields, create_key_file, load_key_file, offer_signature_valid, sign_offer
-from verisplit.impl.lead import Registry, RegistryError
-from verisplit.impl.records import RecordError, RequestRecord, RequestStore, StepRecord
+from verisplit.impl.node import verisplit_pb2 as pb
+from verisplit.impl.cli.net import keygen_command
+from verisplit.impl.node.framing import FramingError, Reassembler, chunk_tensor
+from verisplit.impl.records.keys import KeyFileError, SignedFields, create_key_file, load_key_file, offer_signature_valid, sign_offer
+from verisplit.impl.node.registry import Registry, RegistryError
+from verisplit.impl.records.requests import RecordError, RequestRecord, RequestStore, StepRecord
 from verisplit.spec.cohort import Assignment, Cohort, ModelSpec
 from verisplit.spec.commitment import BoundaryCommitment, sign_commitment
 
 pytestmark = pytest.mark.net
-IMPL = Path(__file__).resolve().parent.parent / "impl"
+IMPL = Path(__file__).resolve().parent.parent / "impl" / "node"
 
 
 # --- keys ------------------------------------------------------------------------------------------
@@ -183,14 +183,14 @@ def test_generated_modules_match_the_proto(tmp_path: Path) -> None:
                     f"--grpc_python_out={tmp_path}", str(tmp_path / "verisplit.proto")], check=True)
     grpc_text = (tmp_path / "verisplit_pb2_grpc.py").read_text()
     grpc_text = grpc_text.replace("import verisplit_pb2 as verisplit__pb2",
-                                  "from verisplit.impl import verisplit_pb2 as verisplit__pb2")
+                                  "from verisplit.impl.node import verisplit_pb2 as verisplit__pb2")
     assert (tmp_path / "verisplit_pb2.py").read_text() == (IMPL / "verisplit_pb2.py").read_text()
     assert grpc_text == (IMPL / "verisplit_pb2_grpc.py").read_text()
 
 
 def test_key_file_write_failure_leaves_no_partial_identity(tmp_path, monkeypatch) -> None:
     """A failed write removes the half-written file, so a retry can create the key."""
-    from verisplit.impl import keys
+    from verisplit.impl.records import keys
 
     target = tmp_path / "k.key"
     real_fsync = keys.os.fsync

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+
 import subprocess
 import sys
 import zipfile
@@ -61,8 +63,9 @@ def test_no_bare_spec_or_impl_modules_are_importable() -> None:
     assert result.stdout.strip() == "[]", result.stdout + result.stderr
 
 
-def test_wheel_contains_only_the_verisplit_namespace(tmp_path: Path) -> None:
-    # Build from a copy of the tracked files so setuptools' build/ folder never lands in the checkout.
+def _build_wheel(tmp_path: Path) -> Path:
+    """Build the wheel from a copy of the tracked files (so setuptools' build/ folder never lands in the
+    checkout); returns its path."""
     source = tmp_path / "src"
     files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout.decode().split("\0")
     for name in filter(None, files):
@@ -71,12 +74,16 @@ def test_wheel_contains_only_the_verisplit_namespace(tmp_path: Path) -> None:
             (source / name).write_bytes((ROOT / name).read_bytes())
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(source)],
                    check=True, timeout=300, capture_output=True)
-    wheel = next(tmp_path.glob("verisplit-*.whl"))
+    return next(tmp_path.glob("verisplit-*.whl"))
+
+
+def test_wheel_contains_only_the_verisplit_namespace(tmp_path: Path) -> None:
+    wheel = _build_wheel(tmp_path)
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names}
     assert tops == {"verisplit", wheel.name.split("-")[0] + "-" + wheel.name.split("-")[1] + ".dist-info"}
     for module in ("verisplit/spec/cohort.py", "verisplit/impl/__init__.py", "verisplit/conformance/__init__.py",
-                   "verisplit/proofs_z3/__init__.py", "verisplit/cli.py", "verisplit/impl/verisplit.proto",
+                   "verisplit/proofs_z3/__init__.py", "verisplit/cli.py", "verisplit/impl/node/verisplit.proto",
                    "verisplit/conformance/vectors/settlement.json", "verisplit/conformance/vectors/README.md"):
         assert module in names
 
@@ -93,3 +100,20 @@ assert "torch" not in sys.modules
 """
     result = run_python(code)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_wheel_ships_no_cheat_code(tmp_path: Path) -> None:
+    """The cheat catalogue and its launcher are test-only: no module of the wheel subclasses the provider's
+    Behaviour, none is named after cheats, and no command offers a --cheat option."""
+    wheel = _build_wheel(tmp_path)
+    archive = zipfile.ZipFile(wheel)
+    names = archive.namelist()
+    assert not [n for n in names if "cheat" in n.lower()]
+    for name in (n for n in names if n.endswith(".py")):
+        source = archive.read(name).decode("utf-8")
+        assert "--cheat" not in source, name
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.ClassDef):
+                bases = {getattr(b, "id", getattr(b, "attr", "")) for b in node.bases}
+                assert "Behaviour" not in bases, f"{name}: class {node.name} subclasses Behaviour"
+    assert "verisplit/impl/node/behaviour.py" in names  # the honest hook interface ships

@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from verisplit.impl.checkpoint import make_random_checkpoint
-from verisplit.impl.generate import cache_vs_prefill_drift
-from verisplit.impl.loader import load_full, load_segment
+from verisplit.impl.runtime.checkpoint import make_random_checkpoint
+from verisplit.impl.runtime.generate import cache_vs_prefill_drift
+from verisplit.impl.runtime.loader import load_full, load_segment
 
 BOUNDS = {"float32": 1e-4, "float16": 0.1, "bfloat16": 0.75}
 

@@ -8,14 +8,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from verisplit.impl.checkpoint import DEFAULT_MODEL, ensure_default_checkpoint, make_random_checkpoint
-from verisplit.impl.cli_model import model_group
-from verisplit.impl.config import ModelConfig
-from verisplit.impl.device import pick_device, set_determinism
-from verisplit.impl.errors import DeviceUnavailableError, SegmentInputError
-from verisplit.impl.generate import generate_reference, sample_next
-from verisplit.impl.loader import load_full, load_segment
-from verisplit.impl.tokenizer import decode, encode, format_chat, load_tokenizer, stop_token_ids
+from verisplit.impl.runtime.checkpoint import DEFAULT_MODEL, ensure_default_checkpoint, make_random_checkpoint
+from verisplit.impl.cli.model import model_group
+from verisplit.impl.runtime.config import ModelConfig
+from verisplit.impl.runtime.device import pick_device, set_determinism
+from verisplit.impl.runtime.errors import DeviceUnavailableError, SegmentInputError
+from verisplit.impl.runtime.generate import generate_reference, sample_next
+from verisplit.impl.runtime.loader import load_full, load_segment
+from verisplit.impl.runtime.tokenizer import decode, encode, format_chat, load_tokenizer, stop_token_ids
 
 
 @pytest.fixture(scope="module")

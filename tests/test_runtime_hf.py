@@ -10,8 +10,8 @@ import torch
 
 import transformers  # test-only dependency (the [test] extra); a missing one must fail, not skip
 
-from verisplit.impl.checkpoint import make_random_checkpoint
-from verisplit.impl.loader import load_full
+from verisplit.impl.runtime.checkpoint import make_random_checkpoint
+from verisplit.impl.runtime.loader import load_full
 
 CASES = {
     "llama": dict(arch="llama", layers=3, hidden=64, heads=4, kv_heads=2),  # llama3 rope scaling on

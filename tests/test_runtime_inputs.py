@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from verisplit.impl.checkpoint import make_random_checkpoint
-from verisplit.impl.errors import SegmentInputError, SessionError
-from verisplit.impl.loader import load_segment
+from verisplit.impl.runtime.checkpoint import make_random_checkpoint
+from verisplit.impl.runtime.errors import SegmentInputError, SessionError
+from verisplit.impl.runtime.loader import load_segment
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,11 @@ import sys
 import pytest
 import torch
 
-import verisplit.impl.loader as loader
-from verisplit.impl.checkpoint import make_random_checkpoint
-from verisplit.impl.config import ModelConfig, UnsupportedModelError
-from verisplit.impl.errors import CheckpointError, SegmentInputError
-from verisplit.impl.loader import load_full, load_segment
+import verisplit.impl.runtime.loader as loader
+from verisplit.impl.runtime.checkpoint import make_random_checkpoint
+from verisplit.impl.runtime.config import ModelConfig, UnsupportedModelError
+from verisplit.impl.runtime.errors import CheckpointError, SegmentInputError
+from verisplit.impl.runtime.loader import load_full, load_segment
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_quarter_slice_materialises_at_most_35_percent(sharded):
 
 RSS_SCRIPT = """
 import resource, sys
-import verisplit.impl.loader as L
+import verisplit.impl.runtime.loader as L
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 seg = L.load_segment(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), device="cpu")
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -19,11 +19,11 @@ from safetensors.torch import save_file
 
 import transformers  # test-only dependency (the [test] extra); a missing one must fail, not skip
 
-from verisplit.impl.checkpoint import make_random_checkpoint, model_config_dict, random_state_dict, write_weights
-from verisplit.impl.config import ModelConfig, UnsupportedModelError
-from verisplit.impl.errors import CheckpointError, SegmentInputError
-from verisplit.impl.generate import generate_reference, sample_next
-from verisplit.impl.loader import load_full, load_segment
+from verisplit.impl.runtime.checkpoint import make_random_checkpoint, model_config_dict, random_state_dict, write_weights
+from verisplit.impl.runtime.config import ModelConfig, UnsupportedModelError
+from verisplit.impl.runtime.errors import CheckpointError, SegmentInputError
+from verisplit.impl.runtime.generate import generate_reference, sample_next
+from verisplit.impl.runtime.loader import load_full, load_segment
 
 BASE = dict(layers=2, hidden=64, intermediate=96, heads=4, kv_heads=2, vocab=512, max_position=64,
             tie_embeddings=False, dtype="float32", sliding_window=None, name="review")
@@ -183,7 +183,7 @@ def test_parity_options_change_the_output(tmp_path):
 
 def test_sliding_window_decode_with_cache_matches_prefill(tmp_path):
     """KV-cache decode past a Mistral window equals one full prefill (fp32 drift bound 1e-4)."""
-    from verisplit.impl.generate import cache_vs_prefill_drift
+    from verisplit.impl.runtime.generate import cache_vs_prefill_drift
 
     path = make_random_checkpoint(tmp_path / "w", arch="mistral", layers=2, hidden=64, heads=4, kv_heads=2,
                                   sliding_window=4, max_position=64, seed=3)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from verisplit.impl.checkpoint import make_random_checkpoint
-from verisplit.impl.generate import generate_reference, run_chain
-from verisplit.impl.loader import load_full, load_segment
+from verisplit.impl.runtime.checkpoint import make_random_checkpoint
+from verisplit.impl.runtime.generate import generate_reference, run_chain
+from verisplit.impl.runtime.loader import load_full, load_segment
 
 LAYERS = 7  # odd, so every K > 1 split below is uneven
 SPLITS = {

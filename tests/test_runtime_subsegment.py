@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from verisplit.impl.checkpoint import make_random_checkpoint
-from verisplit.impl.errors import SegmentInputError
-from verisplit.impl.loader import load_segment
+from verisplit.impl.runtime.checkpoint import make_random_checkpoint
+from verisplit.impl.runtime.errors import SegmentInputError
+from verisplit.impl.runtime.loader import load_segment
 
 
 @pytest.fixture(scope="module")

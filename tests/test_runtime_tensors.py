@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from verisplit.impl.tensors import (TORCH_DTYPES, digest_named_tensors, digest_tensor, dtype_name,
+from verisplit.impl.runtime.tensors import (TORCH_DTYPES, digest_named_tensors, digest_tensor, dtype_name,
                                     from_canonical, to_canonical)
 from verisplit.spec.encoding import EncodingError, decode_tensor, digest_encoded
 

@@ -1,7 +1,7 @@
 """In-process detection: every catalogued cheat at one segment is caught at exactly that segment
 (by the chain/receipt check or by the audit), and honest segments always pass.
 
-Tolerance: calibrated on the same tiny model by ``verisplit.impl.calibrate`` (margin 4), never
+Tolerance: calibrated on the same tiny model by ``verisplit.impl.audit.calibrate`` (margin 4), never
 guessed; fp32 on CPU for the full catalogue, bf16 for a subset.
 """
 
@@ -11,13 +11,14 @@ import math
 
 import pytest
 
-from verisplit.impl.audit_service import analyse_chain
-from verisplit.impl.calibrate import calibrate
-from verisplit.impl.cheats import CATALOGUE, CAUGHT_BY
-from verisplit.impl.verifier import OTHER_WEIGHTS, Verifier
+from verisplit.impl.audit.service import analyse_chain
+from verisplit.impl.audit.calibrate import calibrate
+from cheatkit.cheats import CATALOGUE
+from verisplit.impl.audit.verifier import OTHER_WEIGHTS, Verifier
 from verisplit.spec.audit import Tolerance
 from verisplit.spec.commitment import StepContext, check_chain, check_receipt
 from verisplit.spec.encoding import digest_encoded
+from verisplit.spec.threats import CAUGHT_BY
 
 from verify_helpers import RANGES, honest_modes, make_ckpt, prompt_for, run
 
@@ -120,7 +121,7 @@ def test_tampered_evidence_is_a_receipt_failure_not_a_reexecution(ckpt, verifier
 
 def test_other_weights_digest_fails(ckpt, tmp_path, tol32):
     record = run(ckpt, honest_modes(), request_id="digest")
-    from verisplit.impl.checkpoint import make_random_checkpoint
+    from verisplit.impl.runtime.checkpoint import make_random_checkpoint
 
     other = make_random_checkpoint(tmp_path / "o", layers=6, hidden=64, heads=4, kv_heads=2, max_position=128, seed=12)
     v = Verifier(other, device="cpu", dtype="float32").audit(record, 1, tol32)

@@ -7,9 +7,9 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from verisplit.impl.calibrate import CalibrationError, load_tolerance
-from verisplit.impl.cli_verify import calibrate_command, verifier_group
-from verisplit.impl.records import RequestStore
+from verisplit.impl.audit.calibrate import CalibrationError, load_tolerance
+from verisplit.impl.cli.verify import calibrate_command, verifier_group
+from verisplit.impl.records.requests import RequestStore
 
 from verify_helpers import honest_modes, make_ckpt, run
 

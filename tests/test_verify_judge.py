@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from verisplit.impl.verifier import judge_tensors
+from verisplit.impl.audit.verifier import judge_tensors
 from verisplit.spec.audit import Tolerance, judge
 
 values = st.one_of(st.just(0.0), st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, width=32))

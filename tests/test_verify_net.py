@@ -6,7 +6,7 @@ h1 [2,4), price 10) on a 4-layer hidden-64 fp32 model. Cheaters are started per 
 side of the split, with prices below the honest ones and distinct from each other: the router picks
 the cheapest, the audit hook ejects it, and the next request routes to the next cheater (so each
 case also checks that an ejected provider is routed around). Token comparisons are exact (greedy,
-fp32, CPU); audit comparisons use the tolerance measured by ``verisplit.impl.calibrate`` here.
+fp32, CPU); audit comparisons use the tolerance measured by ``verisplit.impl.audit.calibrate`` here.
 """
 
 from __future__ import annotations
@@ -23,15 +23,17 @@ import httpx
 import pytest
 import torch
 
-from verisplit.impl.behaviour import Behaviour
-from verisplit.impl.calibrate import calibrate, write_calibration
-from verisplit.impl.cheats import CATALOGUE, CAUGHT_BY
-from verisplit.impl.checkpoint import make_random_checkpoint
-from verisplit.impl.generate import generate_reference
-from verisplit.impl.keys import create_key_file, load_key_file
-from verisplit.impl.loader import load_full, load_segment
-from verisplit.impl.procs import ProcessGroup, start_local_cohort, verisplit_command
-from verisplit.impl.tokenizer import load_tokenizer, stop_token_ids
+from verisplit.impl.node.behaviour import Behaviour
+from verisplit.impl.audit.calibrate import calibrate, write_calibration
+import cheatkit
+from cheatkit.cheats import CATALOGUE
+from verisplit.spec.threats import CAUGHT_BY
+from verisplit.impl.runtime.checkpoint import make_random_checkpoint
+from verisplit.impl.runtime.generate import generate_reference
+from verisplit.impl.records.keys import create_key_file, load_key_file
+from verisplit.impl.runtime.loader import load_full, load_segment
+from verisplit.impl.node.procs import ProcessGroup, start_local_cohort, verisplit_command
+from verisplit.impl.runtime.tokenizer import load_tokenizer, stop_token_ids
 from verisplit.spec.audit import reveal_valid
 from verisplit.spec.settlement import conserved, settle
 
@@ -85,12 +87,12 @@ def spawn(net: dict[str, Any], specs: list[tuple[str, str, int, str | None]]) ->
         key = net["root"] / "keys" / f"{name}.key"
         if not key.exists():
             create_key_file(key)
-        argv = verisplit_command("provider", "serve", "--checkpoint", str(net["checkpoint"]), "--layers", layers,
-                                 "--key", str(key), "--listen", "127.0.0.1:0", "--lead", net["grpc"],
-                                 "--price", str(price), "--provider-id", name, "--dtype", "float32")
+        args = ("--checkpoint", str(net["checkpoint"]), "--layers", layers, "--key", str(key), "--listen", "127.0.0.1:0",
+                "--lead", net["grpc"], "--price", str(price), "--provider-id", name, "--dtype", "float32")
         if cheat:
-            argv += ["--cheat", cheat]
-        children[name] = group.spawn(name, argv, extra_env={"VERISPLIT_ALLOW_CHEATS": "1"})
+            children[name] = group.spawn(name, cheatkit.provider_command(cheat, *args), extra_env=cheatkit.provider_env())
+        else:
+            children[name] = group.spawn(name, verisplit_command("provider", "serve", *args))
     group.wait_ready(list(children.values()), timeout=150)
     return children
 
@@ -278,9 +280,9 @@ def test_cheats_apply_to_the_assigned_sub_range(tmp_path: Path) -> None:
 
     from nacl.signing import SigningKey
 
-    from verisplit.impl.behaviour import make_behaviour
-    from verisplit.impl.keys import SignedFields
-    from verisplit.impl.provider import ProviderService
+    from cheatkit.cheats import make_behaviour
+    from verisplit.impl.records.keys import SignedFields
+    from verisplit.impl.node.provider import ProviderService
     from verisplit.spec.commitment import PROTOCOL_VERSION
 
     ckpt = make_random_checkpoint(tmp_path / "ckpt", layers=4, hidden=64, heads=4, kv_heads=2, vocab=320,
@@ -313,8 +315,8 @@ def test_eject_of_a_provider_that_already_left_still_bans_its_key(tmp_path: Path
 
     from verify_helpers import keys, make_ckpt, run
 
-    from verisplit.impl.audit_service import AuditService
-    from verisplit.impl.lead import Registry
+    from verisplit.impl.audit.service import AuditService
+    from verisplit.impl.node.registry import Registry
     from verisplit.spec.audit import Tolerance
     from verisplit.spec.cohort import ModelSpec
 

@@ -8,9 +8,9 @@ from fractions import Fraction
 import pytest
 from nacl.signing import SigningKey
 
-from verisplit.impl.audit_service import AuditService, analyse_chain
-from verisplit.impl.calibrate import calibrate
-from verisplit.impl.ledger import Ledger
+from verisplit.impl.audit.service import AuditService, analyse_chain
+from verisplit.impl.audit.calibrate import calibrate
+from verisplit.impl.records.ledger import Ledger
 from verisplit.spec.audit import Tolerance, is_audited, reveal_valid, seed_commitment
 from verisplit.spec.settlement import conserved, settle
 

@@ -7,10 +7,9 @@ from pathlib import Path
 import torch
 from nacl.signing import SigningKey
 
-from verisplit.impl.behaviour import make_behaviour
-from verisplit.impl.cheats import simulate_request
-from verisplit.impl.checkpoint import make_random_checkpoint
-from verisplit.impl.loader import load_segment
+from cheatkit.cheats import make_behaviour, simulate_request
+from verisplit.impl.runtime.checkpoint import make_random_checkpoint
+from verisplit.impl.runtime.loader import load_segment
 
 RANGES = [(0, 2), (2, 4), (4, 6)]
 PROMPT = list(range(5, 17))

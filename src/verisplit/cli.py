@@ -14,14 +14,14 @@ import click
 LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
     "spec": ("verisplit.spec.cli", "spec_group", "Executable-spec helpers: form cohorts, settle fees, check chains."),
     "prove": ("verisplit.proofs_z3.runner", "prove_command", "Run every Z3 check and mutant; exit non-zero on any failure."),
-    "model": ("verisplit.impl.cli_model", "model_group", "Model checkpoints: make seeded random HF checkpoints, inspect."),
-    "keygen": ("verisplit.impl.cli_net", "keygen_command", "Create an Ed25519 identity file (mode 0600)."),
-    "provider": ("verisplit.impl.cli_net", "provider_group", "Run a provider that serves one layer range."),
-    "lead": ("verisplit.impl.cli_net", "lead_group", "Run the lead: registry, router, relay and HTTP API."),
-    "demo": ("verisplit.impl.demo", "demo_command", "Run a local 4-provider cohort on the embedded default model."),
-    "verifier": ("verisplit.impl.cli_verify", "verifier_group", "Run the verifier role (audits by commit-reveal)."),
-    "calibrate": ("verisplit.impl.cli_verify", "calibrate_command", "Measure honest drift and store the audit tolerance."),
-    "ledger": ("verisplit.impl.cli_ledger", "ledger_group", "Inspect, verify and export the signed settlement ledger."),
+    "model": ("verisplit.impl.cli.model", "model_group", "Model checkpoints: make seeded random HF checkpoints, inspect."),
+    "keygen": ("verisplit.impl.cli.net", "keygen_command", "Create an Ed25519 identity file (mode 0600)."),
+    "provider": ("verisplit.impl.cli.net", "provider_group", "Run a provider that serves one layer range."),
+    "lead": ("verisplit.impl.cli.net", "lead_group", "Run the lead: registry, router, relay and HTTP API."),
+    "demo": ("verisplit.impl.cli.demo", "demo_command", "Run a local 4-provider cohort on the embedded default model."),
+    "verifier": ("verisplit.impl.cli.verify", "verifier_group", "Run the verifier role (audits by commit-reveal)."),
+    "calibrate": ("verisplit.impl.cli.verify", "calibrate_command", "Measure honest drift and store the audit tolerance."),
+    "ledger": ("verisplit.impl.cli.ledger", "ledger_group", "Inspect, verify and export the signed settlement ledger."),
     "conform": ("verisplit.conformance.cli", "conform_group", "Conformance: reference impl vs spec, or an external node."),
 }
 

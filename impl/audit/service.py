@@ -1,0 +1,237 @@
+"""The lead's post-request hook: chain analysis, sampled audits, settlement, ledger, ejection.
+
+For a finished ``RequestRecord`` it (1) re-derives each step's verdict with the spec's
+``check_exchanged_chain`` (H1-H4) on the recorded bytes, counting work units only for valid
+links (layer work x positions, exactly as ``verisplit.spec.protocol`` does); (2) audits each
+segment selected by the commit-reveal rule ``is_audited(seed, request_id, k, p)`` over the steps
+it served validly; (3) settles with the spec's ``settle`` (failed = chain culprit + failed audits;
+full refund when nothing was served, as ``expected_settlement``); (4) appends one signed ledger
+record; (5) ejects every failed provider (if it already left the registry, its key is banned all the
+same); (6) returns a JSON-ready summary. Aborts that are no protocol failure (outages, ``verisplit.spec.faults``) credit the accepted links and blame nobody.
+
+Invariants: only providers with a failing verdict (chain or audit) are ejected or forfeit; the
+seed is fixed at construction and only its commitment is published until ``reveal``; an audit
+that cannot run (unusable evidence, load failure) blames nobody and is reported under ``errors``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import threading
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from nacl.signing import SigningKey
+
+from verisplit.impl.records.ledger import Ledger, LedgerError, settlement_body
+from verisplit.impl.audit.verifier import EvidenceError, Verifier, verdict_to_dict
+from verisplit.spec.audit import AuditVerdict, Tolerance, is_audited, seed_commitment
+from verisplit.spec.commitment import MISSING_LINK, StepContext, check_exchanged_chain
+from verisplit.spec.encoding import digest_encoded
+from verisplit.spec.faults import is_protocol_failure
+from verisplit.spec.settlement import Settlement, settle
+
+
+@dataclass
+class ChainAnalysis:
+    """Work served per provider over valid links, steps served validly per segment, and the first
+    chain/receipt failure (segment ``link`` of step ``step``, provider ``culprit``), if any."""
+
+    work: dict[str, int]
+    valid_steps: list[int]
+    culprit: str | None = None
+    link: int | None = None
+    step: int | None = None
+    reason: str = ""
+    detail: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def analyse_chain(record: Any, layer_work: Sequence[int] | None = None) -> ChainAnalysis:
+    """Chain + receipt verdict of every recorded step (stopping at the first failure) and the work
+    served. ``layer_work[i]`` is layer i's work per position (1 each by default)."""
+    assignments = record.cohort.assignments
+    work = {a.provider_id: 0 for a in assignments}
+    valid_steps = [0 for _ in assignments]
+    analysis = ChainAnalysis(work, valid_steps)
+
+    def units(index: int) -> int:
+        a = assignments[index]
+        if layer_work is None:
+            return a.end_layer - a.first_layer
+        return sum(layer_work[a.first_layer:a.end_layer])
+
+    non_protocol_abort = getattr(record, "status", "") == "aborted" and not is_protocol_failure(getattr(record, "reason", None))
+    extra = getattr(record, "extra", None) or {}
+    abort_link = extra.get("link") if isinstance(extra.get("link"), int) else None
+
+    def credit(good: int, positions: int) -> None:
+        for index in range(good):
+            work[assignments[index].provider_id] += units(index) * positions
+            valid_steps[index] += 1
+
+    for position, step_record in enumerate(record.steps):
+        context = StepContext(record.model_id, record.request_id, step_record.step, step_record.first_position,
+                              step_record.num_positions)
+        # A commitment whose exchanged bytes were not recorded counts as not received (missing_link there).
+        known = min(len(step_record.commitments), len(step_record.inputs), len(step_record.outputs))
+        verdict = check_exchanged_chain(record.cohort, step_record.commitments[:known], step_record.first_input_digest,
+                                        [digest_encoded(b) for b in step_record.inputs[:known]],
+                                        [digest_encoded(b) for b in step_record.outputs[:known]], context)
+        last = position == len(record.steps) - 1
+        if not verdict.valid and last and non_protocol_abort and verdict.reason == MISSING_LINK and verdict.link == known:
+            # The step was cut short by an outage (a provider unreachable, erroring, slow, or sending an
+            # output of the wrong shape): links the lead accepted earn, nobody is a culprit.
+            credit(known if abort_link is None else min(known, abort_link), step_record.num_positions)
+            analysis.notes.append(f"aborted without a protocol failure ({getattr(record, 'reason', '')}) at step "
+                                  f"{step_record.step}: no culprit")
+            return analysis
+        if verdict.valid:
+            credit(len(assignments), step_record.num_positions)
+            continue
+        link = min(verdict.link if verdict.link is not None else len(assignments), len(assignments))
+        credit(link, step_record.num_positions)
+        analysis.link, analysis.reason, analysis.detail = min(link, len(assignments) - 1), verdict.reason or "", verdict.detail
+        analysis.culprit = verdict.culprit
+        analysis.step = step_record.step
+        return analysis
+    recorded = getattr(record, "culprit", None)
+    if recorded and non_protocol_abort:
+        analysis.notes.append(f"aborted without a protocol failure ({getattr(record, 'reason', '')}) by "
+                              f"{recorded!r}: no culprit")
+    elif recorded:
+        ids = [a.provider_id for a in assignments]
+        if recorded in ids:
+            analysis.culprit, analysis.link = recorded, ids.index(recorded)
+            analysis.reason = str(getattr(record, "reason", "") or "reported by the lead")
+            analysis.detail = "failure reported by the lead outside the recorded steps"
+        else:
+            analysis.notes.append(f"record names culprit {recorded!r}, who is not in the cohort")
+    return analysis
+
+
+def settle_request(fee: int, work: dict[str, int], lead: str, failed: set[str]) -> Settlement:
+    """``settle`` over work served; if nothing was served, the whole fee is refunded (as the spec's
+    ``expected_settlement``)."""
+    failed_known = frozenset(p for p in failed if p in work)
+    if sum(work.values()) == 0:
+        return Settlement(fee, lead, {p: 0 for p in work}, 0, fee, failed_known)
+    return settle(fee, work, lead, failed_known)
+
+
+def settlement_to_dict(s: Settlement) -> dict[str, Any]:
+    return {"fee": s.fee, "lead": s.lead, "payouts": dict(s.payouts), "residual": s.residual, "refund": s.refund,
+            "failed": sorted(s.failed)}
+
+
+class AuditService:
+    """Plug-in for the lead's ``post_request_hooks`` (``await service(record) -> dict``)."""
+
+    def __init__(self, checkpoint_dir: str | Path, ledger_path: str | Path, lead_signing_key: SigningKey,
+                 audit_p: Fraction, seed: bytes | None, tolerance: Tolerance,
+                 eject: Callable[[str, str], None], *, lead_id: str = "lead",
+                 device: str | None = None, dtype: str | None = None,
+                 layer_work: Sequence[int] | None = None, verifier: Verifier | None = None,
+                 ban_key: Callable[[bytes, str], None] | None = None) -> None:
+        p = Fraction(audit_p)
+        if not 0 <= p <= 1:
+            raise ValueError(f"audit_p: must be in [0, 1], got {audit_p}")
+        if seed is not None and (not isinstance(seed, bytes) or len(seed) < 16):
+            raise ValueError("seed: must be at least 16 bytes")
+        self.audit_p = p
+        self._seed = seed if seed is not None else os.urandom(32)
+        self.seed_commitment: bytes = seed_commitment(self._seed)
+        self.tolerance = tolerance
+        self.lead_signing_key = lead_signing_key
+        self.lead_id = lead_id
+        self.layer_work = layer_work
+        self._eject = eject
+        # Fallback when ``eject`` raises KeyError (provider no longer listed): ban its key directly.
+        # Default: the ``ban_key`` of the object ``eject`` is bound to (the lead's ``Registry``).
+        self._ban_key = ban_key if ban_key is not None else getattr(getattr(eject, "__self__", None), "ban_key", None)
+        self.verifier = verifier or Verifier(checkpoint_dir, device=device, dtype=dtype)
+        self.ledger = Ledger(ledger_path)
+        self._lock = threading.Lock()
+
+    def reveal(self) -> bytes:
+        """The audit seed (opens ``seed_commitment``; publish after the audit window)."""
+        return self._seed
+
+    def selected(self, request_id: str, segments: int) -> list[int]:
+        return [k for k in range(segments) if is_audited(self._seed, request_id, k, self.audit_p)]
+
+    async def __call__(self, record: Any) -> dict[str, Any]:
+        """Audit, settle and record ``record`` (audits in a worker thread), then eject the failed."""
+        result, failed = await asyncio.to_thread(self.process, record)
+        ejected: list[str] = []
+        keys = {a.provider_id: a.public_key for a in record.cohort.assignments}
+        for provider_id, reason in failed.items():
+            try:
+                try:
+                    self._eject(provider_id, reason)
+                except KeyError:
+                    # Already gone from the registry (left or expired): still ban the key it signed with.
+                    if self._ban_key is None:
+                        raise
+                    self._ban_key(keys[provider_id], reason)
+                ejected.append(provider_id)
+            except Exception as exc:  # noqa: BLE001 - report, never lose the settlement
+                result["errors"].append(f"eject {provider_id!r}: {exc}")
+        result["ejected"] = ejected
+        return result
+
+    def process(self, record: Any) -> tuple[dict[str, Any], dict[str, str]]:
+        """Everything but ejection: returns (summary, failed provider -> reason)."""
+        with self._lock:
+            return self._process(record)
+
+    def _process(self, record: Any) -> tuple[dict[str, Any], dict[str, str]]:
+        analysis = analyse_chain(record, self.layer_work)
+        assignments = record.cohort.assignments
+        verdicts: list[tuple[str, AuditVerdict]] = []
+        errors: list[str] = list(analysis.notes)
+        if analysis.culprit is not None and analysis.link is not None:
+            reason = f"chain: {analysis.reason}" + (f" at step {analysis.step}" if analysis.step is not None else "")
+            if analysis.detail:
+                reason += f" ({analysis.detail})"
+            verdicts.append(("chain", AuditVerdict(record.request_id, analysis.link, analysis.culprit, False,
+                                                   math.inf, math.inf, reason)))
+        for index in self.selected(record.request_id, len(assignments)):
+            if index == analysis.link or analysis.valid_steps[index] == 0:
+                continue
+            try:
+                verdict = self.verifier.audit(record, index, self.tolerance, steps=analysis.valid_steps[index])
+            except (EvidenceError, ValueError, OSError) as exc:
+                errors.append(f"audit of segment {index}: {exc}")
+                continue
+            verdicts.append(("audit", verdict))
+        failed: dict[str, str] = {}
+        for _, verdict in verdicts:
+            if not verdict.passed and verdict.provider_id not in failed:
+                failed[verdict.provider_id] = verdict.reason or "failed audit"
+        fee = int(getattr(record, "fee", 0) or 0)
+        settlement = settle_request(fee, analysis.work, self.lead_id, set(failed))
+        audits = [dict(verdict_to_dict(v), source=source) for source, v in verdicts]
+        chain = None
+        if analysis.culprit is not None:
+            chain = {"culprit": analysis.culprit, "link": analysis.link, "step": analysis.step,
+                     "reason": analysis.reason, "detail": analysis.detail}
+        body = settlement_body(request_id=record.request_id, model_id=record.model_id, cohort=record.cohort,
+                               work=analysis.work, settlement=settlement, audits=audits, chain=chain,
+                               extra={"seed_commitment": self.seed_commitment.hex(),
+                                      "audit_p": str(self.audit_p),
+                                      "tolerance": {"dtype": self.tolerance.dtype, "atol": self.tolerance.atol,
+                                                    "rtol": self.tolerance.rtol}})
+        ledger_seq: int | None = None
+        try:
+            ledger_seq = self.ledger.append(body, self.lead_signing_key).seq
+        except LedgerError as exc:
+            errors.append(f"ledger: {exc}")
+        summary = {"audits": audits, "settlement": dict(settlement_to_dict(settlement), work=dict(analysis.work)),
+                   "ejected": sorted(failed), "seed_commitment": self.seed_commitment.hex(),
+                   "ledger_seq": ledger_seq, "errors": errors}
+        return summary, failed

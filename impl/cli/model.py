@@ -1,0 +1,88 @@
+"""``verisplit model``: write seeded random HF checkpoints and inspect checkpoint folders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from verisplit.impl.runtime.errors import CheckpointError
+
+
+@click.group(name="model")
+def model_group() -> None:
+    """Model checkpoints: make seeded random HF checkpoints, inspect."""
+
+
+@model_group.command("make-random")
+@click.option("--arch", type=click.Choice(["llama", "qwen2", "mistral"]), default="llama", show_default=True)
+@click.option("--layers", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--hidden", type=click.IntRange(min=2), default=256, show_default=True)
+@click.option("--heads", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--kv-heads", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--intermediate", type=click.IntRange(min=1), default=None, help="default: ~8/3 * hidden")
+@click.option("--vocab", type=click.IntRange(min=1), default=None, help="default: 512")
+@click.option("--max-position", type=click.IntRange(min=1), default=2048, show_default=True)
+@click.option("--shards", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--tie-embeddings", is_flag=True, default=False)
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True)
+@click.option("--sliding-window", type=click.IntRange(min=1), default=None, help="mistral only")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+def make_random(arch: str, layers: int, hidden: int, heads: int, kv_heads: int, intermediate: int | None,
+                vocab: int | None, max_position: int, shards: int, seed: int, tie_embeddings: bool, dtype: str,
+                sliding_window: int | None, out_dir: Path) -> None:
+    """Write a real HF-format checkpoint with seeded random weights and a trained tokenizer."""
+    from verisplit.impl.runtime.checkpoint import make_random_checkpoint
+
+    try:
+        path = make_random_checkpoint(
+            out_dir, arch=arch, layers=layers, hidden=hidden, intermediate=intermediate, heads=heads,
+            kv_heads=kv_heads, vocab=vocab, max_position=max_position, shards=shards, seed=seed,
+            tie_embeddings=tie_embeddings, dtype=dtype, sliding_window=sliding_window)
+    except CheckpointError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"wrote {arch} checkpoint ({layers} layers, hidden {hidden}, {shards} shard(s)) to {path}")
+
+
+@model_group.command("info")
+@click.argument("checkpoint_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="print machine-readable JSON")
+def info(checkpoint_dir: Path, as_json: bool) -> None:
+    """Show a checkpoint's architecture, sizes and files (reads config.json and the shard index)."""
+    from verisplit.impl.runtime.config import ModelConfig
+    from verisplit.impl.runtime.loader import weight_map
+
+    try:
+        config = ModelConfig.from_dir(checkpoint_dir)
+        mapping = weight_map(checkpoint_dir)
+    except CheckpointError as exc:
+        raise click.ClickException(str(exc)) from None
+    files = sorted(set(mapping.values()))
+    summary = {
+        "model_id": config.name_or_path,
+        "model_type": config.model_type,
+        "layers": config.num_hidden_layers,
+        "hidden_size": config.hidden_size,
+        "intermediate_size": config.intermediate_size,
+        "heads": config.num_attention_heads,
+        "kv_heads": config.num_key_value_heads,
+        "head_dim": config.head_dim,
+        "vocab_size": config.vocab_size,
+        "max_position_embeddings": config.max_position_embeddings,
+        "tie_word_embeddings": config.tie_word_embeddings,
+        "rope_theta": config.rope_theta,
+        "rope_scaling": dict(config.rope_scaling) if config.rope_scaling else None,
+        "sliding_window": config.sliding_window,
+        "torch_dtype": config.torch_dtype,
+        "params_per_layer": config.layer_param_count(),
+        "tensors": len(mapping),
+        "files": files,
+        "bytes_on_disk": sum((checkpoint_dir / f).stat().st_size for f in files if (checkpoint_dir / f).is_file()),
+    }
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    for key, value in summary.items():
+        click.echo(f"{key:>24}: {value}")

@@ -1,0 +1,246 @@
+"""Tensor chunking and wire conversions shared by the provider and the lead.
+
+Invariants:
+- ``chunk_tensor`` splits canonical bytes into pieces of at most ``CHUNK_BYTES`` in order;
+  ``Reassembler`` accepts exactly such a sequence and returns the identical bytes, so digests
+  computed on either side of the wire are over the same bytes.
+- Every malformed piece raises ``FramingError`` whose message starts with the offending field
+  (``input.index``, ``output.total_bytes``...), so servers can answer INVALID_ARGUMENT with it.
+- Message size limits are explicit and identical on both sides (``grpc_options``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from verisplit.impl.node import verisplit_pb2 as pb
+from verisplit.impl.records.keys import SignedFields
+from verisplit.spec.commitment import BoundaryCommitment
+
+CHUNK_BYTES = 1 << 20  # tensors above 1 MiB travel in several messages
+MAX_MESSAGE_BYTES = 4 * CHUNK_BYTES  # hard gRPC limit per message (a chunk + small metadata fits easily)
+DEFAULT_MAX_TENSOR_BYTES = 1 << 30  # largest reassembled tensor accepted by default (1 GiB)
+
+
+class FramingError(ValueError):
+    """A frame is malformed; the message names the field (e.g. ``input.count``)."""
+
+
+def grpc_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
+    """Channel/server options: explicit send and receive limits and keepalive that tolerates idle links."""
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+def chunk_tensor(blob: bytes, chunk_bytes: int = CHUNK_BYTES) -> list[pb.TensorChunk]:
+    """Split canonical tensor bytes into ordered ``TensorChunk`` pieces (at least one)."""
+    if chunk_bytes < 1:
+        raise ValueError("chunk_bytes: must be >= 1")
+    total = len(blob)
+    count = max(1, -(-total // chunk_bytes))
+    view = memoryview(blob)
+    return [pb.TensorChunk(index=i, count=count, total_bytes=total, data=bytes(view[i * chunk_bytes:(i + 1) * chunk_bytes]))
+            for i in range(count)]
+
+
+class Reassembler:
+    """Collects the pieces of one tensor at a time; ``add`` returns the bytes when complete."""
+
+    def __init__(self, field: str, max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES) -> None:
+        self.field = field
+        self.max_tensor_bytes = max_tensor_bytes
+        self._parts: list[bytes] = []
+        self._count = 0
+        self._total = 0
+        self._received = 0
+
+    @property
+    def in_progress(self) -> bool:
+        return bool(self._parts)
+
+    def add(self, chunk: pb.TensorChunk) -> bytes | None:
+        """Accept the next piece; returns the whole tensor after the last piece, else None."""
+        f = self.field
+        if not self._parts:
+            if chunk.count < 1:
+                raise FramingError(f"{f}.count: must be >= 1, got {chunk.count}")
+            if chunk.total_bytes > self.max_tensor_bytes:
+                raise FramingError(f"{f}.total_bytes: {chunk.total_bytes} exceeds the limit {self.max_tensor_bytes}")
+            self._count, self._total = chunk.count, chunk.total_bytes
+        if chunk.index != len(self._parts):
+            raise FramingError(f"{f}.index: expected piece {len(self._parts)}, got {chunk.index}")
+        if chunk.count != self._count:
+            raise FramingError(f"{f}.count: changed from {self._count} to {chunk.count} inside one tensor")
+        if chunk.total_bytes != self._total:
+            raise FramingError(f"{f}.total_bytes: changed from {self._total} to {chunk.total_bytes} inside one tensor")
+        self._received += len(chunk.data)
+        if self._received > self._total:
+            raise FramingError(f"{f}.data: {self._received} bytes received, total_bytes says {self._total}")
+        self._parts.append(chunk.data)
+        if chunk.index + 1 < self._count:
+            return None
+        if self._received != self._total:
+            raise FramingError(f"{f}.data: {self._received} bytes received, total_bytes says {self._total}")
+        blob = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
+        self._parts, self._received = [], 0
+        return blob
+
+
+def commitment_to_pb(c: BoundaryCommitment) -> pb.Commitment:
+    """Wire form of a commitment (same fields, same values)."""
+    return pb.Commitment(
+        protocol_version=c.protocol_version, model_id=c.model_id, weights_digest=c.weights_digest,
+        request_id=c.request_id, step=c.step, segment_index=c.segment_index, first_layer=c.first_layer,
+        end_layer=c.end_layer, first_position=c.first_position, num_positions=c.num_positions,
+        input_digest=c.input_digest, output_digest=c.output_digest, signer=c.signer, signature=c.signature)
+
+
+def commitment_from_pb(m: pb.Commitment) -> BoundaryCommitment:
+    """Spec form of a wire commitment (no validation here: ``check_link`` judges it)."""
+    return BoundaryCommitment(
+        protocol_version=m.protocol_version, model_id=m.model_id, weights_digest=bytes(m.weights_digest),
+        request_id=m.request_id, step=m.step, segment_index=m.segment_index, first_layer=m.first_layer,
+        end_layer=m.end_layer, first_position=m.first_position, num_positions=m.num_positions,
+        input_digest=bytes(m.input_digest), output_digest=bytes(m.output_digest), signer=bytes(m.signer),
+        signature=bytes(m.signature))
+
+
+def parse_endpoint(url: str) -> tuple[str, bool | None]:
+    """``grpc://h:p`` -> (h:p, False), ``grpcs://h:p`` -> (h:p, True), ``h:p`` -> (h:p, None = caller decides)."""
+    text = url.strip()
+    for prefix, tls in (("grpcs://", True), ("grpc://", False)):
+        if text.startswith(prefix):
+            text, scheme_tls = text[len(prefix):], tls
+            break
+    else:
+        scheme_tls = None
+    text = text.rstrip("/")
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"endpoint: {url!r} is not HOST:PORT (optionally prefixed grpc:// or grpcs://)")
+    return text, scheme_tls
+
+
+def parse_host_port(text: str, what: str) -> tuple[str, int]:
+    """``HOST:PORT`` (port 0 = any free port) -> (host, port); bad input raises ValueError naming ``what``."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"{what}: {text!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+# --- undecodable requests -> INVALID_ARGUMENT ------------------------------------------------------
+
+class MalformedMessage:
+    """Stands in for a request whose bytes are not a valid protobuf of the expected type."""
+
+    def __init__(self, type_name: str, error: str) -> None:
+        self.type_name = type_name
+        self.error = error
+
+    def describe(self) -> str:
+        return f"request: bytes are not a valid {self.type_name} ({self.error})"
+
+
+def _tolerant(deserializer: Any) -> Any:
+    cls = getattr(deserializer, "__self__", None)
+    type_name = cls.DESCRIPTOR.full_name if cls is not None else "message"
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except DecodeError as exc:
+            return MalformedMessage(type_name, str(exc))
+
+    return parse
+
+
+def _guard_unary(behavior: Any) -> Any:
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(request, MalformedMessage):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.describe())
+        return await behavior(request, context)
+    return handler
+
+
+def _guard_stream(behavior: Any) -> Any:
+    async def handler(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def checked() -> Any:
+            async for request in request_iterator:
+                if isinstance(request, MalformedMessage):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.describe())
+                yield request
+        async for response in behavior(checked(), context):
+            yield response
+    return handler
+
+
+class _Capture:
+    def __init__(self) -> None:
+        self.name = ""
+        self.handlers: dict[str, Any] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass
+
+    def add_registered_method_handlers(self, name: str, handlers: dict[str, Any]) -> None:
+        self.name, self.handlers = name, handlers
+
+
+def add_service(add_generated: Callable[[Any, Any], None], servicer: Any, server: grpc.aio.Server) -> None:
+    """Register ``servicer`` like the generated ``add_*_to_server``, except that requests whose bytes do
+    not parse are answered with INVALID_ARGUMENT (naming the expected message type) instead of UNKNOWN.
+    Supports unary-unary and stream-stream methods (the only kinds in verisplit.proto)."""
+    capture = _Capture()
+    add_generated(servicer, capture)
+    wrapped: dict[str, Any] = {}
+    for method, h in capture.handlers.items():
+        if h.unary_unary is not None:
+            wrapped[method] = h._replace(request_deserializer=_tolerant(h.request_deserializer),
+                                         unary_unary=_guard_unary(h.unary_unary))
+        elif h.stream_stream is not None:
+            wrapped[method] = h._replace(request_deserializer=_tolerant(h.request_deserializer),
+                                         stream_stream=_guard_stream(h.stream_stream))
+        else:  # pragma: no cover - no such methods in the proto
+            wrapped[method] = h
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(capture.name, wrapped),))
+    server.add_registered_method_handlers(capture.name, wrapped)
+
+
+def offer_fields_to_pb(o: SignedFields) -> pb.Offer:
+    return pb.Offer(
+        protocol_version=o.protocol_version, provider_id=o.provider_id, public_key=o.public_key,
+        model_id=o.model_id, weights_digest=o.weights_digest, num_layers=o.num_layers,
+        first_layer=o.first_layer, end_layer=o.end_layer, price_per_work_unit=o.price_per_work_unit,
+        endpoint=o.endpoint, kv_capacity_tokens=o.kv_capacity_tokens, issued_at_ms=o.issued_at_ms)
+
+
+def offer_fields_from_pb(m: pb.Offer) -> SignedFields:
+    return SignedFields(
+        protocol_version=m.protocol_version, provider_id=m.provider_id, public_key=bytes(m.public_key),
+        model_id=m.model_id, weights_digest=bytes(m.weights_digest), num_layers=m.num_layers,
+        first_layer=m.first_layer, end_layer=m.end_layer, price_per_work_unit=m.price_per_work_unit,
+        endpoint=m.endpoint, kv_capacity_tokens=m.kv_capacity_tokens, issued_at_ms=m.issued_at_ms)
+
+
+def server_credentials(cert: Path, key: Path) -> grpc.ServerCredentials:
+    return grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
+
+
+def open_channel(endpoint: str, tls_ca: Path | None) -> grpc.aio.Channel:
+    """Channel to ``endpoint`` (``host:port``, ``grpc://`` or ``grpcs://``); TLS when a CA is given or grpcs://."""
+    target, scheme_tls = parse_endpoint(endpoint)
+    use_tls = scheme_tls if scheme_tls is not None else tls_ca is not None
+    if use_tls:
+        roots = tls_ca.read_bytes() if tls_ca is not None else None
+        return grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=roots), options=grpc_options())
+    return grpc.aio.insecure_channel(target, options=grpc_options())

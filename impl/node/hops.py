@@ -1,0 +1,153 @@
+"""One provider's session and stream inside one request, and how its failures are classified.
+
+Invariants: every received commitment is checked on receipt by the spec's ``check_exchanged_link``
+(H1-H4) before its bytes go anywhere; a failure of a signed rule names the provider as culprit with
+the spec's reason code; anything else (unreachable, erroring, overloaded, slow, malformed output) is
+one of the non-protocol reasons below, which blame nobody (docs/protocol.md "Aborts").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from verisplit.impl.node import verisplit_pb2 as pb
+from verisplit.impl.node import verisplit_pb2_grpc as pb_grpc
+from verisplit.impl.node.framing import FramingError, Reassembler, chunk_tensor
+from verisplit.impl.runtime.config import ModelConfig
+from verisplit.spec.commitment import MISSING_LINK, StepContext
+from verisplit.spec.faults import MALFORMED_OUTPUT, PROVIDER_ERROR, RESOURCE_EXHAUSTED, TIMEOUT, UNAVAILABLE
+
+if TYPE_CHECKING:
+    from verisplit.impl.node.registry import RegisteredOffer
+
+# Abort reasons, and which of them blame a provider, are the spec's (``verisplit.spec.faults``).
+
+
+class CohortError(Exception):
+    """A request was aborted at a link: ``culprit`` provider, ``reason`` code, ``link`` segment index."""
+
+    def __init__(self, culprit: str, reason: str, detail: str, link: int | None = None) -> None:
+        super().__init__(f"provider {culprit!r} (segment {link}): {reason}: {detail}")
+        self.culprit = culprit
+        self.reason = reason
+        self.detail = detail
+        self.link = link
+
+
+@dataclass
+class HopTimings:
+    """Seconds spent by the lead per category, summed over a request's hops."""
+
+    round_trip: float = 0.0   # write input .. last output chunk received (includes provider compute)
+    digest: float = 0.0       # digests of received outputs
+    verify: float = 0.0       # check_link + check_receipt
+    hops: int = 0
+
+
+class Hop:
+    """One provider's session and stream inside one request."""
+
+    def __init__(self, index: int, offer: "RegisteredOffer", first_layer: int, end_layer: int, stub: pb_grpc.ProviderStub,
+                 step_timeout_s: float) -> None:
+        self.index = index
+        self.offer = offer
+        self.provider_id = offer.fields.provider_id
+        self.first_layer = first_layer
+        self.end_layer = end_layer
+        self.stub = stub
+        self.step_timeout_s = step_timeout_s
+        self.opened = False
+        self.call: Any = None
+        self.reassembler = Reassembler("output")
+
+    def fail(self, reason: str, detail: str) -> CohortError:
+        return CohortError(self.provider_id, reason, detail, self.index)
+
+    def rpc_failure(self, exc: grpc.aio.AioRpcError, what: str) -> CohortError:
+        code = exc.code()
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+            return self.fail(UNAVAILABLE, f"{what}: provider at {self.offer.fields.endpoint} is unreachable ({exc.details()})")
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return self.fail(RESOURCE_EXHAUSTED, f"{what}: {exc.details()}")
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return self.fail(TIMEOUT, f"{what}: no answer in time")
+        return self.fail(PROVIDER_ERROR, f"{what}: {code.name}: {exc.details()}")
+
+    async def open(self, session_id: str, request_id: str, model_id: str, max_length: int) -> None:
+        try:
+            await self.stub.OpenSession(pb.OpenSessionRequest(
+                session_id=session_id, request_id=request_id, model_id=model_id, segment_index=self.index,
+                first_layer=self.first_layer, end_layer=self.end_layer, max_length=max_length), timeout=30)
+        except grpc.aio.AioRpcError as exc:
+            raise self.rpc_failure(exc, "OpenSession") from None
+        self.opened = True
+        self.call = self.stub.Steps()
+
+    async def exchange(self, session_id: str, context: StepContext, blob: bytes,
+                       max_output_bytes: int | None = None) -> tuple[bytes, pb.Commitment]:
+        """Send one step's input, return (output bytes, wire commitment). An output announced larger
+        than ``max_output_bytes`` is refused at its first chunk (malformed_output), so a provider
+        cannot make the lead buffer more than one boundary tensor's worth of bytes."""
+        if max_output_bytes is not None:
+            self.reassembler.max_tensor_bytes = max_output_bytes
+        try:
+            for chunk in chunk_tensor(blob):
+                await self.call.write(pb.StepFrame(session_id=session_id, step=context.step,
+                                                   first_position=context.first_position,
+                                                   num_positions=context.num_positions, input=chunk))
+            while True:
+                async with asyncio.timeout(self.step_timeout_s):  # no task per read, unlike wait_for
+                    message = await self.call.read()
+                if message is grpc.aio.EOF:
+                    raise await self._ended()
+                if message.step != context.step:
+                    raise self.fail(PROVIDER_ERROR, f"Steps: output for step {message.step}, expected {context.step}")
+                out = self.reassembler.add(message.output)
+                if out is not None:
+                    if not message.HasField("commitment"):
+                        raise self.fail(MISSING_LINK, "Steps: the last output chunk carries no commitment")
+                    return out, message.commitment
+        except grpc.aio.AioRpcError as exc:
+            raise self.rpc_failure(exc, "Steps") from None
+        except asyncio.InvalidStateError:  # the provider already ended the stream
+            raise await self._ended() from None
+        except FramingError as exc:
+            raise self.fail(MALFORMED_OUTPUT, str(exc)) from None
+        except asyncio.TimeoutError:
+            raise self.fail(TIMEOUT, f"Steps: no output within {self.step_timeout_s:.0f}s") from None
+
+    async def _ended(self) -> CohortError:
+        """The error for a stream the provider ended (its status, or a protocol error if it said OK)."""
+        code = await self.call.code()
+        details = await self.call.details()
+        if code == grpc.StatusCode.OK:
+            return self.fail(PROVIDER_ERROR, "Steps: stream ended without an output")
+        return self.rpc_failure(grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details), "Steps")
+
+    async def close(self, session_id: str) -> None:
+        """End the stream (the provider then frees the session); close explicitly if no stream ran."""
+        if self.call is not None:
+            try:
+                await self.call.done_writing()
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError, RuntimeError):
+                pass
+            self.call.cancel()
+        elif self.opened:
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await self.stub.CloseSession(pb.CloseSessionRequest(session_id=session_id), timeout=5)
+
+
+OUTPUT_HEADER_SLACK = 4096  # bytes above the payload allowed for the canonical header (a few dozen in practice)
+
+
+def output_byte_limit(config: ModelConfig, positions: int, last: bool) -> int:
+    """Largest canonical output the lead accepts from a hop: ``positions`` rows of the boundary's width
+    (vocab for the last segment, hidden otherwise) at 4 bytes per element (fp32, the widest allowed
+    dtype), plus header slack. Anything larger cannot pass ``_check_shape`` anyway."""
+    width = config.vocab_size if last else config.hidden_size
+    return positions * width * 4 + OUTPUT_HEADER_SLACK

@@ -1,0 +1,349 @@
+"""The lead: router (the spec's ``form_cohort`` over the ``Registry``), relay and request store.
+
+The relay is lead-mediated: for every step it sends the input to segment 0, receives segment 0's
+output and signed commitment, forwards those exact bytes to segment 1, and so on; the last segment's
+logits are sampled here. Invariants:
+- Every commitment is checked on receipt, before its bytes go anywhere, by the spec's
+  ``check_exchanged_link`` (H1-H3: signature, signer == assigned key, protocol/model/request, step,
+  layers and positions, input digest == previous output digest; H4: digests are of the bytes actually
+  sent and received). The per-link checks in order are exactly ``check_exchanged_chain``; the first
+  failure aborts the request and names the culprit provider and the reason.
+- Every request, completed or aborted, is saved to the ``RequestStore`` with the bytes exchanged,
+  then the post-request hooks run in the background.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import grpc
+import torch
+
+from verisplit.impl.node import verisplit_pb2_grpc as pb_grpc
+from verisplit.impl.node.framing import commitment_from_pb
+from verisplit.impl.node.hops import MALFORMED_OUTPUT, UNAVAILABLE, CohortError, Hop, HopTimings, output_byte_limit
+from verisplit.impl.node.framing import open_channel
+from verisplit.impl.node.registry import Registry
+from verisplit.impl.node.views import audit_view, providers_view, request_view
+from verisplit.impl.records.requests import RecordError, RequestRecord, RequestStore, StepRecord
+from verisplit.impl.runtime.config import ModelConfig
+from verisplit.impl.runtime.generate import sample_next
+from verisplit.impl.runtime.tensors import from_canonical, to_canonical
+from verisplit.spec.cohort import Cohort, InvalidOffer, ModelSpec, NoCoverage, Offer, form_cohort, quote_fee
+from verisplit.spec.commitment import StepContext, check_exchanged_link, next_step_context
+from verisplit.spec.encoding import EncodingError, decode_tensor, digest_encoded
+
+log = logging.getLogger("verisplit.lead")
+
+PostRequestHook = Callable[[RequestRecord], Awaitable[dict[str, Any]]]
+
+
+class NoCohortError(Exception):
+    """No cohort can be formed from the live offers (the message names the first uncovered layer)."""
+
+
+# torch.Generator.manual_seed accepts exactly this range; anything else is refused up front (400), not a
+# ValueError deep inside the relay.
+SEED_MIN = -(1 << 63)
+SEED_MAX = (1 << 64) - 1
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Sampling settings of one request (temperature 0 = greedy)."""
+
+    max_tokens: int = 16
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    stop_token_ids: tuple[int, ...] = ()
+
+
+@dataclass
+class RequestRun:
+    """One request in flight: its id, cohort and fee quote inputs; iterate ``tokens()`` to run it."""
+
+    lead: "Lead"
+    request_id: str
+    cohort: Cohort
+    offers: list[Offer]
+    prompt_ids: list[int]
+    params: SamplingParams
+    generated: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+    status: str = "running"
+    error: CohortError | None = None
+    timings: HopTimings = field(default_factory=HopTimings)
+    steps: list[StepRecord] = field(default_factory=list)
+    fee: int = 0
+
+    async def tokens(self) -> AsyncIterator[int]:
+        """Yield generated token ids as they come; raises ``CohortError`` when a link breaks.
+        Closing the iterator early (e.g. a stop string matched) ends the request as completed."""
+        async for token in self.lead._relay(self):
+            yield token
+
+
+class Lead:
+    """Registry + router + relay + request store for one model (the lead runs no layers itself)."""
+
+    def __init__(self, checkpoint: str | Path, data_dir: str | Path, *, retention: int = 1000,
+                 tls_ca: Path | None = None, heartbeat_interval_s: float = 1.0, offer_ttl_s: float = 5.0,
+                 step_timeout_s: float = 120.0) -> None:
+        root = Path(checkpoint)
+        self.checkpoint = root
+        self.config = ModelConfig.from_dir(root)
+        self.model_id = self.config.name_or_path or root.resolve().name
+        self.model_spec = ModelSpec(self.model_id, self.config.num_hidden_layers)
+        self.registry = Registry(self.model_spec, heartbeat_interval_s=heartbeat_interval_s, offer_ttl_s=offer_ttl_s)
+        self.store = RequestStore(Path(data_dir) / "requests", max_requests=retention)
+        self.tls_ca = tls_ca
+        self.step_timeout_s = step_timeout_s
+        self.post_request_hooks: list[PostRequestHook] = []
+        self.audit: Any = None  # the AuditService, once ``attach_audit`` ran
+        self.commitments_checked = 0
+        self._channels: dict[str, tuple[grpc.aio.Channel, pb_grpc.ProviderStub]] = {}
+        self._info: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._retention = retention
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def attach_audit(self, service: Any) -> None:
+        """Install ``service`` (a ``verisplit.impl.audit.service.AuditService``) as a post-request hook:
+        every finished request is then audited, settled, written to the ledger, and failed providers
+        are ejected from ``self.registry`` (offer removed, key banned)."""
+        self.audit = service
+        self.post_request_hooks.append(service)
+
+    def audit_view(self) -> dict[str, Any]:
+        """What the lead publishes about auditing (see ``views.audit_view``)."""
+        return audit_view(self.audit, bool(getattr(self, "_revealed", False)))
+
+    def reveal_audit_seed(self) -> bytes:
+        """Reveal the audit seed (opens the published commitment). After this, audit selection of any
+        later request is predictable: a production lead reveals per epoch and starts a new seed."""
+        if self.audit is None:
+            raise LookupError("auditing is not configured on this lead")
+        self._revealed = True
+        log.warning("audit seed revealed; selections under commitment %s are now predictable",
+                    self.audit.seed_commitment.hex())
+        return bytes(self.audit.reveal())
+
+    # --- routing ------------------------------------------------------------------------------
+    def route(self) -> tuple[Cohort, list[Offer]]:
+        """The spec's cheapest cohort over the live offers, and the offers it was formed from."""
+        offers = self.registry.offers()
+        if not offers:
+            raise NoCohortError("no provider has registered an offer (or all expired)")
+        try:
+            return form_cohort(offers, self.model_spec), offers
+        except NoCoverage as exc:
+            raise NoCohortError(str(exc)) from None
+        except InvalidOffer as exc:  # pragma: no cover - the registry validated every offer
+            raise NoCohortError(str(exc)) from None
+
+    def start(self, prompt_ids: list[int], params: SamplingParams) -> RequestRun:
+        """Form the cohort and allocate a request id; raises ``NoCohortError`` or ValueError for bad input."""
+        if not prompt_ids:
+            raise ValueError("prompt: must hold at least one token")
+        bad = [t for t in prompt_ids if not 0 <= t < self.config.vocab_size]
+        if bad:
+            raise ValueError(f"prompt: token id {bad[0]} outside [0, {self.config.vocab_size})")
+        if not SEED_MIN <= params.seed <= SEED_MAX:
+            raise ValueError(f"seed: {params.seed} outside [{SEED_MIN}, {SEED_MAX}] (a 64-bit generator seed)")
+        if len(prompt_ids) + max(params.max_tokens, 1) > self.config.max_position_embeddings:
+            raise ValueError(f"max_tokens: prompt ({len(prompt_ids)}) + max_tokens ({params.max_tokens}) exceeds the "
+                             f"context length {self.config.max_position_embeddings}")
+        cohort, offers = self.route()
+        return RequestRun(self, f"req-{uuid.uuid4().hex}", cohort, offers, list(prompt_ids), params)
+
+    def _stub(self, endpoint: str) -> pb_grpc.ProviderStub:
+        entry = self._channels.get(endpoint)
+        if entry is None:
+            channel = open_channel(endpoint, self.tls_ca)
+            entry = (channel, pb_grpc.ProviderStub(channel))
+            self._channels[endpoint] = entry
+        return entry[1]
+
+    # --- relay -------------------------------------------------------------------------------
+    async def _relay(self, run: RequestRun) -> AsyncIterator[int]:
+        params = run.params
+        hops = []
+        for index, assignment in enumerate(run.cohort.assignments):
+            entry = self.registry.get(assignment.provider_id)
+            if entry is None:
+                run.error = CohortError(assignment.provider_id, UNAVAILABLE, "offer expired before the request started", index)
+                await self._finish(run, hops)
+                raise run.error
+            hops.append(Hop(index, entry, assignment.first_layer, assignment.end_layer,
+                             self._stub(entry.fields.endpoint), self.step_timeout_s))
+        session_id = run.request_id
+        max_length = len(run.prompt_ids) + max(params.max_tokens, 1)
+        generator = torch.Generator().manual_seed(params.seed)
+        stops = set(params.stop_token_ids)
+        try:
+            results = await asyncio.gather(*(h.open(session_id, run.request_id, self.model_id, max_length) for h in hops),
+                                           return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+            context = StepContext(self.model_id, run.request_id, 0, 0, len(run.prompt_ids))
+            blob = to_canonical(torch.tensor(run.prompt_ids, dtype=torch.int64))
+            for _ in range(params.max_tokens):
+                logits = await self._step(run, hops, session_id, context, blob)
+                token = sample_next(logits[-1], temperature=params.temperature, top_p=params.top_p, generator=generator)
+                run.generated.append(token)
+                yield token
+                if token in stops:
+                    run.finish_reason = "stop"
+                    break
+                context = next_step_context(context, 1)
+                blob = to_canonical(torch.tensor([token], dtype=torch.int64))
+            if run.finish_reason is None:
+                run.finish_reason = "length"
+            run.status = "completed"
+        except CohortError as exc:
+            run.error = exc
+            raise
+        except GeneratorExit:
+            run.finish_reason = run.finish_reason or "stop"
+            run.status = "completed"
+            raise
+        finally:
+            await self._finish(run, hops)
+
+    async def _step(self, run: RequestRun, hops: list[Hop], session_id: str, context: StepContext,
+                    first_blob: bytes) -> torch.Tensor:
+        """One step through every hop, checking each link on receipt; returns the logits [T, vocab]."""
+        timings = run.timings
+        first_digest = digest_encoded(first_blob)
+        record = StepRecord(context.step, context.first_position, context.num_positions, first_digest, [], [], [])
+        run.steps.append(record)
+        blob, expected = first_blob, first_digest
+        for hop in hops:
+            t0 = time.perf_counter()
+            limit = output_byte_limit(self.config, context.num_positions, last=hop is hops[-1])
+            out, wire = await hop.exchange(session_id, context, blob, limit)
+            t1 = time.perf_counter()
+            out_digest = digest_encoded(out)
+            t2 = time.perf_counter()
+            commitment = commitment_from_pb(wire)
+            record.commitments.append(commitment)
+            record.inputs.append(blob)
+            record.outputs.append(out)
+            failure = check_exchanged_link(run.cohort.assignments[hop.index], hop.index, commitment, expected,
+                                           out_digest, context)
+            t3 = time.perf_counter()
+            timings.round_trip += t1 - t0
+            timings.digest += t2 - t1
+            timings.verify += t3 - t2
+            timings.hops += 1
+            if failure is not None:
+                raise hop.fail(failure[0], failure[1])
+            self.commitments_checked += 1
+            self._check_shape(hop, out, context.num_positions, last=hop is hops[-1])
+            blob, expected = out, out_digest
+        return from_canonical(blob)
+
+    def _check_shape(self, hop: Hop, out: bytes, positions: int, last: bool) -> None:
+        """Outputs must be canonical tensors of the boundary's shape, so a malformed one is blamed on its sender."""
+        try:
+            frame = decode_tensor(out)
+        except EncodingError as exc:
+            raise hop.fail(MALFORMED_OUTPUT, f"output: {exc}") from None
+        width = self.config.vocab_size if last else self.config.hidden_size
+        if frame.shape != (positions, width):
+            raise hop.fail(MALFORMED_OUTPUT, f"output: shape {list(frame.shape)}, expected [{positions}, {width}]")
+        allowed = ("float32",) if last else ("float32", "float16", "bfloat16")
+        if frame.dtype not in allowed:
+            raise hop.fail(MALFORMED_OUTPUT, f"output: dtype {frame.dtype}, expected one of {allowed}")
+
+    async def _finish(self, run: RequestRun, hops: list[Hop]) -> None:
+        """Close every session, save the record, publish its info and schedule the hooks."""
+        await asyncio.gather(*(h.close(run.request_id) for h in hops), return_exceptions=True)
+        if run.error is not None:
+            run.status = "aborted"
+            run.finish_reason = "error"
+        elif run.status == "running":
+            run.status = "aborted"
+        positions = len(run.prompt_ids) + len(run.generated)
+        # The client pays for what it received: the quote over prompt + generated tokens, also when a
+        # request aborts after some tokens (a failed provider's slice of it is refunded at settlement);
+        # nothing generated, nothing charged.
+        run.fee = quote_fee(run.cohort, self.model_spec, run.offers, positions) if run.generated else 0
+        err = run.error
+        record = RequestRecord(
+            request_id=run.request_id, model_id=self.model_id, cohort=run.cohort, steps=run.steps,
+            status=run.status, culprit=err.culprit if err else None, reason=err.reason if err else None,
+            fee=run.fee, prompt_tokens=len(run.prompt_ids), completion_tokens=len(run.generated),
+            extra={"prompt_token_ids": run.prompt_ids, "completion_token_ids": run.generated,
+                   "finish_reason": run.finish_reason, "detail": err.detail if err else None,
+                   "link": err.link if err else None, "params": run.params.__dict__ | {"stop_token_ids": list(run.params.stop_token_ids)}})
+        try:
+            await asyncio.to_thread(self.store.save, record)
+        except (OSError, RecordError) as exc:  # never lose the response because the disk failed
+            log.error("could not save record %s: %s", run.request_id, exc)
+        self._info[run.request_id] = request_view(record, run.offers)
+        while len(self._info) > self._retention:
+            self._info.popitem(last=False)
+        if self.post_request_hooks:
+            self._info[run.request_id]["pending_hooks"] = len(self.post_request_hooks)
+            task = asyncio.get_running_loop().create_task(self._run_hooks(record))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run_hooks(self, record: RequestRecord) -> None:
+        info = self._info.get(record.request_id)
+        merged: dict[str, Any] = {}
+        for hook in list(self.post_request_hooks):
+            try:
+                result = await hook(record)
+                if result:
+                    merged.update(result)
+            except Exception as exc:  # a hook bug must not take the lead down
+                log.exception("post-request hook %r failed for %s", hook, record.request_id)
+                merged.setdefault("hook_errors", []).append(f"{getattr(hook, '__name__', hook)}: {exc}")
+            if info is not None:
+                info.update(merged)
+                info["pending_hooks"] = max(0, info.get("pending_hooks", 1) - 1)
+        with contextlib.suppress(OSError, RecordError):
+            await asyncio.to_thread(self.store.save_extras, record.request_id, merged)
+
+    async def drain_hooks(self) -> None:
+        """Wait for the background hooks scheduled so far."""
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    # --- public views (rendered by verisplit.impl.node.views) ------------------------------------
+    def request_info(self, request_id: str) -> dict[str, Any] | None:
+        """Public info of a recent request (memory first, then the store), or None."""
+        info = self._info.get(request_id)
+        if info is not None:
+            return info
+        try:
+            record = self.store.load(request_id)
+        except RecordError:
+            return None
+        info = request_view(record)
+        info.update(self.store.load_extras(request_id))
+        return info
+
+    def providers_view(self) -> list[dict[str, Any]]:
+        """The live offers as published on ``/v1/providers``."""
+        return providers_view(self.registry)
+
+    async def close(self) -> None:
+        await self.drain_hooks()
+        if self.audit is not None:
+            with contextlib.suppress(Exception):
+                self.audit.ledger.close()
+        for channel, _ in self._channels.values():
+            await channel.close()
+        self._channels.clear()

@@ -1,0 +1,262 @@
+"""A provider: serves one layer range over gRPC and signs a commitment for every step.
+
+Invariants:
+- Each step's commitment covers the digest of the exact canonical bytes the provider received
+  (``input_digest``) and of the bytes of the tensor its behaviour commits to (``output_digest``);
+  the honest behaviour sends exactly those bytes.
+- Steps of a session are strictly sequential: step numbers 0, 1, 2... and positions continuing the
+  cache (the segment enforces positions); anything else is INVALID_ARGUMENT and leaves the session as it was.
+- KV memory is reserved at OpenSession (``max_length * kv_bytes_per_token``); a session that would
+  exceed the budget is refused with RESOURCE_EXHAUSTED before any allocation.
+- A malformed frame ends only its own stream (INVALID_ARGUMENT naming the field); the server keeps serving.
+- A session may be opened for any non-empty sub-range of the loaded range (spec rule C1): it runs on a
+  view of that range (``Segment.sub_segment``, cached per range) whose commitments declare the view's
+  layer range and weights digest (equal to a fresh load of that range). A test-only cheat behaviour is
+  applied to the assigned range itself: such a provider loads the range fresh and calls ``prepare`` on
+  it, so "skip a layer / run a prefix of the assigned range" means exactly that range.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import grpc
+import torch
+from nacl.signing import SigningKey
+
+from verisplit.impl.node import verisplit_pb2 as pb
+from verisplit.impl.node import verisplit_pb2_grpc as pb_grpc
+from verisplit.impl.node.behaviour import Behaviour
+from verisplit.impl.node.framing import (DEFAULT_MAX_TENSOR_BYTES, FramingError, Reassembler, chunk_tensor,
+                                         commitment_to_pb, offer_fields_to_pb)
+from verisplit.impl.records.keys import SignedFields, sign_offer
+from verisplit.impl.runtime.errors import SegmentInputError, SessionError
+from verisplit.impl.runtime.segment import Segment
+from verisplit.impl.runtime.tensors import from_canonical, to_canonical
+from verisplit.spec.commitment import PROTOCOL_VERSION, BoundaryCommitment, sign_commitment
+from verisplit.spec.encoding import EncodingError, digest_encoded
+
+log = logging.getLogger("verisplit.provider")
+
+SESSION_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+SESSION_IDLE_S = 300.0  # a session with no traffic for this long is reclaimed
+
+
+@dataclass
+class _Session:
+    request_id: str
+    segment_index: int
+    max_length: int
+    segment: Segment
+    next_step: int = 0
+    busy: bool = False
+    last_used: float = field(default_factory=time.monotonic)
+
+
+class _Abort(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class ProviderService(pb_grpc.ProviderServicer):
+    """The Provider gRPC service around one loaded ``Segment``."""
+
+    def __init__(self, segment: Segment, key: SigningKey, behaviour: Behaviour, offer: SignedFields,
+                 kv_capacity_tokens: int, max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES,
+                 load_range: Callable[[int, int], Segment] | None = None) -> None:
+        self.segment = segment
+        self._views: dict[tuple[int, int], Segment] = {(segment.first_layer, segment.end_layer): segment}
+        self._load_range = load_range
+        self.key = key
+        self.behaviour = behaviour
+        self.offer = offer
+        self.offer_signature = sign_offer(offer, key)
+        self.kv_capacity_tokens = kv_capacity_tokens
+        self.max_tensor_bytes = max_tensor_bytes
+        self.sessions: dict[str, _Session] = {}
+        self.kv_tokens_reserved = 0
+
+    # --- sub-ranges ---------------------------------------------------------------------------
+    async def view(self, first_layer: int, end_layer: int) -> Segment:
+        """The segment serving ``[first_layer, end_layer)`` (a non-empty sub-range of the loaded one),
+        created once per range. Honest: a weight-sharing ``sub_segment`` view. A cheat behaviour with a
+        ``load_range`` hook: a fresh load of the range with ``prepare`` applied to it."""
+        key = (first_layer, end_layer)
+        found = self._views.get(key)
+        if found is not None:
+            return found
+        seg = self.segment
+        if not seg.first_layer <= first_layer < end_layer <= seg.end_layer:
+            raise SegmentInputError(f"first_layer/end_layer: [{first_layer}, {end_layer}) is not a non-empty sub-range "
+                                    f"of the offered [{seg.first_layer}, {seg.end_layer})")
+        if self.behaviour.name != "honest" and self._load_range is not None:
+            view = await asyncio.to_thread(self._load_range, first_layer, end_layer)
+            self.behaviour.prepare(view)
+        else:
+            view = seg.sub_segment(first_layer, end_layer)
+        return self._views.setdefault(key, view)
+
+    # --- unary RPCs -------------------------------------------------------------------------
+    async def Info(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext) -> pb.ProviderInfo:
+        return pb.ProviderInfo(
+            offer=pb.SignedOffer(offer=offer_fields_to_pb(self.offer), signature=self.offer_signature),
+            open_sessions=len(self.sessions), kv_tokens_reserved=self.kv_tokens_reserved,
+            dtype=str(self.segment.dtype).removeprefix("torch."), device=str(self.segment.device),
+            max_tensor_bytes=self.max_tensor_bytes)
+
+    async def OpenSession(self, request: pb.OpenSessionRequest, context: grpc.aio.ServicerContext) -> pb.OpenSessionResponse:
+        loaded = self.segment
+        if not SESSION_ID.match(request.session_id):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "session_id: must match [A-Za-z0-9._-]{1,128}")
+        if not request.request_id or len(request.request_id) > 128:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request_id: must be 1..128 characters")
+        if request.model_id != loaded.model_id:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"model_id: this provider serves {loaded.model_id!r}, not {request.model_id!r}")
+        if not loaded.first_layer <= request.first_layer < request.end_layer <= loaded.end_layer:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"first_layer/end_layer: [{request.first_layer}, {request.end_layer}) is not a non-empty "
+                                f"sub-range of the offered [{loaded.first_layer}, {loaded.end_layer})")
+        try:
+            seg = await self.view(request.first_layer, request.end_layer)
+        except (SegmentInputError, OSError, ValueError) as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"first_layer/end_layer: {exc}")
+        limit = seg.config.max_position_embeddings
+        if not 1 <= request.max_length <= limit:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"max_length: {request.max_length} must be in [1, {limit}]")
+        if request.session_id in self.sessions:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"session_id: {request.session_id!r} is already open")
+        if self.kv_tokens_reserved + request.max_length > self.kv_capacity_tokens:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"max_length: {request.max_length} KV positions requested, "
+                                f"{self.kv_capacity_tokens - self.kv_tokens_reserved} of {self.kv_capacity_tokens} free")
+        try:
+            seg.open_session(request.session_id, request.max_length)
+        except (SegmentInputError, SessionError) as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except torch.OutOfMemoryError:  # budget larger than the device really has
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "max_length: device out of memory allocating the KV cache")
+        self.sessions[request.session_id] = _Session(request.request_id, request.segment_index, request.max_length, seg)
+        self.kv_tokens_reserved += request.max_length
+        return pb.OpenSessionResponse(weights_digest=seg.weights_digest,
+                                      kv_bytes_reserved=request.max_length * seg.kv_bytes_per_token())
+
+    async def CloseSession(self, request: pb.CloseSessionRequest, context: grpc.aio.ServicerContext) -> pb.CloseSessionResponse:
+        if not self._close(request.session_id):
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"session_id: {request.session_id!r} is not open")
+        return pb.CloseSessionResponse()
+
+    def _close(self, session_id: str) -> bool:
+        state = self.sessions.pop(session_id, None)
+        if state is None:
+            return False
+        self.kv_tokens_reserved -= state.max_length
+        try:
+            state.segment.close_session(session_id)
+        except SessionError:  # pragma: no cover - the two maps are kept in step
+            pass
+        return True
+
+    def reap_idle(self, now: float | None = None) -> list[str]:
+        """Close sessions idle for longer than ``SESSION_IDLE_S`` (not those mid-step)."""
+        now = time.monotonic() if now is None else now
+        stale = [sid for sid, s in self.sessions.items() if not s.busy and now - s.last_used > SESSION_IDLE_S]
+        for sid in stale:
+            self._close(sid)
+        return stale
+
+    # --- the step stream ----------------------------------------------------------------------
+    async def Steps(self, request_iterator, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+        """Bidirectional stream; the session it first names is closed when the stream ends."""
+        reassembler = Reassembler("input", self.max_tensor_bytes)
+        bound: str | None = None
+        header: tuple[int, int, int] | None = None
+        try:
+            async for frame in request_iterator:
+                try:
+                    if bound is None:
+                        state = self.sessions.get(frame.session_id)
+                        if state is None:
+                            raise _Abort(grpc.StatusCode.NOT_FOUND, f"session_id: {frame.session_id!r} is not open")
+                        if state.busy:
+                            raise _Abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                         f"session_id: {frame.session_id!r} is already attached to another stream")
+                        bound = frame.session_id
+                        state.busy = True
+                    elif frame.session_id != bound:
+                        raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                     f"session_id: this stream carries session {bound!r}, got {frame.session_id!r}")
+                    this_header = (frame.step, frame.first_position, frame.num_positions)
+                    if reassembler.in_progress and this_header != header:
+                        raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                     "step: step/first_position/num_positions changed inside one chunked tensor")
+                    header = this_header
+                    blob = reassembler.add(frame.input)
+                    if blob is None:
+                        continue
+                    results = await self._run_step(self.sessions[bound], frame, blob)
+                except FramingError as exc:
+                    raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+                for result in results:
+                    yield result
+        except _Abort as exc:
+            await context.abort(exc.code, exc.message)
+        finally:
+            if bound is not None:
+                self._close(bound)
+
+    async def _run_step(self, state: _Session, frame: pb.StepFrame, blob: bytes) -> list[pb.StepResult]:
+        seg = state.segment
+        if frame.step != state.next_step:
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"step: expected step {state.next_step}, got {frame.step}")
+        if frame.num_positions < 1:
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "num_positions: must be >= 1")
+        try:
+            inputs = from_canonical(blob)
+        except EncodingError as exc:
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"input: {exc}") from None
+        if inputs.dim() < 1 or inputs.shape[0] != frame.num_positions:
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                         f"num_positions: {frame.num_positions} does not match the input's shape {list(inputs.shape)}")
+        if frame.first_position + frame.num_positions > state.max_length:  # also keeps torch.arange within int64
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                         f"first_position: positions [{frame.first_position}, {frame.first_position + frame.num_positions}) "
+                         f"exceed the session's max_length {state.max_length}")
+        positions = torch.arange(frame.first_position, frame.first_position + frame.num_positions, dtype=torch.int64)
+        session_id = frame.session_id
+        state.last_used = time.monotonic()
+        try:
+            if frame.num_positions == 1:
+                out = seg.step(session_id, inputs, positions)  # decode: cheaper than a thread hop
+            else:
+                out = await asyncio.to_thread(seg.step, session_id, inputs, positions)
+        except (SegmentInputError, SessionError) as exc:
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"input: {exc}") from None
+        step = frame.step
+        committed = self.behaviour.output(step, inputs, out)
+        committed_bytes = to_canonical(committed)
+        sent = self.behaviour.sent(step, committed)
+        sent_bytes = committed_bytes if sent is committed else to_canonical(sent)
+        unsigned = BoundaryCommitment(
+            protocol_version=PROTOCOL_VERSION, model_id=seg.model_id, weights_digest=seg.weights_digest,
+            request_id=state.request_id, step=step, segment_index=state.segment_index,
+            first_layer=seg.first_layer, end_layer=seg.end_layer, first_position=frame.first_position,
+            num_positions=frame.num_positions, input_digest=digest_encoded(blob),
+            output_digest=digest_encoded(committed_bytes), signer=bytes(32))
+        signed = sign_commitment(unsigned, self.behaviour.signing_key(step, self.key))
+        state.next_step += 1
+        state.last_used = time.monotonic()
+        chunks = chunk_tensor(sent_bytes)
+        results = [pb.StepResult(step=step, output=chunk) for chunk in chunks]
+        results[-1].commitment.CopyFrom(commitment_to_pb(signed))
+        return results
+
+
+# --- process wiring ----------------------------------------------------------------------------
