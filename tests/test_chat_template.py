@@ -8,9 +8,9 @@ import json
 import pytest
 import transformers  # test-only dependency (the [test] extra); a missing one must fail, not skip
 
-from verisplit.impl.chat_template import ChatTemplate, ChatTemplateError, load_chat_template, render_chat
-from verisplit.impl.checkpoint import make_random_checkpoint
-from verisplit.impl.tokenizer import END, EOS, format_chat, load_tokenizer, stop_token_ids
+from verisplit.impl.runtime.chat_template import ChatTemplate, ChatTemplateError, load_chat_template, render_chat
+from verisplit.impl.runtime.checkpoint import make_random_checkpoint
+from verisplit.impl.runtime.tokenizer import END, EOS, format_chat, load_tokenizer, stop_token_ids
 
 SMOL = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
         "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
@@ -111,6 +111,6 @@ def test_list_form_and_stop_tokens(templated):
         path = templated("{% for m in messages %}" + body + "{% endfor %}", eos_token="<|eos|>")
         (path / "generation_config.json").write_text(json.dumps({"eos_token_id": eos}))
         # <|end|> counts only because the template writes it (and it is one token of the vocabulary)
-        from verisplit.impl.chat_template import checkpoint_stop_token_ids
+        from verisplit.impl.runtime.chat_template import checkpoint_stop_token_ids
 
         assert checkpoint_stop_token_ids(path, tok) == sorted({eos, end} if writes_end else {eos})

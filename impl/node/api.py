@@ -87,7 +87,7 @@ def create_app(lead: Lead) -> FastAPI:
     """The HTTP app bound to ``lead`` (which must run on the same event loop as the server)."""
     app = FastAPI(title="verisplit lead", version="1")
     tokenizer = load_tokenizer(lead.checkpoint)
-    eos_ids = tuple(stop_token_ids(tokenizer))
+    eos_ids = tuple(stop_token_ids(tokenizer, checkpoint_dir=lead.checkpoint))
     created = int(time.time())
 
     @app.exception_handler(APIError)
@@ -216,7 +216,10 @@ def create_app(lead: Lead) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat(body: ChatBody) -> Any:
         check_model(body.model)
-        text = format_chat([m.model_dump() for m in body.messages])
+        try:
+            text = format_chat([m.model_dump() for m in body.messages], checkpoint_dir=lead.checkpoint)
+        except ValueError as exc:  # the template's raise_exception (e.g. roles out of order)
+            raise APIError(400, f"messages: {exc}", "invalid_request_error", "messages", None) from None
         prompt_ids = encode(tokenizer, text)
         stops = stops_of(body.stop)
         run = begin(prompt_ids, body.max_completion_tokens or body.max_tokens or 64, body)

@@ -92,11 +92,11 @@ def format_chat(messages: Sequence[Mapping[str, str]], checkpoint_dir: str | Pat
     """Render chat messages; ends with the assistant header.
 
     With ``checkpoint_dir`` whose ``tokenizer_config.json`` has a ``chat_template``, that template is
-    rendered (``verisplit.impl.chat_template``, HF semantics; errors are ``ValueError``s). Otherwise
+    rendered (``verisplit.impl.runtime.chat_template``, HF semantics; errors are ``ValueError``s). Otherwise
     (the embedded random model) the template in the module docstring is used.
     """
     if checkpoint_dir is not None:  # checkpoint chat template (issue 15)
-        from verisplit.impl.chat_template import load_chat_template
+        from verisplit.impl.runtime.chat_template import load_chat_template
 
         template = load_chat_template(checkpoint_dir)
         if template is not None:
@@ -120,7 +120,7 @@ def stop_token_ids(tokenizer: Tokenizer, checkpoint_dir: str | Path | None = Non
     ids = [tokenizer.token_to_id(EOS), tokenizer.token_to_id(END)]
     out = [i for i in ids if i is not None]
     if checkpoint_dir is not None:  # checkpoint chat template (issue 15)
-        from verisplit.impl.chat_template import checkpoint_stop_token_ids
+        from verisplit.impl.runtime.chat_template import checkpoint_stop_token_ids
 
         out += [i for i in checkpoint_stop_token_ids(checkpoint_dir, tokenizer) if i not in out]
     return out

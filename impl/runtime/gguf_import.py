@@ -18,7 +18,6 @@ Invariants:
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,7 +26,10 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from verisplit.impl.errors import CheckpointError
+from verisplit.impl.runtime.gguf_meta import GGUFImportError, UnsupportedGGUFError, _float, _int
+from verisplit.impl.runtime.errors import CheckpointError
+from verisplit.impl.runtime.gguf_rope import _rope_scaling, unpermute_rows
+from verisplit.impl.runtime.gguf_tokenizer import build_tokenizer, special_token_ids, tokenizer_config_dict
 
 # GGUF architecture -> (config.json model_type, architectures[0], llama.cpp permuted q/k rows)
 ARCHITECTURES: dict[str, tuple[str, str, bool]] = {
@@ -35,30 +37,7 @@ ARCHITECTURES: dict[str, tuple[str, str, bool]] = {
     "qwen2": ("qwen2", "Qwen2ForCausalLM", False),  # NEOX rotary: llama.cpp keeps HF's row order
 }
 OUTPUT_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# ``tokenizer.ggml.token_type`` values (llama.cpp's llama_token_type)
-TOKEN_CONTROL, TOKEN_USER_DEFINED = 3, 4
-
-# Pre-tokenizer splits, by ``tokenizer.ggml.pre`` (the regexes llama.cpp and the models' tokenizer.json use).
-_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-_QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
-                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-PRE_TOKENIZERS: dict[str, str] = {
-    "default": "gpt2", "gpt2": "gpt2", "gpt-2": "gpt2",
-    "smollm": "digits+gpt2", "starcoder": "digits+gpt2", "refact": "digits+gpt2",
-    "llama3": "llama3", "llama-bpe": "llama3", "llama-v3": "llama3", "smaug-bpe": "llama3",
-    "qwen2": "qwen2", "deepseek-r1-qwen": "qwen2",
-}
-
 ProgressFn = Callable[[str, int, int], None]  # (tensor name, tensors done, tensors in all)
-
-
-class GGUFImportError(CheckpointError):
-    """The GGUF file cannot be read or converted; the message names the file, field or tensor."""
-
-
-class UnsupportedGGUFError(GGUFImportError):
-    """The GGUF file asks for an architecture, tensor type or option this converter does not handle."""
 
 
 @dataclass(frozen=True)
@@ -93,8 +72,12 @@ class GGUFModel:
 # --- reading -----------------------------------------------------------------------------------------
 
 def open_gguf(path: str | Path) -> Any:
-    """A ``gguf.GGUFReader`` on ``path``; an unreadable or non-GGUF file raises ``GGUFImportError``."""
-    import gguf
+    """A ``gguf.GGUFReader`` on ``path``; an unreadable or non-GGUF file, or a missing ``gguf`` package,
+    raises ``GGUFImportError``."""
+    try:
+        import gguf
+    except ImportError:
+        raise GGUFImportError("the 'gguf' package is not installed: pip install 'verisplit[runtime]'") from None
 
     file = Path(path)
     if not file.is_file():
@@ -108,24 +91,6 @@ def open_gguf(path: str | Path) -> Any:
 def read_metadata(reader: Any) -> dict[str, Any]:
     """Every metadata field as a Python value (strings, numbers, bools, lists)."""
     return {key: field.contents() for key, field in reader.fields.items() if not key.startswith("GGUF.")}
-
-
-def _int(meta: Mapping[str, Any], key: str, default: int | None = None) -> int:
-    value = meta.get(key, default)
-    if value is None:
-        raise GGUFImportError(f"GGUF metadata: missing required field '{key}'")
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) <= 0:
-        raise UnsupportedGGUFError(f"GGUF metadata: field '{key}' must be one positive integer, got {value!r}")
-    return int(value)
-
-
-def _float(meta: Mapping[str, Any], key: str, default: float) -> float:
-    """A positive float field; GGUF stores float32, so it is written as float32's shortest decimal
-    (``1e-05``, not ``9.99999974e-06``): the same float32 value, as Hugging Face configs spell it."""
-    value = meta.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not value > 0:
-        raise GGUFImportError(f"GGUF metadata: field '{key}' must be a positive number, got {value!r}")
-    return float(str(np.float32(value)))
 
 
 def describe(meta: Mapping[str, Any], tensors: Mapping[str, Any]) -> GGUFModel:
@@ -173,55 +138,6 @@ def describe(meta: Mapping[str, Any], tensors: Mapping[str, Any]) -> GGUFModel:
     )
 
 
-def _rope_scaling(meta: Mapping[str, Any], arch: str, tensors: Mapping[str, Any], head_dim: int,
-                  theta: float) -> dict[str, Any] | None:
-    """HF ``rope_scaling`` from ``{arch}.rope.scaling.*`` or a llama3 ``rope_freqs`` tensor; else refused."""
-    kind = meta.get(f"{arch}.rope.scaling.type", "none")
-    if "rope_freqs.weight" in tensors:
-        if kind not in ("none", "llama3"):
-            raise UnsupportedGGUFError(f"GGUF: rope_freqs tensor together with rope scaling {kind!r}")
-        from gguf.quants import dequantize
-
-        info = tensors["rope_freqs.weight"]
-        return llama3_scaling_from_factors(dequantize(info.data, info.tensor_type).reshape(-1), head_dim, theta)
-    if kind == "none":
-        return None
-    if kind == "linear":
-        return {"rope_type": "linear", "factor": _float(meta, f"{arch}.rope.scaling.factor", 1.0)}
-    raise UnsupportedGGUFError(f"GGUF {arch}.rope.scaling.type {kind!r} is not supported (none, linear, llama3)")
-
-
-def llama3_rope_factors(head_dim: int, theta: float, factor: float, low: float, high: float,
-                        original: int) -> np.ndarray:
-    """The per-frequency divisors llama.cpp stores as ``rope_freqs`` for Llama-3 rope scaling."""
-    out = []
-    for k in range(0, head_dim, 2):
-        freq = 1.0 / (theta ** (k / head_dim))
-        wavelen = 2 * math.pi / freq
-        if wavelen < original / high:
-            out.append(1.0)
-        elif wavelen > original / low:
-            out.append(factor)
-        else:
-            smooth = (original / wavelen - low) / (high - low)
-            out.append(1.0 / ((1 - smooth) / factor + smooth))
-    return np.asarray(out, dtype=np.float32)
-
-
-def llama3_scaling_from_factors(factors: np.ndarray, head_dim: int, theta: float) -> dict[str, Any]:
-    """The Llama-3 ``rope_scaling`` whose factors equal ``factors``; refused when none of the known
-    settings (factor = the largest divisor, low 1, high 4, original context 8192) reproduces them."""
-    factor = float(np.max(factors)) if factors.size else 0.0
-    for low, high, original in ((1.0, 4.0, 8192),):
-        want = llama3_rope_factors(head_dim, theta, round(factor, 4), low, high, original)
-        if want.shape == factors.shape and np.allclose(want, factors, rtol=1e-5, atol=0):
-            return {"rope_type": "llama3", "factor": round(factor, 4), "low_freq_factor": low,
-                    "high_freq_factor": high, "original_max_position_embeddings": original}
-    raise UnsupportedGGUFError("GGUF: tensor 'rope_freqs.weight' matches no supported llama3 rope scaling")
-
-
-# --- tensors -----------------------------------------------------------------------------------------
-
 _LAYER_TENSORS: dict[str, str] = {
     "attn_norm.weight": "input_layernorm.weight",
     "ffn_norm.weight": "post_attention_layernorm.weight",
@@ -243,6 +159,8 @@ _GLOBAL_TENSORS: dict[str, str] = {
     "output_norm.weight": "model.norm.weight",
     "output.weight": "lm_head.weight",
 }
+
+
 _SKIPPED = ("rope_freqs.weight",)  # folded into config.json's rope_scaling
 _BLOCK = re.compile(r"blk\.(\d+)\.(.+)")
 
@@ -278,19 +196,6 @@ def expected_shapes(model: GGUFModel) -> dict[str, tuple[int, ...]]:
             shapes.update({p + "self_attn.q_proj.bias": (q,), p + "self_attn.k_proj.bias": (kv,),
                            p + "self_attn.v_proj.bias": (kv,)})
     return shapes
-
-
-def permute_rows(weight: np.ndarray, n_heads: int) -> np.ndarray:
-    """llama.cpp's q/k row order from HF's: within each head, interleave the two rotary halves
-    (HF row ``j`` of the first half goes to ``2j``, of the second half to ``2j + 1``)."""
-    half = weight.shape[0] // n_heads // 2
-    return weight.reshape(n_heads, 2, half, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
-
-
-def unpermute_rows(weight: np.ndarray, n_heads: int) -> np.ndarray:
-    """HF's q/k row order from llama.cpp's; ``unpermute_rows(permute_rows(w, n), n) == w``."""
-    half = weight.shape[0] // n_heads // 2
-    return weight.reshape(n_heads, half, 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
 
 
 def dequantizable(qtype: Any) -> bool:
@@ -357,130 +262,6 @@ def check_tensor_set(tensors: Mapping[str, Any], model: GGUFModel) -> None:
         raise GGUFImportError(f"GGUF: tensor(s) missing for {missing[:5]}{' ...' if len(missing) > 5 else ''}")
 
 
-# --- tokenizer ---------------------------------------------------------------------------------------
-
-def build_tokenizer(meta: Mapping[str, Any], vocab_size: int) -> Any:
-    """A ``tokenizers.Tokenizer`` equal to the GGUF's byte-level BPE, with ids 0..vocab_size-1.
-
-    Control tokens become special added tokens (whole in text, dropped by ``skip_special_tokens``),
-    user-defined ones plain added tokens. Ids past the file's token list (padding rows of the
-    embedding) become ``<|gguf_reserved_i|>`` special tokens, so every id the model can emit decodes.
-    """
-    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-
-    kind = meta.get("tokenizer.ggml.model")
-    if kind != "gpt2":
-        raise UnsupportedGGUFError(f"GGUF tokenizer.ggml.model {kind!r} is not supported (gpt2: byte-level BPE)")
-    pre = str(meta.get("tokenizer.ggml.pre", "default"))
-    if pre not in PRE_TOKENIZERS:
-        raise UnsupportedGGUFError(
-            f"GGUF tokenizer.ggml.pre {pre!r} is not supported ({', '.join(sorted(PRE_TOKENIZERS))})")
-    tokens = [str(t) for t in meta.get("tokenizer.ggml.tokens") or []]
-    if not tokens or len(tokens) > vocab_size:
-        raise GGUFImportError(f"GGUF: {len(tokens)} tokens for an embedding of {vocab_size} rows")
-    vocab = _byte_level_vocab(tokens)
-    merges = _merges(meta.get("tokenizer.ggml.merges") or [])
-    style = PRE_TOKENIZERS[pre]
-    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=style == "llama3"))
-    tokenizer.pre_tokenizer = _pre_tokenizer(style, pre_tokenizers)
-    if style == "qwen2":
-        tokenizer.normalizer = normalizers.NFC()
-    tokenizer.decoder = decoders.ByteLevel()
-    types = list(meta.get("tokenizer.ggml.token_type") or [])
-    special = [AddedToken(tokens[i], special=True, normalized=False)
-               for i, t in enumerate(types) if t == TOKEN_CONTROL]
-    user = [AddedToken(tokens[i], special=False, normalized=False)
-            for i, t in enumerate(types) if t == TOKEN_USER_DEFINED]
-    tokenizer.add_special_tokens(special)
-    tokenizer.add_tokens(user)
-    reserved = [f"<|gguf_reserved_{i}|>" for i in range(len(tokens), vocab_size)]
-    if reserved:
-        tokenizer.add_special_tokens(reserved)
-    if meta.get("tokenizer.ggml.add_bos_token") and meta.get("tokenizer.ggml.bos_token_id") is not None:
-        bos_id = int(meta["tokenizer.ggml.bos_token_id"])
-        bos = tokens[bos_id]
-        tokenizer.post_processor = processors.TemplateProcessing(
-            single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1", special_tokens=[(bos, bos_id)])
-    if tokenizer.get_vocab_size() != vocab_size:
-        raise GGUFImportError(f"GGUF tokenizer: built {tokenizer.get_vocab_size()} ids, the model has {vocab_size}")
-    return tokenizer
-
-
-def _byte_level_vocab(tokens: Sequence[str]) -> dict[str, int]:
-    """token -> id; tokens written in raw text rather than the byte alphabet are respelled into it."""
-    from tokenizers import pre_tokenizers
-
-    alphabet = set(pre_tokenizers.ByteLevel.alphabet())
-    spelling = _bytes_to_unicode()
-    vocab: dict[str, int] = {}
-    for index, token in enumerate(tokens):
-        if not set(token) <= alphabet:
-            token = "".join(spelling[b] for b in token.encode("utf-8"))
-        if token in vocab:
-            raise GGUFImportError(f"GGUF tokenizer: token {token!r} appears twice (ids {vocab[token]} and {index})")
-        vocab[token] = index
-    return vocab
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte -> printable character table."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    table = {b: chr(b) for b in printable}
-    extra = 0
-    for b in range(256):
-        if b not in table:
-            table[b] = chr(256 + extra)
-            extra += 1
-    return table
-
-
-def _merges(raw: Sequence[str]) -> list[tuple[str, str]]:
-    out = []
-    for merge in raw:
-        parts = str(merge).split(" ")
-        if len(parts) != 2:
-            raise GGUFImportError(f"GGUF tokenizer: merge {merge!r} is not two tokens separated by one space")
-        out.append((parts[0], parts[1]))
-    return out
-
-
-def _pre_tokenizer(style: str, pre_tokenizers: Any) -> Any:
-    from tokenizers import Regex
-
-    if style == "gpt2":
-        return pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    if style == "digits+gpt2":
-        return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
-                                        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
-    split = _LLAMA3_SPLIT if style == "llama3" else _QWEN2_SPLIT
-    return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(split), behavior="isolated"),
-                                    pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-
-
-def special_token_ids(meta: Mapping[str, Any]) -> dict[str, int]:
-    """bos/eos/pad/unk/eot/eom ids the file names (only those present)."""
-    out = {}
-    for key in ("bos", "eos", "padding", "unknown", "eot", "eom"):
-        value = meta.get(f"tokenizer.ggml.{key}_token_id")
-        if value is not None:
-            out[key] = int(value)
-    return out
-
-
-def chat_template(meta: Mapping[str, Any]) -> str | list[dict[str, str]] | None:
-    """The default ``tokenizer.chat_template`` or, with named ones, HF's list form."""
-    default = meta.get("tokenizer.chat_template")
-    names = [str(n) for n in meta.get("tokenizer.chat_templates") or []]
-    if not names:
-        return str(default) if default is not None else None
-    out = [{"name": "default", "template": str(default)}] if default is not None else []
-    out += [{"name": n, "template": str(meta[f"tokenizer.chat_template.{n}"])}
-            for n in names if f"tokenizer.chat_template.{n}" in meta]
-    return out
-
-
-# --- output files ------------------------------------------------------------------------------------
-
 def config_dict(model: GGUFModel, ids: Mapping[str, int], dtype: str) -> dict[str, Any]:
     """``config.json`` for the imported model (fields ``ModelConfig.from_dict`` and transformers read)."""
     model_type, architecture, _ = ARCHITECTURES[model.arch]
@@ -524,27 +305,6 @@ def generation_config_dict(ids: Mapping[str, int]) -> dict[str, Any]:
     out: dict[str, Any] = {"bos_token_id": ids.get("bos"), "eos_token_id": stops[0] if len(stops) == 1 else stops,
                            "pad_token_id": ids.get("padding")}
     return {k: v for k, v in out.items() if v not in (None, [])}
-
-
-def tokenizer_config_dict(meta: Mapping[str, Any], tokens: Sequence[str], ids: Mapping[str, int],
-                          context_length: int) -> dict[str, Any]:
-    """``tokenizer_config.json``: special token strings, bos/eos flags and the chat template."""
-    def token(key: str) -> str | None:
-        return tokens[ids[key]] if key in ids and ids[key] < len(tokens) else None
-
-    config: dict[str, Any] = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": token("bos"), "eos_token": token("eos"), "pad_token": token("padding"),
-        "unk_token": token("unknown"),
-        "add_bos_token": bool(meta.get("tokenizer.ggml.add_bos_token", False)),
-        "add_eos_token": bool(meta.get("tokenizer.ggml.add_eos_token", False)),
-        "model_max_length": context_length,
-        "clean_up_tokenization_spaces": False,
-    }
-    template = chat_template(meta)
-    if template is not None:
-        config["chat_template"] = template
-    return config
 
 
 def shard_plan(names: Sequence[str], layers: int, shards: int) -> list[list[str]]:
@@ -628,7 +388,7 @@ def import_gguf(gguf_path: str | Path, out_dir: str | Path, *, dtype: str = "flo
 
 def _validate_config(config: dict[str, Any]) -> None:
     """The runtime's own reader must accept the config (so a written checkpoint always loads)."""
-    from verisplit.impl.config import ModelConfig
+    from verisplit.impl.runtime.config import ModelConfig
 
     try:
         ModelConfig.from_dict(config)
