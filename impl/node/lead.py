@@ -273,16 +273,20 @@ class Lead:
             run.finish_reason = "error"
         elif run.status == "running":
             run.status = "aborted"
-        positions = len(run.prompt_ids) + len(run.generated)
-        # The client pays for what it received: the quote over prompt + generated tokens, also when a
-        # request aborts after some tokens (a failed provider's slice of it is refunded at settlement);
-        # nothing generated, nothing charged.
+        # The client pays for what it received: the quote over the positions the cohort computed to
+        # produce the tokens it got (the prompt, then each generated token but the last, which no step
+        # consumed), also when a request aborts after some tokens (a failed provider's slice of it is
+        # refunded at settlement); nothing generated, nothing charged. So an honest request's fee is
+        # exactly sum(price x work served) and each provider is paid its own price x work.
+        positions = len(run.prompt_ids) + len(run.generated) - 1
         run.fee = quote_fee(run.cohort, self.model_spec, run.offers, positions) if run.generated else 0
         err = run.error
         record = RequestRecord(
             request_id=run.request_id, model_id=self.model_id, cohort=run.cohort, steps=run.steps,
             status=run.status, culprit=err.culprit if err else None, reason=err.reason if err else None,
             fee=run.fee, prompt_tokens=len(run.prompt_ids), completion_tokens=len(run.generated),
+            prices={o.provider_id: o.price_per_work_unit for o in run.offers
+                    if o.provider_id in run.cohort.provider_ids},
             extra={"prompt_token_ids": run.prompt_ids, "completion_token_ids": run.generated,
                    "finish_reason": run.finish_reason, "detail": err.detail if err else None,
                    "link": err.link if err else None, "params": run.params.__dict__ | {"stop_token_ids": list(run.params.stop_token_ids)}})

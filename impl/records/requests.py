@@ -68,6 +68,7 @@ class RequestRecord:
     prompt_tokens: int
     completion_tokens: int
     extra: dict[str, Any] = field(default_factory=dict)  # JSON-able detail (token ids, endpoints, error text)
+    prices: dict[str, int] = field(default_factory=dict)  # price per work unit each cohort member offered when routed
 
 
 def check_request_id(request_id: str) -> str:
@@ -137,7 +138,7 @@ class RequestStore:
                 "format": RECORD_FORMAT, "request_id": record.request_id, "model_id": record.model_id,
                 "cohort": cohort_to_dict(record.cohort), "status": record.status, "culprit": record.culprit,
                 "reason": record.reason, "fee": record.fee, "prompt_tokens": record.prompt_tokens,
-                "completion_tokens": record.completion_tokens, "saved_at_ns": saved_at,
+                "completion_tokens": record.completion_tokens, "saved_at_ns": saved_at, "prices": record.prices,
                 "extra": record.extra, "steps": steps,
             }
             tmp = Path(tempfile.mkdtemp(prefix=".tmp-record-", dir=self.root))
@@ -207,7 +208,8 @@ class RequestStore:
                 request_id=body["request_id"], model_id=body["model_id"], cohort=cohort_from_dict(body["cohort"]),
                 steps=steps, status=body["status"], culprit=body["culprit"], reason=body["reason"], fee=int(body["fee"]),
                 prompt_tokens=int(body["prompt_tokens"]), completion_tokens=int(body["completion_tokens"]),
-                extra=dict(body.get("extra") or {}))
+                extra=dict(body.get("extra") or {}),
+                prices={str(k): int(v) for k, v in (body.get("prices") or {}).items()})
         except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
             if isinstance(exc, RecordError):
                 raise
