@@ -245,6 +245,7 @@ class _SimRequest:
     inputs: list[list[bytes]] = field(default_factory=list)     # per step, per accepted link: input bytes
     outputs: list[list[bytes]] = field(default_factory=list)    # per step, per accepted link: committed output bytes
     work: list[int] = field(default_factory=list)
+    prices: dict[str, int] = field(default_factory=dict)  # each member's offered price, fixed at the request's start
     failed: set[str] = field(default_factory=set)
     finished: bool = False
 
@@ -378,7 +379,8 @@ class SpecAdapter(Adapter):
             return RequestObservation(request_id, None, 0, (), VALID, error="no_coverage", error_layer=routed.no_coverage_layer)
         cohort = routed.cohort
         fee = self._fee(cohort, prompt_len + max_tokens - 1)
-        record = _SimRequest(cohort, fee, work=[0] * len(cohort.assignments))
+        record = _SimRequest(cohort, fee, work=[0] * len(cohort.assignments),
+                             prices={a.provider_id: self._offers[a.provider_id].price_per_work_unit for a in cohort.assignments})
         self._requests[request_id] = record
         tokens = sim_tokens(prompt_len, seed)
         generated: list[int] = []
@@ -466,10 +468,7 @@ class SpecAdapter(Adapter):
         record = self._requests[request_id]
         work_by_provider = {a.provider_id: w for a, w in zip(record.cohort.assignments, record.work)}
         failed = frozenset(record.failed & set(work_by_provider))
-        if sum(work_by_provider.values()) == 0:
-            result = Settlement(record.fee, self.lead_id, {p: 0 for p in work_by_provider}, 0, record.fee, failed)
-        else:
-            result = settle(record.fee, work_by_provider, self.lead_id, failed)
+        result = settle(record.fee, work_by_provider, record.prices, self.lead_id, failed)  # S0: no value, full refund
         self._ledger.append(result)
         return result
 

@@ -34,7 +34,7 @@ VERSIONS: dict[str, int] = {
     "encoding_reject": 1,
     "commitment_signature": 1,
     "chain_verdict": 1,
-    "settlement": 1,
+    "settlement": 2,  # 2: price_by_provider added; slices split by value (price x work)
     "cohort_formation": 1,
     "audit_selection": 1,
 }
@@ -358,40 +358,52 @@ def chain_verdict_vectors() -> dict[str, Any]:
 
 # --- settlement -------------------------------------------------------------------------------------
 
-def _settlement_case(name: str, fee: Any, works: dict[str, Any], failed: list[str]) -> dict[str, Any]:
-    case: dict[str, Any] = {"name": name, "fee": fee, "work_by_provider": works, "failed": failed}
+def _settlement_case(name: str, fee: Any, works: dict[str, Any], prices: Any, failed: list[str]) -> dict[str, Any]:
+    case: dict[str, Any] = {"name": name, "fee": fee, "work_by_provider": works, "price_by_provider": prices,
+                            "failed": failed}
     try:
-        result = settlement.settle(fee, works, "lead", failed)
+        result = settlement.settle(fee, works, prices, "lead", failed)
     except settlement.SettlementError as exc:
         case["expected"] = {"error_field": str(exc).split(":", 1)[0]}
         return case
-    case["expected"] = {"payouts": result.payouts, "residual": result.residual, "refund": result.refund,
-                        "conserved": settlement.conserved(result)}
+    case["expected"] = {"values": result.values, "payouts": result.payouts, "residual": result.residual,
+                        "refund": result.refund, "conserved": settlement.conserved(result)}
     return case
 
 
 def settlement_vectors() -> dict[str, Any]:
-    """``settle`` on seeded random work vectors and hand-picked edges (fee 0, all failed, errors)."""
+    """``settle`` on seeded random work and price vectors (fees at, around and away from the quote)
+    and hand-picked edges (fee 0, all failed, zero value, the docs' example, errors)."""
     rng = random.Random(SEEDS["settlement"])
     cases: list[dict[str, Any]] = []
     for index in range(24):
         n = rng.randint(1, 8)
         works = {f"p{k}": rng.randint(0, 5000) for k in range(n)}
-        if sum(works.values()) == 0:
-            works["p0"] = 1
-        fee = rng.choice([0, 1, 7, 1000, 999_983, rng.randint(0, 10**12)])
+        prices = {p: rng.choice([0, 1, 2, 3, 5, 8, rng.randint(0, 1000)]) for p in works}
+        if sum(prices[p] * works[p] for p in works) == 0:
+            works["p0"], prices["p0"] = max(works["p0"], 1), max(prices["p0"], 1)
+        quote = sum(prices[p] * works[p] for p in works)
+        fee = rng.choice([0, 1, 7, 1000, 999_983, quote, quote, quote + rng.randint(1, 99), rng.randint(0, 10**12)])
         failed = sorted(p for p in works if rng.random() < 0.25)
-        cases.append(_settlement_case(f"random-{index}", fee, works, failed))
+        cases.append(_settlement_case(f"random-{index}", fee, works, prices, failed))
     cases += [
-        _settlement_case("single-provider", 10, {"a": 3}, []),
-        _settlement_case("all-failed", 100, {"a": 1, "b": 2}, ["a", "b"]),
-        _settlement_case("max-residual", 2, {"a": 1, "b": 1, "c": 1}, []),
-        _settlement_case("zero-work-provider", 9, {"a": 0, "b": 4}, []),
-        _settlement_case("error-negative-fee", -1, {"a": 1}, []),
-        _settlement_case("error-no-providers", 5, {}, []),
-        _settlement_case("error-negative-work", 5, {"a": -2}, []),
-        _settlement_case("error-zero-total", 5, {"a": 0}, []),
-        _settlement_case("error-unknown-failed", 5, {"a": 1}, ["z"]),
+        _settlement_case("single-provider", 10, {"a": 3}, {"a": 2}, []),
+        _settlement_case("all-failed", 100, {"a": 1, "b": 2}, {"a": 1, "b": 1}, ["a", "b"]),
+        _settlement_case("max-residual", 2, {"a": 1, "b": 1, "c": 1}, {"a": 1, "b": 1, "c": 1}, []),
+        _settlement_case("zero-work-provider", 9, {"a": 0, "b": 4}, {"a": 5, "b": 1}, []),
+        _settlement_case("zero-price-provider", 9, {"a": 6, "b": 4}, {"a": 0, "b": 1}, []),
+        _settlement_case("fee-equals-quote", 96, {"a": 32, "b": 32}, {"a": 2, "b": 1}, []),
+        _settlement_case("fee-equals-quote-failed", 96, {"a": 32, "b": 32}, {"a": 2, "b": 1}, ["a"]),
+        _settlement_case("fee-above-quote", 100, {"a": 32, "b": 32}, {"a": 2, "b": 1}, []),
+        _settlement_case("zero-total-value", 5, {"a": 0, "b": 3}, {"a": 4, "b": 0}, []),
+        _settlement_case("error-negative-fee", -1, {"a": 1}, {"a": 1}, []),
+        _settlement_case("error-no-providers", 5, {}, {}, []),
+        _settlement_case("error-negative-work", 5, {"a": -2}, {"a": 1}, []),
+        _settlement_case("error-missing-price", 5, {"a": 1, "b": 1}, {"a": 1}, []),
+        _settlement_case("error-negative-price", 5, {"a": 1}, {"a": -1}, []),
+        _settlement_case("error-bool-price", 5, {"a": 1}, {"a": True}, []),
+        _settlement_case("error-price-without-work", 5, {"a": 1}, {"a": 1, "z": 1}, []),
+        _settlement_case("error-unknown-failed", 5, {"a": 1}, {"a": 1}, ["z"]),
     ]
     return _document("settlement", cases)
 

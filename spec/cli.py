@@ -57,27 +57,43 @@ def form_cohort_command(offers_file: Path, num_layers: int, layer_work: str) -> 
     click.echo(json.dumps({"cohort": result, "violations": [v.kind for v in cohort_violations(cohort, model, offers)]}, indent=2))
 
 
+def _assignments(items: tuple[str, ...], option: str, what: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise click.ClickException(f"{option} '{item}': expected PROVIDER={what}")
+        try:
+            out[name] = int(value)
+        except ValueError:
+            raise click.ClickException(f"{option} '{item}': {what.lower().replace('_', ' ')} must be an integer") from None
+    return out
+
+
 @spec_group.command(name="settle")
 @click.option("--fee", type=int, required=True, help="Fee in the smallest currency unit.")
 @click.option("--work", "works", multiple=True, required=True, help="PROVIDER=WORK_UNITS (repeat).")
+@click.option("--price", "prices", multiple=True, help="PROVIDER=PRICE_PER_WORK_UNIT (repeat); see --default-price.")
+@click.option("--default-price", type=int, default=1, show_default=True,
+              help="Price of a provider given no --price.")
 @click.option("--lead", default="lead", show_default=True, help="Lead id that takes the residual.")
 @click.option("--failed", multiple=True, help="Provider that failed its audit (repeat).")
-def settle_command(fee: int, works: tuple[str, ...], lead: str, failed: tuple[str, ...]) -> None:
-    """Split FEE over work served; failed providers forfeit, the lead takes the residual."""
-    work_by_provider: dict[str, int] = {}
-    for item in works:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise click.ClickException(f"--work '{item}': expected PROVIDER=WORK_UNITS")
-        try:
-            work_by_provider[name] = int(value)
-        except ValueError:
-            raise click.ClickException(f"--work '{item}': work units must be an integer") from None
+def settle_command(fee: int, works: tuple[str, ...], prices: tuple[str, ...], default_price: int, lead: str,
+                   failed: tuple[str, ...]) -> None:
+    """Split FEE by the value (price x work) each provider served; failed providers forfeit, the
+    lead takes the residual."""
+    work_by_provider = _assignments(works, "--work", "WORK_UNITS")
+    given = _assignments(prices, "--price", "PRICE_PER_WORK_UNIT")
+    unknown = sorted(set(given) - set(work_by_provider))
+    if unknown:
+        raise click.ClickException(f"--price: provider(s) {unknown} have no --work")
+    price_by_provider = {name: given.get(name, default_price) for name in work_by_provider}
     try:
-        s = settle(fee, work_by_provider, lead, set(failed))
+        s = settle(fee, work_by_provider, price_by_provider, lead, set(failed))
     except SettlementError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(json.dumps({"payouts": s.payouts, "residual": s.residual, "refund": s.refund, "lead": s.lead}, indent=2))
+    click.echo(json.dumps({"payouts": s.payouts, "values": s.values, "residual": s.residual, "refund": s.refund,
+                           "lead": s.lead}, indent=2))
 
 
 @spec_group.command(name="check-chain")

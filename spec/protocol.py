@@ -24,7 +24,10 @@ class IllegalTransition(ValueError):
 
 @dataclass(frozen=True)
 class RequestState:
-    """One request's progress: accepted steps, work served per segment, failures and audits."""
+    """One request's progress: accepted steps, work served per segment, failures and audits.
+
+    ``prices[k]`` is the price per work unit that segment k's provider offered when the request was
+    opened (fixed for the request's life: settlement pays ``prices[k] * work[k]``, rule S0)."""
 
     request_id: str
     cohort_id: str
@@ -33,6 +36,7 @@ class RequestState:
     steps: int = 0
     positions: int = 0
     work: tuple[int, ...] = ()
+    prices: tuple[int, ...] = ()
     failed: frozenset[str] = frozenset()
     chain_verdicts: tuple[ChainVerdict, ...] = ()
     audits: tuple[AuditVerdict, ...] = ()
@@ -160,11 +164,14 @@ def _open_request(state: State, event: OpenRequest) -> State:
     if event.fee < 0:
         raise IllegalTransition(f"fee: must be non-negative, got {event.fee}")
     cohort = state.cohorts[event.cohort_id]
-    registered = state.registry.provider_ids()
+    offers = {offer.provider_id: offer for offer in state.registry.offers}
+    prices: list[int] = []
     for assignment in cohort.assignments:
-        if assignment.provider_id not in registered:
+        if assignment.provider_id not in offers:
             raise IllegalTransition(f"cohort member '{assignment.provider_id}' is no longer registered")
-    request = RequestState(event.request_id, event.cohort_id, event.fee, work=tuple(0 for _ in cohort.assignments))
+        prices.append(offers[assignment.provider_id].price_per_work_unit)
+    request = RequestState(event.request_id, event.cohort_id, event.fee, work=tuple(0 for _ in cohort.assignments),
+                           prices=tuple(prices))
     return _with_request(state, request)
 
 
@@ -214,14 +221,14 @@ def _record_audit(state: State, event: RecordAudit) -> State:
 
 
 def expected_settlement(state: State, request: RequestState, lead: str) -> Settlement:
-    """The spec's settlement of a finished request: ``settle`` over work served, failed forfeiting;
-    if nothing was served the whole fee is refunded."""
+    """The spec's settlement of a finished request: ``settle`` over the work served, at the prices
+    fixed when the request was opened, failed providers forfeiting. If nothing of value was served
+    (no work, or only zero-price work) the whole fee is refunded (rule S0)."""
     cohort = state.cohorts[request.cohort_id]
     work_by_provider = {a.provider_id: w for a, w in zip(cohort.assignments, request.work)}
+    price_by_provider = {a.provider_id: p for a, p in zip(cohort.assignments, request.prices)}
     failed = frozenset(p for p in request.failed if p in work_by_provider)
-    if sum(work_by_provider.values()) == 0:
-        return Settlement(request.fee, lead, {p: 0 for p in work_by_provider}, 0, request.fee, failed)
-    return settle(request.fee, work_by_provider, lead, failed)
+    return settle(request.fee, work_by_provider, price_by_provider, lead, failed)
 
 
 def _settle(state: State, event: SettleRequest) -> State:

@@ -1,28 +1,39 @@
-"""Fee settlement: each provider is paid for exactly the work it served.
+"""Fee settlement: each provider is paid for the work it served, at the price it offered.
 
 Rules (docs/spec.md, "Settlement"):
-- S1 provider i's slice is ``fee * w_i // W`` with ``W = sum(w)``, over work units actually served;
+- S0 the value of provider i's work is ``v_i = price_i * work_i`` (integer currency units, like the
+  fee); if the total value ``V = sum(v)`` is 0 (nothing served, or only zero-price work) nothing is
+  divided and the whole fee is refunded to the client;
+- S1 otherwise provider i's slice is ``fee * v_i // V``: the fee split in proportion to value, so a
+  fee equal to the quote ``V`` pays every provider exactly ``v_i`` with residual 0;
 - S2 a provider that failed (audit or chain) gets 0 and its slice is refunded to the client;
 - S3 the lead takes the rounding residual ``fee - sum(slices)``, which lies in [0, N-1];
 - S4 conservation: ``sum(payouts) + residual + refund == fee`` exactly;
 - S5 forfeit isolation: marking providers failed never changes another provider's payout.
+
+``settle_parts`` is the generic core over arbitrary non-negative integer weights (S1-S5 hold for any
+weights, so in particular for values); ``settle`` validates its input and feeds it values.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Collection, Mapping, Sequence
 
 from verisplit.spec.arith import fdiv, ite
 
 
 class SettlementError(ValueError):
-    """Invalid settlement input (the message names the field)."""
+    """Invalid settlement input (the message starts with the offending field)."""
 
 
 @dataclass(frozen=True)
 class Settlement:
-    """Payout per provider (0 for failed ones), the lead's residual and the client's refund."""
+    """Payout per provider (0 for failed ones), the lead's residual and the client's refund.
+
+    ``values`` is the weight each slice was computed from (rule S0: price x work); it is last and
+    defaults to empty only so that records read back from stores that predate it still construct.
+    """
 
     fee: int
     lead: str
@@ -30,28 +41,55 @@ class Settlement:
     residual: int
     refund: int
     failed: frozenset[str]
+    values: dict[str, int] = field(default_factory=dict)
 
 
-def provider_slice(fee: Any, work: Any, total_work: Any) -> Any:
-    """Rule S1: ``fee * work // total_work`` (total_work >= 1)."""
-    return fdiv(fee * work, total_work)
+def provider_value(price: Any, work: Any) -> Any:
+    """Rule S0: the value of ``work`` units served at ``price`` per unit, ``price * work``.
 
-
-def settle_parts(fee: Any, works: Sequence[Any], failed_flags: Sequence[Any]) -> tuple[list[Any], Any, Any]:
-    """Core of ``settle`` over parallel lists, runnable on ints or Z3 terms.
-
-    Returns (payouts, residual, refund). Invariants S2-S5; Z3: ``fee_conservation``,
-    ``residual_bound``, ``forfeit_isolation`` (proofs/z3/check_settlement.py); Lean:
-    ``Verisplit.settle_conserves``, ``Verisplit.residual_lt_count``, ``Verisplit.forfeit_isolation``.
+    Runs on ints and Z3 terms. Z3: ``quote_paid_exactly`` (proofs/z3/check_settlement.py);
+    Lean: ``Verisplit.value_eq_quotedShare``.
     """
-    total_work: Any = 0
-    for work in works:
-        total_work = total_work + work
+    return price * work
+
+
+def quoted_share(price: Any, work_per_position: Any, positions: Any) -> Any:
+    """What the quote charges for one cohort member: ``price * work_per_position * positions``.
+
+    Summed over the cohort this is ``cohort.quote_fee`` (cohort cost x positions); it equals
+    ``provider_value(price, work_per_position * positions)``, the value of the work the member serves
+    for that many positions. Z3: ``quote_paid_exactly``; Lean: ``Verisplit.value_eq_quotedShare``.
+    """
+    return price * work_per_position * positions
+
+
+def provider_slice(fee: Any, weight: Any, total_weight: Any) -> Any:
+    """Rule S1: ``fee * weight // total_weight`` (total_weight >= 1), floor division.
+
+    Z3: ``residual_bound``, ``fee_conservation``, ``forfeit_isolation``, ``quote_paid_exactly``;
+    Lean: ``Verisplit.residual_lt_count``, ``Verisplit.quote_paid_exactly``.
+    """
+    return fdiv(fee * weight, total_weight)
+
+
+def settle_parts(fee: Any, weights: Sequence[Any], failed_flags: Sequence[Any]) -> tuple[list[Any], Any, Any]:
+    """Core of ``settle`` over parallel lists of weights and failed flags, on ints or Z3 terms.
+
+    Weights are any non-negative integers with a positive total (``settle`` passes values). Returns
+    (payouts, residual, refund). Invariants S1-S5 and: a fee equal to ``sum(weights)`` pays every
+    provider exactly its weight with residual 0. Z3: ``fee_conservation``, ``residual_bound``,
+    ``forfeit_isolation``, ``quote_paid_exactly`` (proofs/z3/check_settlement.py); Lean:
+    ``Verisplit.settle_conserves``, ``Verisplit.residual_lt_count``, ``Verisplit.forfeit_isolation``,
+    ``Verisplit.quote_paid_exactly``.
+    """
+    total_weight: Any = 0
+    for weight in weights:
+        total_weight = total_weight + weight
     payouts: list[Any] = []
     refund: Any = 0
     paid_slices: Any = 0
-    for work, failed in zip(works, failed_flags):
-        piece = provider_slice(fee, work, total_work)
+    for weight, failed in zip(weights, failed_flags):
+        piece = provider_slice(fee, weight, total_weight)
         payouts.append(ite(failed, 0, piece))
         refund = refund + ite(failed, piece, 0)
         paid_slices = paid_slices + piece
@@ -59,23 +97,63 @@ def settle_parts(fee: Any, works: Sequence[Any], failed_flags: Sequence[Any]) ->
     return payouts, residual, refund
 
 
-def settle(fee: int, work_by_provider: Mapping[str, int], lead: str, failed: Collection[str] = ()) -> Settlement:
-    """Split ``fee`` by work served (S1-S5); invalid input raises ``SettlementError`` naming it."""
-    if isinstance(fee, bool) or not isinstance(fee, int) or fee < 0:
-        raise SettlementError(f"fee: must be a non-negative integer, got {fee!r}")
-    if not work_by_provider:
-        raise SettlementError("work_by_provider: no providers to pay")
+def _natural(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def work_values(work_by_provider: Mapping[str, int], price_by_provider: Mapping[str, int]) -> dict[str, int]:
+    """Rule S0 per provider: ``{id: provider_value(price, work)}`` in ``work_by_provider``'s order.
+
+    Raises ``SettlementError`` naming the field: a work or price that is not a non-negative int
+    (bools and floats rejected), a provider of ``work_by_provider`` with no price, or a price for a
+    provider with no work entry. Only concrete mappings (no Z3 terms); its arithmetic is
+    ``provider_value``, which the proofs cover. Tests: tests/test_spec_settlement.py.
+    """
+    if not isinstance(work_by_provider, Mapping):
+        raise SettlementError(f"work_by_provider: must be a mapping, got {type(work_by_provider).__name__}")
+    if not isinstance(price_by_provider, Mapping):
+        raise SettlementError(f"price_by_provider: must be a mapping, got {type(price_by_provider).__name__}")
     for provider_id, work in work_by_provider.items():
-        if isinstance(work, bool) or not isinstance(work, int) or work < 0:
+        if not _natural(work):
             raise SettlementError(f"work_by_provider['{provider_id}']: must be a non-negative integer, got {work!r}")
-    if sum(work_by_provider.values()) < 1:
-        raise SettlementError("work_by_provider: total work is 0, nothing was served")
-    unknown = sorted(set(failed) - set(work_by_provider))
+    for provider_id in work_by_provider:
+        if provider_id not in price_by_provider:
+            raise SettlementError(f"price_by_provider['{provider_id}']: missing (every provider needs its offered price)")
+        price = price_by_provider[provider_id]
+        if not _natural(price):
+            raise SettlementError(f"price_by_provider['{provider_id}']: must be a non-negative integer, got {price!r}")
+    extra = sorted(str(p) for p in price_by_provider if p not in work_by_provider)
+    if extra:
+        raise SettlementError(f"price_by_provider: price for provider(s) {extra} with no work entry")
+    values: dict[str, int] = {}
+    for provider_id, work in work_by_provider.items():
+        values[provider_id] = provider_value(price_by_provider[provider_id], work)
+    return values
+
+
+def settle(fee: int, work_by_provider: Mapping[str, int], price_by_provider: Mapping[str, int], lead: str,
+           failed: Collection[str] = ()) -> Settlement:
+    """Split ``fee`` by the value of the work served (S0-S5); invalid input raises ``SettlementError``
+    whose message starts with the field (``fee``, ``work_by_provider``, ``work_by_provider['id']``,
+    ``price_by_provider``, ``price_by_provider['id']``, ``failed``).
+
+    Total value 0 refunds the whole fee (S0); otherwise ``settle_parts`` over the values, whose
+    properties the proofs establish (docs/proofs.md, "Settlement").
+    """
+    if not _natural(fee):
+        raise SettlementError(f"fee: must be a non-negative integer, got {fee!r}")
+    if isinstance(work_by_provider, Mapping) and not work_by_provider:
+        raise SettlementError("work_by_provider: no providers to pay")
+    values = work_values(work_by_provider, price_by_provider)
+    unknown = sorted(str(p) for p in set(failed) - set(work_by_provider))
     if unknown:
         raise SettlementError(f"failed: unknown provider(s) {unknown}")
     ids = list(work_by_provider)
-    payouts, residual, refund = settle_parts(fee, [work_by_provider[i] for i in ids], [i in failed for i in ids])
-    return Settlement(fee, lead, dict(zip(ids, payouts)), residual, refund, frozenset(failed))
+    failed_set = frozenset(failed)
+    if sum(values.values()) == 0:
+        return Settlement(fee, lead, {i: 0 for i in ids}, 0, fee, failed_set, values)
+    payouts, residual, refund = settle_parts(fee, [values[i] for i in ids], [i in failed_set for i in ids])
+    return Settlement(fee, lead, dict(zip(ids, payouts)), residual, refund, failed_set, values)
 
 
 def conserved(settlement: Settlement) -> bool:

@@ -47,7 +47,7 @@ class PaysFailedLead(SpecAdapter):
         works = {a.provider_id: w for a, w in zip(record.cohort.assignments, record.work)}
         if sum(works.values()) == 0:
             return super().settle(request_id)
-        result = settle(record.fee, works, self.lead_id, ())
+        result = settle(record.fee, works, record.prices, self.lead_id, ())
         self._ledger.append(result)
         return result
 

@@ -89,13 +89,19 @@ def test_chain_vectors_cover_every_reason() -> None:
     assert set(commitment.REASONS) <= seen
 
 
+def _settle_case(case: dict) -> settlement.Settlement:
+    return settlement.settle(case["fee"], case["work_by_provider"], case["price_by_provider"], "lead", case["failed"])
+
+
 def test_settlement_vectors_conserve() -> None:
     for case in _load("settlement")["cases"]:
         if "error_field" in case["expected"]:
             with pytest.raises(settlement.SettlementError):
-                settlement.settle(case["fee"], case["work_by_provider"], "lead", case["failed"])
+                _settle_case(case)
             continue
-        assert sum(case["expected"]["payouts"].values()) + case["expected"]["residual"] + case["expected"]["refund"] == case["fee"]
+        expected = case["expected"]
+        assert sum(expected["payouts"].values()) + expected["residual"] + expected["refund"] == case["fee"]
+        assert 0 <= expected["residual"] <= len(case["work_by_provider"]) - 1
 
 
 def test_audit_and_cohort_vectors_have_both_outcomes() -> None:
@@ -110,22 +116,37 @@ def test_audit_and_cohort_vectors_have_both_outcomes() -> None:
 
 
 def test_settlement_vectors_replay_through_settle() -> None:
-    """Every case's expected payouts/residual/refund (or error field) is what ``settle`` returns, as an
-    implementer reading the file would check (not only conservation of the stored numbers)."""
+    """Every case's expected values/payouts/residual/refund (or error field) is what ``settle`` returns,
+    as an implementer reading the file would check (not only conservation of the stored numbers), and
+    the values are price x work as the format document says."""
     cases = _load("settlement")["cases"]
     names = {c["name"] for c in cases}
-    assert {"single-provider", "zero-work-provider", "all-failed", "max-residual"} <= names
+    assert {"single-provider", "zero-work-provider", "all-failed", "max-residual", "fee-equals-quote",
+            "fee-above-quote", "zero-price-provider", "zero-total-value", "error-missing-price"} <= names
     assert any(c["fee"] == 0 for c in cases)
     for case in cases:
         expected = case["expected"]
         if "error_field" in expected:
             with pytest.raises(settlement.SettlementError) as info:
-                settlement.settle(case["fee"], case["work_by_provider"], "lead", case["failed"])
+                _settle_case(case)
             assert str(info.value).split(":", 1)[0] == expected["error_field"], case["name"]
             continue
-        s = settlement.settle(case["fee"], case["work_by_provider"], "lead", case["failed"])
-        assert (s.payouts, s.residual, s.refund) == (expected["payouts"], expected["residual"], expected["refund"]), case["name"]
+        s = _settle_case(case)
+        assert (s.values, s.payouts, s.residual, s.refund) == (
+            expected["values"], expected["payouts"], expected["residual"], expected["refund"]), case["name"]
+        assert expected["values"] == {p: case["price_by_provider"][p] * w for p, w in case["work_by_provider"].items()}
         assert expected["conserved"] is True
+
+
+def test_settlement_vectors_at_the_quote_pay_exactly_the_values() -> None:
+    exact = [c for c in _load("settlement")["cases"]
+             if "values" in c["expected"] and c["fee"] == sum(c["expected"]["values"].values())]
+    assert len(exact) >= 3
+    for case in exact:
+        expected = case["expected"]
+        assert expected["residual"] == 0, case["name"]
+        for p, value in expected["values"].items():
+            assert expected["payouts"][p] == (0 if p in case["failed"] else value), case["name"]
 
 
 def test_cohort_vectors_replay_through_form_cohort_and_violations() -> None:

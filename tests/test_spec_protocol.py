@@ -7,11 +7,12 @@ from dataclasses import replace
 import pytest
 
 from verisplit.spec.audit import AuditVerdict
-from verisplit.spec.cohort import ModelSpec, Offer
+from verisplit.spec.cohort import ModelSpec, Offer, quote_fee
 from verisplit.spec.commitment import StepContext
 from verisplit.spec.protocol import (ABORTED, SETTLED, AddOffer, CommitStep, CompleteRequest, Eject, FormCohort,
-                                     IllegalTransition, OpenRequest, RecordAudit, SettleRequest, apply, initial_state,
-                                     replay)
+                                     IllegalTransition, OpenRequest, RecordAudit, SettleRequest, apply,
+                                     expected_settlement, initial_state, replay)
+from verisplit.spec.settlement import quoted_share
 from spec_helpers import digest_of, key, resign, signed_chain
 
 MODEL = ModelSpec("m", 4, (1, 1, 2, 2))
@@ -19,8 +20,8 @@ KEYS = {f"p{i}": key(i) for i in range(2)}
 OFFERS = [Offer("p0", bytes(KEYS["p0"].verify_key), 0, 2, 1, "a"), Offer("p1", bytes(KEYS["p1"].verify_key), 2, 4, 1, "b")]
 
 
-def served_state(tamper_link: int | None = None):  # type: ignore[no-untyped-def]
-    events = [AddOffer(o) for o in OFFERS] + [FormCohort("c"), OpenRequest("r", "c", 1000)]
+def served_state(tamper_link: int | None = None, offers: list[Offer] = OFFERS, fee: int = 1000):  # type: ignore[no-untyped-def]
+    events = [AddOffer(o) for o in offers] + [FormCohort("c"), OpenRequest("r", "c", fee)]
     state = replay(MODEL, events)
     cohort = state.cohorts["c"]
     ctx0 = StepContext("m", "r", 0, 0, 3)
@@ -94,3 +95,46 @@ def test_failed_audit_forfeits_only_that_slice() -> None:
                    SettleRequest("r", "lead")).requests["r"].settlement
     assert failed.payouts["p0"] == 0 and failed.payouts["p1"] == honest.payouts["p1"]
     assert failed.refund == honest.payouts["p0"]
+
+
+PRICED = [replace(OFFERS[0], price_per_work_unit=3), replace(OFFERS[1], price_per_work_unit=1)]  # p0 dearer
+
+
+def test_prices_are_fixed_at_open_and_settlement_pays_price_times_work() -> None:
+    state = apply(served_state(offers=PRICED), CompleteRequest("r"))
+    request = state.requests["r"]
+    assert request.prices == (3, 1) and request.work == (2 * 4, 4 * 4)
+    s = apply(state, SettleRequest("r", "lead")).requests["r"].settlement
+    assert s.values == {"p0": 24, "p1": 16}  # price x work, not bare work (8 vs 16)
+    assert s.payouts == {"p0": 600, "p1": 400} and s.residual == 0
+    # the registry's offers no longer matter once the request is open: settlement reads request.prices
+    repriced = replace(state, registry=replace(state.registry, offers=tuple(
+        replace(o, price_per_work_unit=99) for o in state.registry.offers)))
+    assert expected_settlement(repriced, request, "lead") == s
+
+
+def test_fee_equal_to_the_quote_pays_each_provider_its_quoted_share() -> None:
+    fresh = replay(MODEL, [AddOffer(o) for o in PRICED] + [FormCohort("c")])
+    positions = 4  # served_state commits steps of 3 and 1 positions
+    fee = quote_fee(fresh.cohorts["c"], MODEL, PRICED, positions)
+    state = apply(served_state(offers=PRICED, fee=fee), CompleteRequest("r"))
+    s = apply(state, SettleRequest("r", "lead")).requests["r"].settlement
+    assert fee == 40 and s.residual == 0 and s.refund == 0
+    assert s.payouts == {"p0": quoted_share(3, 2, positions), "p1": quoted_share(1, 4, positions)} == s.values
+
+
+def test_nothing_served_refunds_the_whole_fee() -> None:
+    state = replay(MODEL, [AddOffer(o) for o in OFFERS] + [FormCohort("c"), OpenRequest("r", "c", 1000)])
+    chain = signed_chain(state.cohorts["c"], StepContext("m", "r", 0, 0, 2), [1, 2, 3], KEYS)
+    chain[0] = resign(chain[0], KEYS["p0"], input_digest=digest_of(99))
+    state = apply(state, CommitStep("r", digest_of(1), 2, tuple(chain)))
+    assert state.requests["r"].status == ABORTED and state.requests["r"].work == (0, 0)
+    s = apply(state, SettleRequest("r", "lead")).requests["r"].settlement
+    assert (s.payouts, s.residual, s.refund, s.failed) == ({"p0": 0, "p1": 0}, 0, 1000, frozenset({"p0"}))
+
+
+def test_zero_price_cohort_refunds_the_whole_fee() -> None:
+    free = [replace(o, price_per_work_unit=0) for o in OFFERS]
+    state = apply(served_state(offers=free), CompleteRequest("r"))
+    s = apply(state, SettleRequest("r", "lead")).requests["r"].settlement
+    assert s.payouts == {"p0": 0, "p1": 0} and s.refund == 1000 and s.residual == 0

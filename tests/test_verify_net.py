@@ -47,6 +47,9 @@ SEED_HEX = "5e" * 32
 # Cheaters per phase: (mode, price); all in one phase sit on the same range, cheapest first.
 PHASE_UPPER = [("wrong_key", 1), ("substitute_output", 2), ("skip_layer", 3), ("replay", 4), ("noise", 5)]
 PHASE_LOWER = [("int8_weights", 1), ("lower_precision", 2), ("other_model", 3), ("prefix_range", 4), ("sometimes", 5)]
+# Offered price of every provider these tests start (settlement pays price x work).
+PRICES = {"provider-0": HONEST_PRICE, "provider-1": HONEST_PRICE, "wide": 1, "dier": 1,
+          **{f"c-{mode}": price for mode, price in PHASE_UPPER + PHASE_LOWER}}
 
 
 class DieAtStep(Behaviour):
@@ -135,7 +138,7 @@ def check_settlement(info: dict[str, Any], failed: set[str]) -> None:
     work = expected_work(info)
     assert s["work"] == work
     assert set(s["failed"]) == failed
-    spec = settle(s["fee"], work, s["lead"], frozenset(failed))
+    spec = settle(s["fee"], work, {p: PRICES[p] for p in work}, s["lead"], frozenset(failed))
     assert (s["payouts"], s["residual"], s["refund"]) == (dict(spec.payouts), spec.residual, spec.refund)
     assert conserved(spec)
     assert isinstance(info["ledger_seq"], int) and info["ledger_seq"] >= 1

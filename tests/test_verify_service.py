@@ -44,6 +44,10 @@ def _work_per_provider() -> dict[str, int]:
     return {f"p{k}": (b - a) * positions for k, (a, b) in enumerate(RANGES)}
 
 
+def _unit_prices() -> dict[str, int]:
+    return {p: 1 for p in _work_per_provider()}
+
+
 def test_honest_all_paid_and_conserved(ckpt, tmp_path, tol):
     service, ejected = _service(ckpt, tmp_path, tol)
     record = run(ckpt, honest_modes(), request_id="h1", fee=1001)
@@ -52,7 +56,7 @@ def test_honest_all_paid_and_conserved(ckpt, tmp_path, tol):
     assert out["ejected"] == [] and ejected == [] and out["errors"] == []
     assert len(out["audits"]) == 3 and all(a["passed"] for a in out["audits"])
     assert s["work"] == _work_per_provider()
-    expected = settle(1001, _work_per_provider(), "lead")
+    expected = settle(1001, _work_per_provider(), _unit_prices(), "lead")
     assert s["payouts"] == expected.payouts and s["refund"] == 0 and s["residual"] == expected.residual
     assert sum(s["payouts"].values()) + s["residual"] + s["refund"] == 1001
     assert reveal_valid(bytes.fromhex(out["seed_commitment"]), service.reveal())
@@ -64,7 +68,7 @@ def test_audit_failure_forfeits_only_that_slice(ckpt, tmp_path, tol, mode):
     service, ejected = _service(ckpt, tmp_path, tol)
     out = asyncio.run(service(run(ckpt, ["honest", mode, "honest"], request_id=f"c-{mode}", fee=999)))
     s = out["settlement"]
-    honest = settle(999, _work_per_provider(), "lead")
+    honest = settle(999, _work_per_provider(), _unit_prices(), "lead")
     assert out["ejected"] == ["p1"] and [p for p, _ in ejected] == ["p1"]
     assert s["payouts"] == {"p0": honest.payouts["p0"], "p1": 0, "p2": honest.payouts["p2"]}
     assert s["refund"] == honest.payouts["p1"] and s["failed"] == ["p1"]

@@ -8,6 +8,10 @@ import Verisplit
 #print axioms Verisplit.settle_conserves
 #print axioms Verisplit.residual_lt_count
 #print axioms Verisplit.forfeit_isolation
+#print axioms Verisplit.quote_paid_exactly
+#print axioms Verisplit.value_eq_quotedShare
+#print axioms Verisplit.sum_values_eq_quote
+#print axioms Verisplit.quote_pays_values
 #print axioms Verisplit.shard_deterred_of_whole
 #print axioms Verisplit.shardDeterredGivenWhole_valid
 #print axioms Verisplit.smaller_shard_larger_margin
