@@ -37,7 +37,7 @@ from verisplit.spec.commitment import (
 )
 from verisplit.spec.threats import CAUGHT_BY, CHEATS_FROM_STEP  # the threat catalogue's single table
 from verisplit.spec.encoding import decode_tensor, digest_encoded, encode_tensor
-from verisplit.spec.settlement import Settlement, settle
+from verisplit.spec.settlement import Settlement, billable_positions, settle
 
 HONEST = "honest"
 
@@ -378,7 +378,7 @@ class SpecAdapter(Adapter):
         if routed.cohort is None:
             return RequestObservation(request_id, None, 0, (), VALID, error="no_coverage", error_layer=routed.no_coverage_layer)
         cohort = routed.cohort
-        fee = self._fee(cohort, prompt_len + max_tokens - 1)
+        fee = self._fee(cohort, billable_positions(prompt_len, max_tokens))
         record = _SimRequest(cohort, fee, work=[0] * len(cohort.assignments),
                              prices={a.provider_id: self._offers[a.provider_id].price_per_work_unit for a in cohort.assignments})
         self._requests[request_id] = record

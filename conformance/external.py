@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 import click
 
+from verisplit.spec.settlement import billable_positions
 from verisplit.spec.cohort import Assignment, Cohort, ModelSpec, NoCoverage, Offer, cohort_violations, form_cohort, quote_fee
 from verisplit.spec.commitment import (BAD_SIGNATURE, PROTOCOL_VERSION, WRONG_SIGNER, StepContext, check_chain, check_link,
                                        check_receipt, commitment_from_dict)
@@ -334,7 +335,7 @@ def check_lead(url: str, *, max_tokens: int = 3, timeout: float = 120.0) -> list
             if chosen != cohort:
                 return False, f"cohort {cohort.provider_ids} is not the spec's choice {chosen.provider_ids}"
             info = state["info"]
-            positions = int(info["usage"]["prompt_tokens"]) + int(info["usage"]["completion_tokens"])
+            positions = billable_positions(int(info["usage"]["prompt_tokens"]), int(info["usage"]["completion_tokens"]))
             if info.get("status") == "completed" and info.get("fee") is not None:
                 quote = quote_fee(cohort, model, offers, positions)
                 if int(info["fee"]) != quote:

@@ -388,7 +388,8 @@ class ImplAdapter(Adapter):
 
 def _settlement(body: dict[str, Any]) -> Settlement:
     return Settlement(int(body["fee"]), str(body["lead"]), {str(k): int(v) for k, v in body["payouts"].items()},
-                      int(body["residual"]), int(body["refund"]), frozenset(body["failed"]))
+                      int(body["residual"]), int(body["refund"]), frozenset(body["failed"]),
+                      {str(k): int(v) for k, v in (body.get("values") or {}).items()})
 
 
 def _prompt(prompt_len: int, seed: int, vocab: int) -> list[int]:

@@ -156,6 +156,23 @@ def settle(fee: int, work_by_provider: Mapping[str, int], price_by_provider: Map
     return Settlement(fee, lead, dict(zip(ids, payouts)), residual, refund, failed_set, values)
 
 
+def billable_positions(prompt_tokens: int, completion_tokens: int) -> int:
+    """Rule F1: the token positions a client is charged for, the ones the cohort computed to produce the
+    tokens it received: the prompt, then every generated token but the last (no step consumed it);
+    nothing generated, nothing charged. The fee is ``quote_fee(cohort, ..., billable_positions(...))``,
+    so an honest request's fee equals the total value served and every provider gets exactly its own
+    price x work (``quote_paid_exactly``). Invalid counts raise ``SettlementError`` naming them.
+    Tests: tests/test_spec_settlement.py."""
+    for name, value in (("prompt_tokens", prompt_tokens), ("completion_tokens", completion_tokens)):
+        if not _natural(value):
+            raise SettlementError(f"{name}: must be a non-negative integer, got {value!r}")
+    if completion_tokens == 0:
+        return 0
+    if prompt_tokens < 1:
+        raise SettlementError("prompt_tokens: a request that generated tokens had at least one prompt token")
+    return prompt_tokens + completion_tokens - 1
+
+
 def conserved(settlement: Settlement) -> bool:
     """Rule S4 checked on a record (also used by ``ledger verify``)."""
     return sum(settlement.payouts.values()) + settlement.residual + settlement.refund == settlement.fee

@@ -24,7 +24,8 @@ def _ledger(path):
         for i in range(3):
             work = {"a": 10 + i, "b": 10 + i}
             body = settlement_body(request_id=f"r{i}", model_id="m", cohort=COHORT, work=work,
-                                   settlement=settle(100 + i, work, {p: 1 for p in work}, "lead"), audits=[])
+                                   settlement=settle(100 + i, work, {p: 1 for p in work}, "lead"),
+                                   prices={p: 1 for p in work}, audits=[])
             ledger.append(body, LEAD)
 
 

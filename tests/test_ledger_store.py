@@ -24,7 +24,8 @@ def body(i: int, failed=()):
     s = settle(1000 + i, work, {p: 1 for p in work}, "lead", failed)
     audits = [{"segment_index": 1, "provider_id": "b", "passed": "b" not in failed, "max_abs": 0.5, "ratio": 3.0,
                "reason": "", "request_id": f"r{i}", "source": "audit"}]
-    return settlement_body(request_id=f"r{i}", model_id="m", cohort=COHORT, work=work, settlement=s, audits=audits)
+    return settlement_body(request_id=f"r{i}", model_id="m", cohort=COHORT, work=work, settlement=s,
+                           prices={p: 1 for p in work}, audits=audits)
 
 
 @pytest.fixture

@@ -102,7 +102,7 @@ def test_greedy_output_equals_single_process_reference(cohort: dict[str, Any]) -
     assert [a["provider_id"] for a in info["cohort"]["assignments"]] == [f"provider-{i}" for i in range(4)]
     assert all(a["fingerprint"].startswith("ed25519:") and a["endpoint"] for a in info["cohort"]["assignments"])
     assert info["commitments_checked"] == 4 * len(tokens)
-    assert info["fee"] == HONEST_PRICE * 8 * (7 + len(tokens))  # quote_fee: price x work x positions
+    assert info["fee"] == HONEST_PRICE * 8 * (7 + len(tokens) - 1)  # price x work x positions computed (rule F1)
 
     # The retained record re-verifies independently with the spec, and its bytes are the committed ones.
     record = RequestStore(cohort["root"] / "lead" / "requests").load(request_id)

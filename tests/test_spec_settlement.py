@@ -169,3 +169,23 @@ def test_settle_is_settle_parts_over_work_values() -> None:
     payouts, residual, refund = settle_parts(100, list(values.values()), [False, True, False])
     s = settle(100, works, prices, "lead", {"y"})
     assert (list(s.payouts.values()), s.residual, s.refund) == (payouts, residual, refund)
+
+
+@given(st.integers(1, 10_000), st.integers(0, 10_000))
+def test_billable_positions_are_the_positions_computed(prompt: int, completion: int) -> None:
+    """Rule F1: prompt + completion - 1 positions went through the cohort (the last token was never fed
+    back); nothing generated, nothing charged."""
+    from verisplit.spec.settlement import billable_positions
+
+    expected = 0 if completion == 0 else prompt + completion - 1
+    assert billable_positions(prompt, completion) == expected
+
+
+@pytest.mark.parametrize(("prompt", "completion", "field"), [(-1, 1, "prompt_tokens"), (1, -2, "completion_tokens"),
+                                                              (True, 1, "prompt_tokens"), (1, 1.5, "completion_tokens"),
+                                                              (0, 3, "prompt_tokens")])
+def test_billable_positions_rejects_bad_counts(prompt: object, completion: object, field: str) -> None:
+    from verisplit.spec.settlement import billable_positions
+
+    with pytest.raises(SettlementError, match=f"^{field}"):
+        billable_positions(prompt, completion)  # type: ignore[arg-type]

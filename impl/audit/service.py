@@ -23,7 +23,7 @@ import threading
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from nacl.signing import SigningKey
 
@@ -114,18 +114,16 @@ def analyse_chain(record: Any, layer_work: Sequence[int] | None = None) -> Chain
     return analysis
 
 
-def settle_request(fee: int, work: dict[str, int], lead: str, failed: set[str]) -> Settlement:
-    """``settle`` over work served; if nothing was served, the whole fee is refunded (as the spec's
-    ``expected_settlement``)."""
+def settle_request(fee: int, work: dict[str, int], prices: Mapping[str, int], lead: str, failed: set[str]) -> Settlement:
+    """The spec's ``settle`` over the work served at the prices the cohort members offered when the
+    request was routed (rule S0 refunds the whole fee when nothing of value was served)."""
     failed_known = frozenset(p for p in failed if p in work)
-    if sum(work.values()) == 0:
-        return Settlement(fee, lead, {p: 0 for p in work}, 0, fee, failed_known)
-    return settle(fee, work, lead, failed_known)
+    return settle(fee, work, {p: prices[p] for p in work if p in prices}, lead, failed_known)
 
 
 def settlement_to_dict(s: Settlement) -> dict[str, Any]:
-    return {"fee": s.fee, "lead": s.lead, "payouts": dict(s.payouts), "residual": s.residual, "refund": s.refund,
-            "failed": sorted(s.failed)}
+    return {"fee": s.fee, "lead": s.lead, "payouts": dict(s.payouts), "values": dict(s.values),
+            "residual": s.residual, "refund": s.refund, "failed": sorted(s.failed)}
 
 
 class AuditService:
@@ -214,14 +212,15 @@ class AuditService:
             if not verdict.passed and verdict.provider_id not in failed:
                 failed[verdict.provider_id] = verdict.reason or "failed audit"
         fee = int(getattr(record, "fee", 0) or 0)
-        settlement = settle_request(fee, analysis.work, self.lead_id, set(failed))
+        prices = dict(getattr(record, "prices", None) or {})
+        settlement = settle_request(fee, analysis.work, prices, self.lead_id, set(failed))
         audits = [dict(verdict_to_dict(v), source=source) for source, v in verdicts]
         chain = None
         if analysis.culprit is not None:
             chain = {"culprit": analysis.culprit, "link": analysis.link, "step": analysis.step,
                      "reason": analysis.reason, "detail": analysis.detail}
         body = settlement_body(request_id=record.request_id, model_id=record.model_id, cohort=record.cohort,
-                               work=analysis.work, settlement=settlement, audits=audits, chain=chain,
+                               work=analysis.work, settlement=settlement, prices=prices, audits=audits, chain=chain,
                                extra={"seed_commitment": self.seed_commitment.hex(),
                                       "audit_p": str(self.audit_p),
                                       "tolerance": {"dtype": self.tolerance.dtype, "atol": self.tolerance.atol,
@@ -231,7 +230,7 @@ class AuditService:
             ledger_seq = self.ledger.append(body, self.lead_signing_key).seq
         except LedgerError as exc:
             errors.append(f"ledger: {exc}")
-        summary = {"audits": audits, "settlement": dict(settlement_to_dict(settlement), work=dict(analysis.work)),
+        summary = {"audits": audits, "settlement": dict(settlement_to_dict(settlement), work=dict(analysis.work), prices=prices),
                    "ejected": sorted(failed), "seed_commitment": self.seed_commitment.hex(),
                    "ledger_seq": ledger_seq, "errors": errors}
         return summary, failed

@@ -37,6 +37,8 @@ def split_layers(num_layers: int, parts: int) -> list[tuple[int, int]]:
 @click.command("demo")
 @click.option("--checkpoint", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
               help="Use this HF checkpoint instead of the default model (SmolLM2-135M-Instruct, fetched once).")
+@click.option("--prices", default="2,1,3", show_default=True,
+              help="Comma-separated prices per work unit; provider k offers entry k (cycling when fewer).")
 @click.option("--random-model", is_flag=True,
               help="Use the embedded seeded random-weight model (offline, noise output) instead of the real one.")
 @click.option("--providers", "num_providers", default=3, show_default=True, type=click.IntRange(min=1),
@@ -54,7 +56,7 @@ def split_layers(num_layers: int, parts: int) -> list[tuple[int, int]]:
               help="Audit probability per segment (1: every segment is re-executed; 0: no audits).")
 @click.option("--calibration", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="Tolerance file from `verisplit calibrate` (default: measured once and cached).")
-def demo_command(checkpoint: Path | None, random_model: bool, num_providers: int, prompt: str, max_tokens: int, workdir: Path | None,
+def demo_command(checkpoint: Path | None, prices: str, random_model: bool, num_providers: int, prompt: str, max_tokens: int, workdir: Path | None,
                  cache_dir: Path | None, seed: int, temperature: float, audit_p: str, calibration: Path | None) -> None:
     """Run a local cohort of providers on the default model, stream one verified completion, audit
     every segment, settle the fee and check the signed ledger."""
@@ -104,7 +106,7 @@ def demo_command(checkpoint: Path | None, random_model: bool, num_providers: int
         with ProcessGroup(work / "logs") as group:
             with console.status(f"starting the lead and {num_providers} providers on loopback..."):
                 cohort = start_local_cohort(group, checkpoint, ranges, keys_dir=work / "keys", data_dir=work / "lead",
-                                            lead_args=lead_args)
+                                            lead_args=lead_args, prices=provider_prices(prices, num_providers))
             console.print(f"[bold]cohort ready[/] in {time.monotonic() - started:.1f}s; lead API at {cohort['http']}")
             audit_info = _get(cohort["http"], "/v1/audit")
             console.print(f"audit seed commitment [bold]{audit_info.get('seed_commitment')}[/] (p = {audit_info.get('p')}), "
@@ -125,6 +127,17 @@ def demo_command(checkpoint: Path | None, random_model: bool, num_providers: int
     console.print(f"done in {time.monotonic() - started:.1f}s")
     if not ok:
         sys.exit(1)
+
+
+def provider_prices(spec: str, count: int) -> list[int]:
+    """Prices for ``count`` providers from ``"2,1,3"``: provider k offers entry k mod the number of entries."""
+    try:
+        entries = [int(x) for x in spec.split(",")]
+    except ValueError:
+        entries = []
+    if not entries or any(p < 0 for p in entries):
+        raise click.BadParameter(f"{spec!r} is not a comma-separated list of non-negative integers", param_hint="--prices")
+    return [entries[k % len(entries)] for k in range(count)]
 
 
 def ensure_calibration(checkpoint: Path, ranges: list[tuple[int, int]], target: Path) -> Path:
@@ -235,12 +248,16 @@ def _print_audit_report(console: Any, base: str, info: dict[str, Any], ledger_pa
         failed = set(settlement.get("failed") or [])
         ejected = set(info.get("ejected") or [])
         pay_table = Table(title=f"settlement of fee {settlement.get('fee')}")
-        for column in ("provider", "layers", "work units", "payout", "status"):
-            pay_table.add_column(column, justify="right" if column in ("work units", "payout") else "left")
+        prices = settlement.get("prices") or {}
+        values = settlement.get("values") or {}
+        numeric = ("work units", "price", "value", "payout")
+        for column in ("provider", "layers", *numeric, "status"):
+            pay_table.add_column(column, justify="right" if column in numeric else "left")
         for a in info["cohort"]["assignments"]:
             pid = a["provider_id"]
             status = "ejected" if pid in ejected else ("failed" if pid in failed else "paid")
             pay_table.add_row(pid, f"[{a['first_layer']}, {a['end_layer']})", str(work.get(pid, 0)),
+                              str(prices.get(pid, "-")), str(values.get(pid, "-")),
                               str((settlement.get("payouts") or {}).get(pid, 0)), status)
         console.print(pay_table)
         console.print(f"residual (lead) [bold]{settlement.get('residual')}[/], refund (client) "

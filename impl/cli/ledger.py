@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -38,36 +39,92 @@ def ledger_group() -> None:
 
 
 @ledger_group.command("show")
-@click.option("--ledger", "path", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--ledger", "path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The ledger database (lead-data/ledger.db); opened read-only.")
 def show_command(path: Path) -> None:
-    """One line per record: seq, request, fee, payouts, residual, refund, failed providers, audits."""
+    """One line per record (seq, time, request, fee, payouts, residual, refund, failed, audits), then
+    per-provider totals: work units, price, value (price x work) and payout."""
     from rich.console import Console
-    from rich.table import Table
 
     from verisplit.impl.records.ledger import LedgerError
 
     ledger = _open(path)
-    table = Table(title=f"ledger {path}")
-    for column in ("seq", "request", "fee", "payouts", "residual", "refund", "failed", "audits"):
-        table.add_column(column)
     try:
-        for record in ledger.records():
-            # Display only: a malformed (tampered) body is shown as-is, never a traceback; `verify` judges it.
-            b = record.body if isinstance(record.body, dict) else {}
-            raw_payouts = b.get("payouts")
-            payouts = " ".join(f"{p}={v}" for p, v in sorted(raw_payouts.items(), key=lambda kv: str(kv[0]))) \
-                if isinstance(raw_payouts, dict) else str(raw_payouts)
-            raw_audits = b.get("audits")
-            audits = " ".join(f"{a.get('segment_index')}:{'pass' if a.get('passed') else 'FAIL'}" if isinstance(a, dict)
-                              else "?" for a in raw_audits) if isinstance(raw_audits, list) else str(raw_audits)
-            raw_failed = b.get("failed")
-            failed = ",".join(str(f) for f in raw_failed) if isinstance(raw_failed, list) else str(raw_failed)
-            table.add_row(str(record.seq), str(b.get("request_id")), str(b.get("fee")), payouts,
-                          str(b.get("residual")), str(b.get("refund")), failed or "-", audits or "-")
+        bodies = [(record.seq, record.body if isinstance(record.body, dict) else {}) for record in ledger.records()]
     except LedgerError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    Console(width=200).print(table)
+    console = Console(width=200)
+    console.print(_records_table(path, bodies))
+    console.print(_totals_table(bodies))
+
+
+def _records_table(path: Path, bodies: list[tuple[int, dict]]) -> Any:
+    """Display only: a malformed (tampered) body is shown as-is, never a traceback; ``verify`` judges it."""
+    from rich.table import Table
+
+    table = Table(title=f"ledger {path}")
+    for column in ("seq", "recorded (UTC)", "request", "fee", "payouts", "residual", "refund", "failed", "audits"):
+        table.add_column(column)
+    for seq, b in bodies:
+        raw_payouts = b.get("payouts")
+        payouts = " ".join(f"{p}={v}" for p, v in sorted(raw_payouts.items(), key=lambda kv: str(kv[0]))) \
+            if isinstance(raw_payouts, dict) else str(raw_payouts)
+        raw_audits = b.get("audits")
+        audits = " ".join(f"{a.get('segment_index')}:{'pass' if a.get('passed') else 'FAIL'}" if isinstance(a, dict)
+                          else "?" for a in raw_audits) if isinstance(raw_audits, list) else str(raw_audits)
+        raw_failed = b.get("failed")
+        failed = ",".join(str(f) for f in raw_failed) if isinstance(raw_failed, list) else str(raw_failed)
+        table.add_row(str(seq), _when(b.get("recorded_at_ms")), str(b.get("request_id")), str(b.get("fee")), payouts,
+                      str(b.get("residual")), str(b.get("refund")), failed or "-", audits or "-")
+    return table
+
+
+def _when(ms: object) -> str:
+    if isinstance(ms, bool) or not isinstance(ms, int):
+        return "-"
+    import datetime
+
+    try:
+        return datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    except (OverflowError, OSError, ValueError):
+        return "?"
+
+
+def provider_totals(bodies: list[tuple[int, dict]]) -> dict[str, dict[str, Any]]:
+    """Per provider over all records: layers served, work units, prices seen, value and payout (sums of
+    the records' integer fields; a field that is not an integer is skipped, ``verify`` judges it)."""
+    totals: dict[str, dict[str, Any]] = {}
+    for _, b in bodies:
+        layers = {a.get("provider_id"): f"[{a.get('first_layer')}, {a.get('end_layer')})"
+                  for a in b.get("cohort") or [] if isinstance(a, dict)}
+        for field_name in ("work", "values", "payouts"):
+            mapping = b.get(field_name)
+            for pid, value in (mapping.items() if isinstance(mapping, dict) else ()):
+                row = totals.setdefault(str(pid), {"layers": set(), "work": 0, "prices": set(), "values": 0,
+                                                   "payouts": 0, "records": set()})
+                if isinstance(value, int) and not isinstance(value, bool):
+                    row[field_name] += value
+                row["records"].add(b.get("request_id"))
+                if pid in layers:
+                    row["layers"].add(layers[pid])
+        prices = b.get("prices")
+        for pid, price in (prices.items() if isinstance(prices, dict) else ()):
+            if str(pid) in totals:
+                totals[str(pid)]["prices"].add(str(price))
+    return totals
+
+
+def _totals_table(bodies: list[tuple[int, dict]]) -> Any:
+    from rich.table import Table
+
+    table = Table(title="per-provider totals")
+    for column in ("provider", "layers", "records", "work units", "price", "value", "payout"):
+        table.add_column(column, justify="right" if column in ("records", "work units", "value", "payout") else "left")
+    for pid, row in sorted(provider_totals(bodies).items()):
+        table.add_row(pid, " ".join(sorted(row["layers"])) or "-", str(len(row["records"])), str(row["work"]),
+                      ",".join(sorted(row["prices"])) or "-", str(row["values"]), str(row["payouts"]))
+    return table
 
 
 @ledger_group.command("verify")

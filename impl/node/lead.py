@@ -40,6 +40,7 @@ from verisplit.impl.runtime.tensors import from_canonical, to_canonical
 from verisplit.spec.cohort import Cohort, InvalidOffer, ModelSpec, NoCoverage, Offer, form_cohort, quote_fee
 from verisplit.spec.commitment import StepContext, check_exchanged_link, next_step_context
 from verisplit.spec.encoding import EncodingError, decode_tensor, digest_encoded
+from verisplit.spec.settlement import billable_positions
 
 log = logging.getLogger("verisplit.lead")
 
@@ -278,8 +279,8 @@ class Lead:
         # consumed), also when a request aborts after some tokens (a failed provider's slice of it is
         # refunded at settlement); nothing generated, nothing charged. So an honest request's fee is
         # exactly sum(price x work served) and each provider is paid its own price x work.
-        positions = len(run.prompt_ids) + len(run.generated) - 1
-        run.fee = quote_fee(run.cohort, self.model_spec, run.offers, positions) if run.generated else 0
+        positions = billable_positions(len(run.prompt_ids), len(run.generated))
+        run.fee = quote_fee(run.cohort, self.model_spec, run.offers, positions)
         err = run.error
         record = RequestRecord(
             request_id=run.request_id, model_id=self.model_id, cohort=run.cohort, steps=run.steps,

@@ -22,6 +22,7 @@ import hashlib
 import json
 import sqlite3
 import struct
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -34,7 +35,7 @@ from verisplit.spec.settlement import Settlement, SettlementError, settle
 RECORD_DOMAIN = b"verisplit/ledger-record/v1\x00"
 HEAD_DOMAIN = b"verisplit/ledger-head/v1\x00"
 GENESIS_HASH = "00" * 32
-LEDGER_VERSION = 1
+LEDGER_VERSION = 2  # 2: per-provider prices and values, recorded_at_ms (1: settled by work alone)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -85,16 +86,24 @@ def head_bytes(count: int, last_hash: str) -> bytes:
 
 
 def settlement_body(*, request_id: str, model_id: str, cohort: Any, work: Mapping[str, int],
-                    settlement: Settlement, audits: list[dict[str, Any]],
-                    chain: dict[str, Any] | None = None, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The body of a ledger record (without seq, prev_hash, lead_public_key, which ``append`` sets)."""
+                    settlement: Settlement, prices: Mapping[str, int], audits: list[dict[str, Any]],
+                    chain: dict[str, Any] | None = None, extra: Mapping[str, Any] | None = None,
+                    recorded_at_ms: int | None = None) -> dict[str, Any]:
+    """The body of a ledger record (without seq, prev_hash, lead_public_key, which ``append`` sets).
+
+    Per provider it holds the layers (``cohort``), the work units served (``work``), the price per
+    work unit offered (``prices``), the value ``price x work`` the fee was split by (``values``) and
+    the payout; ``recorded_at_ms`` is the lead's wall clock when it settled."""
     body: dict[str, Any] = {
         "version": LEDGER_VERSION,
         "request_id": request_id,
         "model_id": model_id,
+        "recorded_at_ms": int(time.time() * 1000) if recorded_at_ms is None else recorded_at_ms,
         "cohort": [{"provider_id": a.provider_id, "public_key": a.public_key.hex(), "first_layer": a.first_layer,
                     "end_layer": a.end_layer} for a in cohort.assignments],
         "work": dict(work),
+        "prices": dict(prices),
+        "values": dict(settlement.values),
         "fee": settlement.fee,
         "audits": list(audits),
         "chain": chain,
@@ -134,16 +143,27 @@ def check_body(body: Mapping[str, Any]) -> None:
         raise LedgerError(f"record {body['request_id']!r}: not conserved: payouts {sum(payouts.values())} + "
                           f"residual {body['residual']} + refund {body['refund']} != fee {fee}")
     failed = set(body["failed"])
-    if sum(work.values()) == 0:
-        expected = Settlement(fee, body["lead"], {p: 0 for p in work}, 0, fee, frozenset(failed))
-    else:
-        try:
-            expected = settle(fee, work, body["lead"], failed)
-        except SettlementError as exc:
-            raise LedgerError(f"record {body['request_id']!r}: {exc}") from None
+    prices = _prices(body)
+    try:
+        expected = settle(fee, work, prices, body["lead"], failed)
+    except SettlementError as exc:
+        raise LedgerError(f"record {body['request_id']!r}: {exc}") from None
     if (dict(expected.payouts), expected.residual, expected.refund) != (payouts, body["residual"], body["refund"]):
         raise LedgerError(f"record {body['request_id']!r}: payouts/residual/refund differ from the spec's settle "
                           f"({dict(expected.payouts)}, {expected.residual}, {expected.refund})")
+    if "values" in body and body["values"] != expected.values:
+        raise LedgerError(f"record field 'values': {body['values']!r} differ from price x work {expected.values}")
+
+
+def _prices(body: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The prices a record was settled at: its ``prices`` (version 2), or 1 per work unit for every
+    provider in version-1 records (which split by bare work, the same as value at equal prices)."""
+    if body.get("version", 1) == 1 and "prices" not in body:
+        return {pid: 1 for pid in body["work"]}
+    prices = body.get("prices")
+    if not isinstance(prices, dict):
+        raise LedgerError(f"record field 'prices': expected dict, got {type(prices).__name__}")
+    return prices
 
 
 class Ledger:

@@ -360,4 +360,4 @@ def simulate_request(
             segment.close_session(session)
     return RequestRecord(request_id=request_id, model_id=model_id, cohort=cohort, steps=steps, status=status,
                          culprit=culprit, reason=reason, fee=fee, prompt_tokens=len(prompt),
-                         completion_tokens=len(steps))
+                         completion_tokens=len(steps), prices={pid: 1 for pid in ids})
