@@ -1,96 +1,85 @@
-"""The Z3 checks are about the shipped spec code: break the spec function a check runs, and the check
+"""The checks are about the shipped spec code: break a spec function a check runs, and the check
 (not just a hand-written mutant claim) must come back FAILED.
 
-The registered mutants in ``proofs/z3`` are wrong *claims*; these tests instead swap a wrong
-*implementation* into the name the check module calls (``monkeypatch`` on the check module's global),
-run the unchanged check, and require FAILED. A check that stayed PROVED here would be vacuous with
-respect to the code it cites.
+The registered claim mutants in ``proofs/z3`` are wrong *claims*; the implementation mutants of
+``verisplit.proofs_z3.mutants.MUTANTS`` are wrong *code*: each swaps a plausible wrong version of one
+spec function (flipped predicate, off-by-one, wrong culprit, dropped condition, ...) into every module
+that binds it, runs the unchanged check, and requires FAILED. Every non-settlement check needs at
+least two such mutants; docs/proofs.md carries the generated mutant-by-check table.
+Adding a mutant is one entry in ``MUTANTS`` (settlement rows included).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections import Counter
+from typing import Any
 
 import pytest
 
-from verisplit.proofs_z3 import check_audit, check_chain, check_deterrence, check_settlement, check_tiling
-from verisplit.proofs_z3.core import Status, run_check
+from verisplit.proofs_z3 import mutants
+from verisplit.proofs_z3.core import Kind, Status, run_check
+from verisplit.proofs_z3.mutants import MUTANTS, Mutant
 from verisplit.proofs_z3.runner import load_checks
-from verisplit.spec import settlement as spec_settlement
-from verisplit.spec.arith import all_of, ite, negate
-from verisplit.spec.commitment import link_rule
+from verisplit.spec import cohort as spec_cohort
+from verisplit.spec import commitment as spec_commitment
+
+_BASELINE: dict[str, Status] = {}
 
 
-def _pays_failed(fee: Any, works: Any, flags: Any) -> Any:
-    payouts, residual, refund = spec_settlement.settle_parts(fee, works, [False] * len(works))
-    _, _, real_refund = spec_settlement.settle_parts(fee, works, flags)
-    return payouts, residual, real_refund
-
-
-def _residual_forgets_refund(fee: Any, works: Any, flags: Any) -> Any:
-    payouts, _, refund = spec_settlement.settle_parts(fee, works, flags)
-    paid: Any = 0
-    for p in payouts:
-        paid = paid + p
-    return payouts, fee - paid, refund
-
-
-def _residual_plus_one(fee: Any, works: Any, flags: Any) -> Any:
-    payouts, residual, refund = spec_settlement.settle_parts(fee, works, flags)
-    shift = 1 if len(works) > 1 else 0  # the residual bound fails first at N = 2 (residual 1 -> 2)
-    return payouts, residual + shift, refund - shift
-
-
-def _stale_chain(first: Any, inputs: Any, outputs: Any) -> Any:
-    verdict: Any = len(inputs)
-    for index in reversed(range(len(inputs))):
-        verdict = ite(negate(link_rule(first, inputs[index])), index, verdict)
-    return verdict
-
-
-def _chain_skips_link0(first: Any, inputs: Any, outputs: Any) -> Any:
-    verdict: Any = len(inputs)
-    for index in reversed(range(1, len(inputs))):
-        verdict = ite(negate(link_rule(outputs[index - 1], inputs[index])), index, verdict)
-    return verdict
-
-
-def _tiles_allow_empty(firsts: Any, ends: Any, num_layers: Any) -> Any:
-    conditions = []
-    previous: Any = 0
-    for first, end in zip(firsts, ends):
-        conditions.append(first == previous)
-        previous = end
-    conditions.append(previous == num_layers)
-    return all_of(*conditions) if firsts else False
-
-
-def _draw_non_strict(draw: Any, p: Any) -> Any:
-    return draw * p.denominator <= p.numerator * (1 << 64)
-
-
-def _d1_without_savings_bound(loss: Any, whole: Any, savings: Any, shard: Any) -> Any:
-    return all_of(loss >= whole, 0 <= savings, shard <= whole), loss - savings >= 0
-
-
-BROKEN: list[tuple[str, Any, str, Callable[..., Any]]] = [
-    ("forfeit_isolation", check_settlement, "settle_parts", _pays_failed),
-    ("fee_conservation", check_settlement, "settle_parts", _residual_forgets_refund),
-    ("residual_bound", check_settlement, "settle_parts", _residual_plus_one),
-    ("chain_unmodified", check_chain, "first_broken_link", _stale_chain),
-    ("chain_substitution", check_chain, "first_broken_link", _chain_skips_link0),
-    ("tiling_iff", check_tiling, "tiles_exactly", _tiles_allow_empty),
-    ("audit_functional", check_audit, "draw_selects", _draw_non_strict),
-    ("deterrence_corollary", check_deterrence, "shard_deterred_given_whole", _d1_without_savings_bound),
-]
-
-
-@pytest.mark.parametrize("check_name,module,attribute,broken", BROKEN, ids=[b[0] + "-" + b[3].__name__ for b in BROKEN])
-def test_check_fails_when_the_spec_function_it_runs_is_broken(check_name: str, module: Any, attribute: str,
-                                                              broken: Callable[..., Any],
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def _is_settlement(check_name: str) -> bool:
     check = load_checks()[check_name]
-    assert run_check(check).status is Status.PROVED  # baseline on the shipped code
-    monkeypatch.setattr(module, attribute, broken)
-    result = run_check(check)
-    assert result.status is Status.FAILED, (check_name, result.status, result.detail)
+    return any(f.startswith("verisplit.spec.settlement.") for f in check.spec_functions)
+
+
+@pytest.mark.parametrize("mutant", MUTANTS, ids=[f"{m.check}-{m.name}" for m in MUTANTS])
+def test_check_fails_when_the_spec_function_it_runs_is_broken(mutant: Mutant) -> None:
+    check = load_checks()[mutant.check]
+    if mutant.check not in _BASELINE:
+        _BASELINE[mutant.check] = run_check(check).status
+    assert _BASELINE[mutant.check] in (Status.PROVED, Status.TESTED)  # baseline on the shipped code
+    result = mutants.run_mutant(mutant)
+    assert result.status is Status.FAILED, (mutant.check, mutant.name, result.status, result.detail)
+
+
+def test_every_check_has_mutants_and_every_non_settlement_check_at_least_two() -> None:
+    checks = {name: c for name, c in load_checks().items() if c.kind is Kind.CHECK}
+    per_check = Counter(m.check for m in MUTANTS)
+    assert set(per_check) <= set(checks), sorted(set(per_check) - set(checks))
+    too_few = {name: per_check[name] for name in checks if per_check[name] < (1 if _is_settlement(name) else 2)}
+    assert too_few == {}
+
+
+def test_mutant_rows_are_well_formed() -> None:
+    keys = [(m.check, m.name) for m in MUTANTS]
+    assert len(keys) == len(set(keys)), "duplicate (check, mutant name)"
+    for m in MUTANTS:
+        module, _, attribute = m.target.partition(":")
+        assert module.startswith("verisplit.spec.") and attribute, m.target
+        assert callable(getattr(__import__(module, fromlist=[attribute]), attribute)), m.target
+        assert m.description
+
+
+def test_applied_patches_every_binding_and_restores_them() -> None:
+    load_checks()
+    from verisplit.proofs_z3 import check_chain
+
+    original = spec_commitment.first_failing_link
+    row = next(m for m in MUTANTS if m.target.endswith(":first_failing_link"))
+    with mutants.applied(row):
+        assert spec_commitment.first_failing_link is row.replacement
+        assert check_chain.first_failing_link is row.replacement
+    assert spec_commitment.first_failing_link is original and check_chain.first_failing_link is original
+    assert spec_cohort.tiling_conditions.__module__ == "verisplit.spec.cohort"
+
+
+def test_mutant_table_in_docs_is_regenerated_identically(tmp_path: Any) -> None:
+    assert mutants.table_in_sync(), "docs/proofs.md mutant table is stale: run `verisplit prove --mutant-table`"
+    stale = tmp_path / "proofs.md"
+    stale.write_text(f"intro\n{mutants.START}\n| old |\n{mutants.END}\noutro\n", encoding="utf-8")
+    assert not mutants.table_in_sync(stale)
+    mutants.write_table(stale)
+    assert mutants.table_in_sync(stale)
+    text = stale.read_text(encoding="utf-8")
+    assert text.startswith("intro\n") and text.endswith("\noutro\n")
+    for m in MUTANTS:
+        assert f"| `{m.check}` |" in text and f"`{m.name}`" in text
