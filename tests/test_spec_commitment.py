@@ -156,3 +156,29 @@ def test_out_of_range_fields_cannot_be_signed_and_fail_as_bad_signature(field: s
     # a commitment claiming no segment of the cohort leaves segment 0 without one
     expected = MISSING_LINK if field == "segment_index" else BAD_SIGNATURE
     assert (verdict.link, verdict.culprit, verdict.reason) == (0, "p0", expected)
+
+
+def test_culprit_less_extra_commitment_never_fails_or_ejects_an_honest_provider() -> None:
+    """Through the protocol: a step with a leftover commitment nobody in the cohort validly signed is
+    aborted, every (good) link is credited, nobody is marked failed, so Eject is refused for all."""
+    from verisplit.spec.cohort import ModelSpec, Offer
+    from verisplit.spec.protocol import (ABORTED, AddOffer, CommitStep, Eject, FormCohort, IllegalTransition,
+                                         OpenRequest, apply, replay)
+
+    cohort, keys = make_cohort(2)
+    offers = [Offer(a.provider_id, a.public_key, a.first_layer, a.end_layer, 1, "e") for a in cohort.assignments]
+    state = replay(ModelSpec("m", 4), [AddOffer(o) for o in offers] + [FormCohort("c"), OpenRequest("req-1", "c", 100)])
+    chain = signed_chain(state.cohorts["c"], CTX, [1, 2, 3], keys)
+    junk = replace(resign(chain[1], key(9), segment_index=5), signature=bytes(64))
+    after = apply(state, CommitStep("req-1", digest_of(1), CTX.num_positions, tuple(chain) + (junk,)))
+    request = after.requests["req-1"]
+    assert request.status == ABORTED and request.failed == frozenset()
+    assert request.chain_verdicts[-1].culprit is None and request.chain_verdicts[-1].reason == EXTRA_COMMITMENT
+    assert all(w > 0 for w in request.work)
+    for provider in ("p0", "p1"):
+        with pytest.raises(IllegalTransition, match="no failed audit"):
+            apply(after, Eject(provider, "extra commitment"))
+    # the same leftover validly signed by a member fails exactly that member
+    signed = resign(chain[1], keys["p1"], segment_index=5)
+    after = apply(state, CommitStep("req-1", digest_of(1), CTX.num_positions, tuple(chain) + (signed,)))
+    assert after.requests["req-1"].failed == {"p1"}
