@@ -18,46 +18,96 @@ import math
 import struct
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
-from typing import Iterable, Sequence
+from typing import Any, Callable, Sequence
 
+from verisplit.spec.arith import is_symbolic
 from verisplit.spec.cohort import Offer
+from verisplit.spec.validation import (require_bytes, require_instance, require_int, require_probability,
+                                       require_sequence, require_str)
 
 SEED_DOMAIN = b"verisplit/audit-seed/v1\x00"
 DRAW_DOMAIN = b"verisplit/audit-draw/v1\x00"
 DRAW_BITS = 64
+MAX_SEED_BYTES = 0xFFFF
+MAX_REQUEST_ID_BYTES = 0xFFFF
+MAX_SEGMENT_INDEX = 0xFFFFFFFF
+
+
+class InvalidAuditInput(ValueError):
+    """An argument of an audit function is ill-typed or out of range; the message starts with the
+    field (seed, request_id, segment_index, p, draw, commitment, expected, observed, tolerance,
+    registry, verdicts)."""
 
 
 def seed_commitment(seed: bytes) -> bytes:
-    """H(seed), published before any audited request is served (rule A1)."""
-    return hashlib.sha256(SEED_DOMAIN + seed).digest()
+    """H(seed), published before any audited request is served (rule A1).
+    ``seed`` must be bytes of at most 65535 bytes (``InvalidAuditInput``)."""
+    raw = require_bytes(seed, "seed", InvalidAuditInput, max_length=MAX_SEED_BYTES)
+    return hashlib.sha256(SEED_DOMAIN + raw).digest()
 
 
 def reveal_valid(commitment: bytes, seed: bytes) -> bool:
-    """True iff ``seed`` opens ``commitment``."""
+    """True iff ``seed`` opens ``commitment`` (both bytes, ``InvalidAuditInput`` otherwise)."""
+    require_bytes(commitment, "commitment", InvalidAuditInput)
     return seed_commitment(seed) == commitment
 
 
-def audit_draw(seed: bytes, request_id: str, segment_index: int) -> int:
-    """A uniform-looking 64-bit integer fixed by (seed, request id, segment index) alone."""
+def draw_message(seed: bytes, request_id: str, segment_index: int) -> bytes:
+    """The domain-separated, length-prefixed message whose SHA-256 is the draw (docs/protocol.md):
+    ``DRAW_DOMAIN || u16 len(seed) || seed || u16 len(rid) || rid (UTF-8) || u32 segment_index``.
+    ``InvalidAuditInput`` names the field if seed is not bytes of <= 65535 bytes, request_id not a str
+    of <= 65535 UTF-8 bytes, or segment_index not an int in [0, 2^32)."""
+    raw_seed = require_bytes(seed, "seed", InvalidAuditInput, max_length=MAX_SEED_BYTES)
+    require_str(request_id, "request_id", InvalidAuditInput, max_utf8=MAX_REQUEST_ID_BYTES)
+    require_int(segment_index, "segment_index", InvalidAuditInput, minimum=0, maximum=MAX_SEGMENT_INDEX)
     rid = request_id.encode("utf-8")
-    message = DRAW_DOMAIN + struct.pack("<H", len(seed)) + seed + struct.pack("<H", len(rid)) + rid + struct.pack("<I", segment_index)
-    return int.from_bytes(hashlib.sha256(message).digest()[:8], "little")
+    return (DRAW_DOMAIN + struct.pack("<H", len(raw_seed)) + raw_seed + struct.pack("<H", len(rid)) + rid
+            + struct.pack("<I", segment_index))
+
+
+def audit_draw(seed: bytes, request_id: str, segment_index: int) -> int:
+    """A uniform-looking 64-bit integer fixed by (seed, request id, segment index) alone: the first 8
+    bytes, little-endian, of SHA-256(``draw_message``). Bad arguments: ``InvalidAuditInput``."""
+    return int.from_bytes(hashlib.sha256(draw_message(seed, request_id, segment_index)).digest()[:8], "little")
 
 
 def draw_selects(draw: int, p: Fraction) -> bool:
-    """``draw / 2**64 < p`` in exact integer arithmetic (so P[selected] = p for a uniform draw,
-    up to 2**-64 rounding of p's representation)."""
+    """``draw / 2**64 < p`` in exact integer arithmetic: ``draw * den < num * 2**64`` (so P[selected] = p
+    for a uniform draw, exactly for p a multiple of 2**-64). ``draw`` must be an int in [0, 2^64) and p
+    an int or Fraction in [0, 1] (``InvalidAuditInput``); on Z3 terms (``p`` with symbolic
+    ``numerator`` / ``denominator``) nothing is checked and a Z3 Bool is returned.
+
+    Invariant: for every d in [0, 2^64) and p = n/m in [0, 1], the result is ``d < p * 2^64``.
+    Z3: ``audit_functional`` (proofs/z3/check_audit.py)."""
+    if not is_symbolic(draw):
+        require_int(draw, "draw", InvalidAuditInput, minimum=0, maximum=(1 << DRAW_BITS) - 1)
+    if not is_symbolic(getattr(p, "numerator", None)) and not is_symbolic(getattr(p, "denominator", None)):
+        p = require_probability(p, "p", InvalidAuditInput)
     return draw * p.denominator < p.numerator * (1 << DRAW_BITS)
 
 
-def is_audited(seed: bytes, request_id: str, segment_index: int, p: Fraction) -> bool:
-    """Whether segment ``segment_index`` of ``request_id`` is audited (rule A2).
+def selection(draw_of: Callable[[Any, Any, Any], Any], seed: Any, request_id: Any, segment_index: Any, p: Any) -> Any:
+    """Rule A2's composition, with the draw function as a parameter: ``draw_selects(draw_of(seed,
+    request_id, segment_index), p)``. ``is_audited`` passes ``audit_draw``; the Z3 check passes an
+    uninterpreted function (SHA-256 modelled as an arbitrary fixed function) and symbolic arguments.
 
-    Invariant: depends only on its four arguments. Z3: ``audit_functional`` (proofs/z3/check_audit.py).
+    Invariant: a function of its arguments alone (no clock, counter or hidden state).
+    Z3: ``audit_functional`` (proofs/z3/check_audit.py)."""
+    return draw_selects(draw_of(seed, request_id, segment_index), p)
+
+
+def is_audited(seed: bytes, request_id: str, segment_index: int, p: Fraction) -> bool:
+    """Whether segment ``segment_index`` of ``request_id`` is audited (rule A2):
+    ``selection(audit_draw, seed, request_id, segment_index, p)``.
+
+    Arguments are validated first (``InvalidAuditInput`` naming seed, request_id, segment_index or p;
+    p must be an int or ``Fraction`` in [0, 1], never a float).
+    Invariant: depends only on its four arguments. Z3: ``audit_concrete`` (this function on seeded
+    inputs, proofs/z3/check_audit.py); the rule it evaluates is ``selection``, proved symbolically.
     """
-    if not (0 <= p <= 1):
-        raise ValueError(f"p: audit probability must be in [0, 1], got {p}")
-    return draw_selects(audit_draw(seed, request_id, segment_index), Fraction(p))
+    draw_message(seed, request_id, segment_index)  # validates the first three arguments
+    probability = require_probability(p, "p", InvalidAuditInput)
+    return bool(selection(audit_draw, seed, request_id, segment_index, probability))
 
 
 @dataclass(frozen=True)
@@ -86,14 +136,24 @@ def judge(expected: Sequence[float], observed: Sequence[float], tolerance: Toler
     """Rule A3. Invariant: passes iff lengths agree, all values finite, and every element satisfies
     ``|o - e| <= atol + rtol*|e|`` (ratio <= 1). An element whose bound is 0 (``atol = 0`` and
     ``e = 0``) passes only if it is exact (ratio 0), else its ratio is infinite. A tolerance with a
-    negative or non-finite bound, or with both bounds 0, raises ValueError naming ``tolerance``."""
+    negative or non-finite bound, or with both bounds 0, raises ``InvalidAuditInput`` (a ValueError)
+    naming ``tolerance``; ``expected`` / ``observed`` must be lists or tuples of real numbers (int or
+    float, not bool), else ``InvalidAuditInput`` naming them."""
+    require_instance(tolerance, Tolerance, "tolerance", InvalidAuditInput)
+    for name, values in (("expected", expected), ("observed", observed)):
+        for index, value in enumerate(require_sequence(values, name, InvalidAuditInput)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise InvalidAuditInput(f"{name}[{index}]: must be a real number, got {value!r}")
+    for name, bound in (("atol", tolerance.atol), ("rtol", tolerance.rtol)):
+        if isinstance(bound, bool) or not isinstance(bound, (int, float)):
+            raise InvalidAuditInput(f"tolerance: {name} must be a finite number >= 0, got {bound!r}")
     if len(expected) != len(observed):
         return Judgement(False, math.inf, math.inf, f"length {len(observed)} != expected {len(expected)}")
     for name, bound in (("atol", tolerance.atol), ("rtol", tolerance.rtol)):
         if not (math.isfinite(bound) and bound >= 0):
-            raise ValueError(f"tolerance: {name} must be a finite number >= 0, got {bound}")
+            raise InvalidAuditInput(f"tolerance: {name} must be a finite number >= 0, got {bound}")
     if tolerance.atol <= 0 and tolerance.rtol <= 0:
-        raise ValueError("tolerance: atol or rtol must be positive")
+        raise InvalidAuditInput("tolerance: atol or rtol must be positive")
     max_abs = 0.0
     ratio = 0.0
     for e, o in zip(expected, observed):
@@ -136,15 +196,22 @@ class Registry:
         return {o.provider_id for o in self.offers}
 
 
-def eject(registry: Registry, verdicts: Iterable[AuditVerdict]) -> Registry:
+def eject(registry: Registry, verdicts: Sequence[AuditVerdict]) -> Registry:
     """Rule A4: remove exactly the providers with a failed verdict, ban their keys, record why.
 
     Invariant: a provider with no failing verdict keeps its offer unchanged. No Z3 check covers this
     function (tests/test_spec_audit.py does); forfeit isolation, proved for ``settle_parts``, is the
-    settlement side of the same rule.
+    settlement side of the same rule. ``registry`` must be a ``Registry`` and ``verdicts`` a list or
+    tuple of ``AuditVerdict`` (``InvalidAuditInput`` naming the field otherwise).
     """
+    require_instance(registry, Registry, "registry", InvalidAuditInput)
+    items = require_sequence(verdicts, "verdicts", InvalidAuditInput)
+    for index, verdict in enumerate(items):
+        require_instance(verdict, AuditVerdict, f"verdicts[{index}]", InvalidAuditInput)
+        if not isinstance(verdict.provider_id, str) or not isinstance(verdict.reason, str):
+            raise InvalidAuditInput(f"verdicts[{index}]: provider_id and reason must be strings")
     failed: dict[str, str] = {}
-    for verdict in verdicts:
+    for verdict in items:
         if not verdict.passed and verdict.provider_id not in failed:
             failed[verdict.provider_id] = verdict.reason or "failed audit"
     kept = tuple(o for o in registry.offers if o.provider_id not in failed)

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Sequence
 
-from verisplit.spec.arith import all_of
+from verisplit.spec.arith import all_of, any_of, is_symbolic, ite
+from verisplit.spec.validation import (is_int, require_instance, require_int, require_same_length, require_sequence,
+                                       require_str)
 
 
 class NoCoverage(ValueError):
@@ -27,6 +29,17 @@ class NoCoverage(ValueError):
 
 class InvalidOffer(ValueError):
     """An offer is malformed (the message names the provider and the field)."""
+
+
+class InvalidModel(ValueError):
+    """A ``ModelSpec`` is malformed (the message starts with the field: model_id, num_layers, layer_work)."""
+
+
+class InvalidCohort(ValueError):
+    """A cohort, assignment, segment list or quote argument is malformed (the message names the field).
+
+    Raised for ill-typed input only; a well-typed cohort that breaks rules C1-C3 is not an error but a
+    list of ``Violation``s (``cohort_violations``)."""
 
 
 @dataclass(frozen=True)
@@ -50,14 +63,22 @@ class ModelSpec:
     layer_work: tuple[int, ...] = field(default=())
 
     def __post_init__(self) -> None:
-        if self.num_layers < 1:
-            raise ValueError(f"num_layers: must be >= 1, got {self.num_layers}")
+        """Raise ``InvalidModel`` naming the field unless model_id is a str, num_layers an int >= 1 and
+        layer_work empty (1 per layer) or one int >= 1 per layer (never bool or float)."""
+        require_str(self.model_id, "model_id", InvalidModel)
+        require_int(self.num_layers, "num_layers", InvalidModel, minimum=1)
+        if not isinstance(self.layer_work, (tuple, list)):
+            raise InvalidModel(f"layer_work: must be a tuple of integers, got {type(self.layer_work).__name__}")
         if not self.layer_work:
             object.__setattr__(self, "layer_work", tuple([1] * self.num_layers))
+        object.__setattr__(self, "layer_work", tuple(self.layer_work))
         if len(self.layer_work) != self.num_layers:
-            raise ValueError(f"layer_work: {len(self.layer_work)} entries for {self.num_layers} layers")
-        if any(w < 1 for w in self.layer_work):
-            raise ValueError("layer_work: every layer's work must be >= 1")
+            raise InvalidModel(f"layer_work: {len(self.layer_work)} entries for {self.num_layers} layers")
+        for index, work in enumerate(self.layer_work):
+            if not is_int(work):
+                raise InvalidModel(f"layer_work: entry {index} must be an integer, got {work!r}")
+            if work < 1:
+                raise InvalidModel("layer_work: every layer's work must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -92,8 +113,41 @@ class Violation:
     detail: str
 
 
+def _require_model(model: Any) -> "ModelSpec":
+    return require_instance(model, ModelSpec, "model", InvalidModel)
+
+
+def _require_offers(offers: Any) -> list["Offer"]:
+    items = require_sequence(offers, "offers", InvalidOffer)
+    for index, offer in enumerate(items):
+        require_instance(offer, Offer, f"offers[{index}]", InvalidOffer)
+    return items
+
+
+def _require_cohort(cohort: Any) -> "Cohort":
+    """``cohort`` if it is a Cohort whose assignments are well-typed, else ``InvalidCohort`` naming the field."""
+    require_instance(cohort, Cohort, "cohort", InvalidCohort)
+    require_str(cohort.model_id, "cohort.model_id", InvalidCohort)
+    if not isinstance(cohort.assignments, tuple):
+        raise InvalidCohort(f"cohort.assignments: must be a tuple, got {type(cohort.assignments).__name__}")
+    for index, a in enumerate(cohort.assignments):
+        where = f"cohort.assignments[{index}]"
+        require_instance(a, Assignment, where, InvalidCohort)
+        require_str(a.provider_id, f"{where}.provider_id", InvalidCohort)
+        if not isinstance(a.public_key, bytes):
+            raise InvalidCohort(f"{where}.public_key: must be bytes, got {type(a.public_key).__name__}")
+        require_int(a.first_layer, f"{where}.first_layer", InvalidCohort)
+        require_int(a.end_layer, f"{where}.end_layer", InvalidCohort)
+    return cohort
+
+
 def segment_work(model: ModelSpec, first_layer: int, end_layer: int) -> int:
-    """Work units of layers [first_layer, end_layer) for one token position (sum of layer work)."""
+    """Work units of layers [first_layer, end_layer) for one token position (sum of layer work).
+
+    Requires ``0 <= first_layer <= end_layer <= num_layers`` (else ``InvalidCohort`` naming the field)."""
+    _require_model(model)
+    require_int(first_layer, "first_layer", InvalidCohort, minimum=0, maximum=model.num_layers)
+    require_int(end_layer, "end_layer", InvalidCohort, minimum=first_layer, maximum=model.num_layers)
     total = 0
     for layer in range(first_layer, end_layer):
         total += model.layer_work[layer]
@@ -101,30 +155,67 @@ def segment_work(model: ModelSpec, first_layer: int, end_layer: int) -> int:
 
 
 def validate_offer(offer: Offer) -> None:
-    """Raise ``InvalidOffer`` naming the field if the offer is malformed."""
-    who = f"offer from '{offer.provider_id}'"
+    """Raise ``InvalidOffer`` naming the field if the offer is malformed: provider_id a non-empty str,
+    public_key 32 bytes, first_layer an int >= 0, end_layer an int > first_layer, price_per_work_unit
+    an int >= 0 (never bool or float), endpoint a str."""
+    if not isinstance(offer, Offer):
+        raise InvalidOffer(f"offer: must be an Offer, got {type(offer).__name__}")
+    if not isinstance(offer.provider_id, str):
+        raise InvalidOffer(f"offer: provider_id must be a string, got {offer.provider_id!r}")
     if not offer.provider_id:
         raise InvalidOffer("offer: provider_id must be non-empty")
+    who = f"offer from '{offer.provider_id}'"
+    for name in ("first_layer", "end_layer", "price_per_work_unit"):
+        value = getattr(offer, name)
+        if not is_int(value):
+            raise InvalidOffer(f"{who}: {name} must be an integer, got {value!r}")
     if offer.first_layer < 0:
         raise InvalidOffer(f"{who}: first_layer {offer.first_layer} is negative")
     if offer.end_layer <= offer.first_layer:
         raise InvalidOffer(f"{who}: end_layer {offer.end_layer} must exceed first_layer {offer.first_layer}")
     if offer.price_per_work_unit < 0:
         raise InvalidOffer(f"{who}: price_per_work_unit {offer.price_per_work_unit} is negative")
+    if not isinstance(offer.public_key, bytes):
+        raise InvalidOffer(f"{who}: public_key must be bytes, got {type(offer.public_key).__name__}")
     if len(offer.public_key) != 32:
         raise InvalidOffer(f"{who}: public_key must be 32 bytes (Ed25519), got {len(offer.public_key)}")
+    if not isinstance(offer.endpoint, str):
+        raise InvalidOffer(f"{who}: endpoint must be a string, got {offer.endpoint!r}")
+
+
+def _segment_lists(firsts: Any, ends: Any) -> tuple[list[Any], list[Any]]:
+    """firsts/ends as lists of equal length, each entry an int (not bool) or a Z3 term."""
+    first_list = require_sequence(firsts, "firsts", InvalidCohort)
+    end_list = require_sequence(ends, "ends", InvalidCohort)
+    require_same_length(first_list, end_list, "firsts, ends", InvalidCohort)
+    for name, values in (("firsts", first_list), ("ends", end_list)):
+        for index, value in enumerate(values):
+            if not (is_int(value) or is_symbolic(value)):
+                raise InvalidCohort(f"{name}[{index}]: must be an integer, got {value!r}")
+    return first_list, end_list
+
+
+def _require_layers(num_layers: Any) -> Any:
+    if not (is_int(num_layers) or is_symbolic(num_layers)):
+        raise InvalidCohort(f"num_layers: must be an integer, got {num_layers!r}")
+    return num_layers
 
 
 def tiling_conditions(firsts: Sequence[Any], ends: Sequence[Any], num_layers: Any) -> list[Any]:
     """The conditions whose conjunction is rule C2 (exact, ordered tiling of [0, num_layers)).
 
+    ``firsts`` and ``ends`` must have equal length (segment k is [firsts[k], ends[k])); a length
+    mismatch or a non-integer entry raises ``InvalidCohort`` (nothing is cut short as ``zip`` would).
     Condition k (k < n) says segment k starts where segment k-1 ended (0 for k = 0) and is
     non-empty; the last condition says the final segment ends at ``num_layers``. Works on ints and
     on Z3 Ints. Z3: ``tiling_iff`` in proofs/z3/check_tiling.py; Lean: ``Verisplit.tiles_iff_coverage``.
     """
+    first_list, end_list = _segment_lists(firsts, ends)
+    _require_layers(num_layers)
     conditions: list[Any] = []
     previous_end: Any = 0
-    for first, end in zip(firsts, ends):
+    for index in range(len(first_list)):
+        first, end = first_list[index], end_list[index]
         conditions.append(all_of(first == previous_end, first < end))
         previous_end = end
     conditions.append(previous_end == num_layers)
@@ -132,35 +223,80 @@ def tiling_conditions(firsts: Sequence[Any], ends: Sequence[Any], num_layers: An
 
 
 def tiles_exactly(firsts: Sequence[Any], ends: Sequence[Any], num_layers: Any) -> Any:
-    """Rule C2 as one predicate: the conjunction of ``tiling_conditions`` (and at least one segment)."""
-    if len(firsts) == 0:
+    """Rule C2 as one predicate: at least one segment (``firsts`` non-empty) and the conjunction of
+    ``tiling_conditions``; equal-length inputs required (``InvalidCohort`` otherwise).
+    Z3: ``tiling_iff`` (proofs/z3/check_tiling.py); Lean: ``Verisplit.tiles_iff_coverage``."""
+    conditions = tiling_conditions(firsts, ends, num_layers)
+    if len(conditions) == 1:  # no segment
         return False
-    return all_of(*tiling_conditions(firsts, ends, num_layers))
+    return all_of(*conditions)
+
+
+RANGE_VIOLATIONS = ("gap", "overlap", "empty_range", "out_of_bounds")
+
+
+def range_violation_conditions(firsts: Sequence[Any], ends: Sequence[Any], num_layers: Any) -> list[list[tuple[str, Any]]]:
+    """The layer-range part of ``cohort_violations`` as conditions, one list per segment index plus a
+    last list for the trailing gap: ``(kind, condition)`` pairs, the violation present iff its
+    condition holds. Segment k (with ``previous_end`` the furthest end so far, 0 at the start):
+    ``gap`` first > previous_end, ``overlap`` first < previous_end, ``empty_range`` end <= first,
+    ``out_of_bounds`` first < 0 or end > num_layers; trailing ``gap``: previous_end < num_layers.
+    Runs on ints and on Z3 Ints (equal-length inputs required, ``InvalidCohort`` otherwise).
+
+    Invariant: no condition holds iff ``tiles_exactly(firsts, ends, num_layers)`` (num_layers >= 1).
+    Z3: ``violations_iff_tiling`` (proofs/z3/check_tiling.py); Lean: ``Verisplit.noRangeViolations_iff_tiles``.
+    """
+    first_list, end_list = _segment_lists(firsts, ends)
+    _require_layers(num_layers)
+    rows: list[list[tuple[str, Any]]] = []
+    previous_end: Any = 0
+    for index in range(len(first_list)):
+        first, end = first_list[index], end_list[index]
+        rows.append([("gap", first > previous_end), ("overlap", first < previous_end), ("empty_range", end <= first),
+                     ("out_of_bounds", any_of(first < 0, end > num_layers))])
+        previous_end = ite(end > previous_end, end, previous_end)
+    rows.append([("gap", previous_end < num_layers)])
+    return rows
+
+
+def _range_detail(kind: str, first: int, end: int, previous_end: int, num_layers: int) -> str:
+    if kind == "gap":
+        return f"layers [{previous_end}, {first}) are not assigned"
+    if kind == "overlap":
+        return f"layers [{first}, {previous_end}) assigned twice"
+    if kind == "empty_range":
+        return f"range [{first}, {end}) is empty"
+    return f"range [{first}, {end}) leaves [0, {num_layers})"
 
 
 def cohort_violations(cohort: Cohort, model: ModelSpec, offers: Sequence[Offer]) -> list[Violation]:
     """Every violated rule of C1-C3 for ``cohort``; the empty list means the cohort is valid.
 
+    Per segment, in order: the layer-range violations of ``range_violation_conditions`` (gap,
+    overlap, empty_range, out_of_bounds), then unknown_provider or outside_offer / wrong_key, then
+    duplicate_provider; last, a trailing gap (an empty cohort is one gap at segment 0). Ill-typed
+    input raises ``InvalidCohort`` / ``InvalidModel`` / ``InvalidOffer`` naming the field.
+
     Invariant: empty iff ``tiles_exactly`` holds, every assignment lies inside its provider's
-    offer with the offer's key, and no provider repeats. Z3: ``tiling_iff``, ``router_valid``
-    (proofs/z3/check_tiling.py); Lean: ``Verisplit.tiles_iff_coverage``.
+    offer with the offer's key, and no provider repeats. Z3: ``cohort_violations_bridge`` (the whole
+    function, exhaustively on small cases), ``router_valid`` (proofs/z3/check_tiling.py); the layer-range
+    part is ``range_violation_conditions``, proved symbolically. Lean: ``Verisplit.noRangeViolations_iff_tiles``.
     """
+    _require_cohort(cohort)
+    _require_model(model)
+    offer_list = _require_offers(offers)
+    by_id = {offer.provider_id: offer for offer in offer_list}
+    firsts = [a.first_layer for a in cohort.assignments]
+    ends = [a.end_layer for a in cohort.assignments]
+    rows = range_violation_conditions(firsts, ends, model.num_layers)
     violations: list[Violation] = []
-    by_id = {offer.provider_id: offer for offer in offers}
     seen: set[str] = set()
     previous_end = 0
-    if not cohort.assignments:
-        return [Violation("gap", 0, f"empty cohort leaves layers [0, {model.num_layers}) uncovered")]
     for index, assignment in enumerate(cohort.assignments):
         first, end = assignment.first_layer, assignment.end_layer
-        if first > previous_end:
-            violations.append(Violation("gap", index, f"layers [{previous_end}, {first}) are not assigned"))
-        if first < previous_end:
-            violations.append(Violation("overlap", index, f"layers [{first}, {previous_end}) assigned twice"))
-        if end <= first:
-            violations.append(Violation("empty_range", index, f"range [{first}, {end}) is empty"))
-        if first < 0 or end > model.num_layers:
-            violations.append(Violation("out_of_bounds", index, f"range [{first}, {end}) leaves [0, {model.num_layers})"))
+        for kind, holds in rows[index]:
+            if holds:
+                violations.append(Violation(kind, index, _range_detail(kind, first, end, previous_end, model.num_layers)))
         offer = by_id.get(assignment.provider_id)
         if offer is None:
             violations.append(Violation("unknown_provider", index, f"'{assignment.provider_id}' has no offer"))
@@ -173,45 +309,83 @@ def cohort_violations(cohort: Cohort, model: ModelSpec, offers: Sequence[Offer])
             violations.append(Violation("duplicate_provider", index, f"'{assignment.provider_id}' appears twice"))
         seen.add(assignment.provider_id)
         previous_end = max(previous_end, end)
-    if previous_end < model.num_layers:
-        violations.append(Violation("gap", len(cohort.assignments), f"layers [{previous_end}, {model.num_layers}) are not assigned"))
+    for kind, holds in rows[-1]:
+        if holds:
+            violations.append(Violation(kind, len(cohort.assignments),
+                                        f"layers [{previous_end}, {model.num_layers}) are not assigned"))
     return violations
 
 
 def cohort_cost(cohort: Cohort, model: ModelSpec, offers: Sequence[Offer]) -> int:
-    """Price of one token position through the cohort: sum of price x segment work."""
+    """Price of one token position through the cohort: sum of price x segment work.
+
+    Requires a cohort without violations of the offers given (every provider has an offer, every
+    range inside the model), else ``InvalidCohort`` naming the assignment."""
+    _require_cohort(cohort)
+    _require_model(model)
+    for offer in _require_offers(offers):
+        validate_offer(offer)
     by_id = {offer.provider_id: offer for offer in offers}
     total = 0
-    for a in cohort.assignments:
+    for index, a in enumerate(cohort.assignments):
+        if a.provider_id not in by_id:
+            raise InvalidCohort(f"cohort.assignments[{index}].provider_id: '{a.provider_id}' has no offer")
+        if not 0 <= a.first_layer <= a.end_layer <= model.num_layers:
+            raise InvalidCohort(f"cohort.assignments[{index}]: range [{a.first_layer}, {a.end_layer}) is outside the model")
         total += by_id[a.provider_id].price_per_work_unit * segment_work(model, a.first_layer, a.end_layer)
     return total
 
 
 def first_uncovered_layer(offers: Sequence[Offer], num_layers: int) -> int | None:
     """The smallest layer no offer covers, or None. Tiling without provider repeats exists iff None
-    (greedy furthest-reach never needs a provider twice, because offers are intervals)."""
+    (greedy furthest-reach never needs a provider twice, because offers are intervals).
+    Offers are validated (``InvalidOffer``); num_layers must be an int >= 1 (``InvalidModel``)."""
+    for offer in _require_offers(offers):
+        validate_offer(offer)
+    require_int(num_layers, "num_layers", InvalidModel, minimum=1)
     for layer in range(num_layers):
         if not any(o.first_layer <= layer < o.end_layer for o in offers):
             return layer
     return None
 
 
+def firsts_from_ends(ends: Sequence[Any]) -> list[Any]:
+    """``form_cohort``'s reconstruction of assignments from its chosen end boundaries: segment 0
+    starts at 0 and segment k+1 starts where segment k ends. Runs on ints and on Z3 Ints.
+
+    Invariant: with ``0 < ends[0] < ends[1] < ... < ends[-1] = L`` the segments
+    ``[firsts_from_ends(ends)[k], ends[k])`` tile [0, L) exactly. Z3: ``router_reconstruction``
+    (proofs/z3/check_tiling.py)."""
+    end_list = require_sequence(ends, "ends", InvalidCohort)
+    firsts: list[Any] = []
+    start: Any = 0
+    for end in end_list:
+        firsts.append(start)
+        start = end
+    return firsts
+
+
 def form_cohort(offers: Sequence[Offer], model: ModelSpec) -> Cohort:
     """The cheapest valid cohort (rules C1-C4), or ``NoCoverage`` naming the first unreachable layer.
 
     Exact search: dynamic programming over (next layer, providers used). Cost is exponential in the
-    number of offers overlapping a layer only in the worst case; registries are small.
-    Z3: ``router_valid`` (proofs/z3/check_tiling.py). Tests: brute-force optimality.
+    number of offers overlapping a layer only in the worst case; registries are small. Malformed
+    input raises ``InvalidOffer`` / ``InvalidModel`` naming the field.
+    Z3: ``router_valid`` (the whole function, exhaustively and on seeded random registries,
+    proofs/z3/check_tiling.py); its reconstruction step is ``firsts_from_ends``, proved symbolically.
+    Tests: brute-force optimality.
     """
-    for offer in offers:
+    _require_model(model)
+    offer_list = _require_offers(offers)
+    for offer in offer_list:
         validate_offer(offer)
-    ids = [offer.provider_id for offer in offers]
+    ids = [offer.provider_id for offer in offer_list]
     if len(set(ids)) != len(ids):
         raise InvalidOffer("offers: a provider_id appears in more than one offer")
-    gap = first_uncovered_layer(offers, model.num_layers)
+    gap = first_uncovered_layer(offer_list, model.num_layers)
     if gap is not None:
         raise NoCoverage(gap, model.num_layers)
-    ordered = sorted(offers, key=lambda o: o.provider_id)
+    ordered = sorted(offer_list, key=lambda o: o.provider_id)
     num_layers = model.num_layers
 
     @lru_cache(maxsize=None)
@@ -236,15 +410,19 @@ def form_cohort(offers: Sequence[Offer], model: ModelSpec) -> Cohort:
     best = best_from(0, frozenset())
     if best is None:  # unreachable: full coverage implies a repeat-free tiling exists
         raise NoCoverage(0, num_layers)
-    by_id = {offer.provider_id: offer for offer in offers}
+    by_id = {offer.provider_id: offer for offer in offer_list}
+    ends = list(best[3])
+    firsts = firsts_from_ends(ends)
     assignments: list[Assignment] = []
-    start = 0
-    for provider_id, end in zip(best[2], best[3]):
-        assignments.append(Assignment(provider_id, by_id[provider_id].public_key, start, end))
-        start = end
+    for index, provider_id in enumerate(best[2]):
+        assignments.append(Assignment(provider_id, by_id[provider_id].public_key, firsts[index], ends[index]))
     return Cohort(model.model_id, tuple(assignments))
 
 
 def quote_fee(cohort: Cohort, model: ModelSpec, offers: Sequence[Offer], positions: int) -> int:
-    """The client's fee for ``positions`` token positions: sum of price x work over the cohort."""
+    """The client's fee for ``positions`` token positions: sum of price x work over the cohort.
+
+    ``positions`` must be an int >= 0 (``InvalidCohort`` naming positions, a ``ValueError``), so the fee
+    is never negative; the cohort must be priceable (see ``cohort_cost``)."""
+    require_int(positions, "positions", InvalidCohort, minimum=0)
     return cohort_cost(cohort, model, offers) * positions

@@ -21,13 +21,14 @@ from typing import Any, Sequence
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
-from verisplit.spec.arith import ite, negate
+from verisplit.spec.arith import all_of, ite, negate
 from verisplit.spec.cohort import Assignment, Cohort
+from verisplit.spec.validation import is_int, require_instance, require_int, require_same_length, require_sequence
 
 PROTOCOL_VERSION = 1
 COMMITMENT_DOMAIN = b"verisplit/commitment/v1\x00"
 
-# Reasons a link can fail, in the order check_link tests them.
+# Reasons a chain can fail. The single list of reason codes: ``REASONS`` (docs/spec.md lists each).
 BAD_SIGNATURE = "bad_signature"
 WRONG_SIGNER = "wrong_signer"
 WRONG_REQUEST = "wrong_request"
@@ -37,8 +38,20 @@ RANGE_MISMATCH = "range_mismatch"
 INPUT_MISMATCH = "input_mismatch"
 MISSING_LINK = "missing_link"
 OUTPUT_MISMATCH = "output_mismatch"
+EXTRA_COMMITMENT = "extra_commitment"
 REASONS = (BAD_SIGNATURE, WRONG_SIGNER, WRONG_REQUEST, REPLAY, STEP_GAP, RANGE_MISMATCH, INPUT_MISMATCH,
-           MISSING_LINK, OUTPUT_MISMATCH)
+           MISSING_LINK, OUTPUT_MISMATCH, EXTRA_COMMITMENT)
+
+
+class InvalidCommitment(ValueError):
+    """A commitment cannot be encoded, signed or (de)serialised: a field is ill-typed or does not fit
+    its width (the message starts with ``commitment field <name>`` or ``commitment: ...``)."""
+
+
+class InvalidChainInput(ValueError):
+    """An argument of a chain function (cohort, assignment, segment index, context, digest, list of
+    commitments) is ill-typed or out of range; the message names the field. Never raised for what a
+    provider sent: a malformed commitment is a failing link, not an error."""
 
 
 @dataclass(frozen=True)
@@ -89,16 +102,23 @@ class ChainVerdict:
 VALID = ChainVerdict(True)
 
 
-def _text(value: str) -> bytes:
-    raw = value.encode("utf-8")
+def _text(name: str, value: str) -> bytes:
+    if not isinstance(value, str):
+        raise InvalidCommitment(f"commitment field {name}: must be a string, got {type(value).__name__}")
+    try:
+        raw = value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidCommitment(f"commitment field {name}: is not encodable as UTF-8") from None
     if len(raw) > 0xFFFF:
-        raise ValueError("commitment text field longer than 65535 bytes")
+        raise InvalidCommitment(f"commitment field {name}: longer than 65535 UTF-8 bytes")
     return struct.pack("<H", len(raw)) + raw
 
 
 def _digest32(name: str, value: bytes) -> bytes:
+    if not isinstance(value, bytes):
+        raise InvalidCommitment(f"commitment field {name}: must be bytes, got {type(value).__name__}")
     if len(value) != 32:
-        raise ValueError(f"commitment field {name}: must be 32 bytes, got {len(value)}")
+        raise InvalidCommitment(f"commitment field {name}: must be 32 bytes, got {len(value)}")
     return value
 
 
@@ -111,23 +131,29 @@ def _check_widths(c: BoundaryCommitment) -> None:
     for name, bits in _FIELD_BITS:
         value = getattr(c, name)
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < (1 << bits):
-            raise ValueError(f"commitment field {name}: {value!r} is not an unsigned {bits}-bit integer")
+            raise InvalidCommitment(f"commitment field {name}: {value!r} is not an unsigned {bits}-bit integer")
+
+
+def _require_commitment(c: Any, field: str = "commitment", error: type[ValueError] = InvalidCommitment) -> "BoundaryCommitment":
+    return require_instance(c, BoundaryCommitment, field, error)
 
 
 def signing_bytes(c: BoundaryCommitment) -> bytes:
     """Canonical bytes the signature covers (every field except ``signature``; see docs/protocol.md).
 
     Invariant: injective on commitments (fixed-width integers and digests, length-prefixed strings),
-    so a signature binds every field. A field that does not fit its width raises ValueError naming
-    it, so such a commitment can never carry a valid signature (``signature_valid`` is False).
+    so a signature binds every field. A field that is ill-typed or does not fit its width raises
+    ``InvalidCommitment`` naming it, so such a commitment can never carry a valid signature
+    (``signature_valid`` is False).
     """
+    _require_commitment(c)
     _check_widths(c)
     return b"".join([
         COMMITMENT_DOMAIN,
         struct.pack("<H", c.protocol_version),
-        _text(c.model_id),
+        _text("model_id", c.model_id),
         _digest32("weights_digest", c.weights_digest),
-        _text(c.request_id),
+        _text("request_id", c.request_id),
         struct.pack("<QIIIQQ", c.step, c.segment_index, c.first_layer, c.end_layer, c.first_position, c.num_positions),
         _digest32("input_digest", c.input_digest),
         _digest32("output_digest", c.output_digest),
@@ -136,16 +162,26 @@ def signing_bytes(c: BoundaryCommitment) -> bytes:
 
 
 def sign_commitment(c: BoundaryCommitment, signing_key: SigningKey) -> BoundaryCommitment:
-    """Return ``c`` with ``signer`` set to the key's public key and a fresh Ed25519 signature."""
+    """Return ``c`` with ``signer`` set to the key's public key and a fresh Ed25519 signature.
+    ``InvalidCommitment`` if ``c`` cannot be encoded or ``signing_key`` is not a ``SigningKey``."""
+    _require_commitment(c)
+    require_instance(signing_key, SigningKey, "signing_key", InvalidCommitment)
     unsigned = replace(c, signer=bytes(signing_key.verify_key), signature=b"")
     signature = signing_key.sign(signing_bytes(unsigned)).signature
     return replace(unsigned, signature=signature)
 
 
 def signature_valid(c: BoundaryCommitment) -> bool:
-    """True iff ``c.signature`` is a valid Ed25519 signature of ``signing_bytes(c)`` by ``c.signer``."""
+    """True iff ``c.signature`` is a valid Ed25519 signature of ``signing_bytes(c)`` by ``c.signer``.
+
+    False (never an exception) for any ``BoundaryCommitment`` whose fields are ill-typed or out of
+    range; ``InvalidCommitment`` only if ``c`` is not a ``BoundaryCommitment`` at all."""
+    _require_commitment(c)
+    if not isinstance(c.signature, bytes) or len(c.signature) != 64:
+        return False
     try:
-        VerifyKey(c.signer).verify(signing_bytes(c), c.signature)
+        message = signing_bytes(c)
+        VerifyKey(c.signer).verify(message, c.signature)
     except (BadSignatureError, ValueError, TypeError):
         return False
     return True
@@ -158,11 +194,53 @@ def link_rule(previous_output: Any, this_input: Any) -> Any:
     return previous_output == this_input
 
 
+def _require_assignment(assignment: Any, field: str = "assignment") -> Assignment:
+    require_instance(assignment, Assignment, field, InvalidChainInput)
+    if not isinstance(assignment.provider_id, str) or not isinstance(assignment.public_key, bytes):
+        raise InvalidChainInput(f"{field}: provider_id must be a str and public_key bytes")
+    require_int(assignment.first_layer, f"{field}.first_layer", InvalidChainInput, minimum=0)
+    require_int(assignment.end_layer, f"{field}.end_layer", InvalidChainInput, minimum=0)
+    return assignment
+
+
+def _require_context(context: Any) -> StepContext:
+    require_instance(context, StepContext, "context", InvalidChainInput)
+    for name in ("model_id", "request_id"):
+        if not isinstance(getattr(context, name), str):
+            raise InvalidChainInput(f"context.{name}: must be a string, got {getattr(context, name)!r}")
+    for name in ("protocol_version", "step", "first_position", "num_positions"):
+        require_int(getattr(context, name), f"context.{name}", InvalidChainInput, minimum=0)
+    return context
+
+
+def _require_digest(value: Any, field: str) -> bytes:
+    if not isinstance(value, bytes) or len(value) != 32:
+        raise InvalidChainInput(f"{field}: must be a 32-byte digest, got {value!r:.80}")
+    return value
+
+
+def _require_chain_cohort(cohort: Any) -> Cohort:
+    require_instance(cohort, Cohort, "cohort", InvalidChainInput)
+    if not isinstance(cohort.assignments, tuple) or not cohort.assignments:
+        raise InvalidChainInput("cohort.assignments: a chain needs a non-empty tuple of assignments")
+    for index, assignment in enumerate(cohort.assignments):
+        _require_assignment(assignment, f"cohort.assignments[{index}]")
+    return cohort
+
+
 def check_link_fields(assignment: Assignment, segment_index: int, c: BoundaryCommitment,
                       context: StepContext) -> tuple[str, str] | None:
-    """The first of rules H1-H2 that link ``segment_index`` breaks, as (reason, detail), or None."""
+    """The first of rules H1-H2 that link ``segment_index`` breaks, as (reason, detail), or None.
+
+    ``c`` may be any ``BoundaryCommitment`` (what a provider sent); ill-typed arguments of the lead's
+    own (assignment, segment_index, context, or ``c`` not a commitment) raise ``InvalidChainInput``."""
+    _require_assignment(assignment)
+    require_int(segment_index, "segment_index", InvalidChainInput, minimum=0)
+    _require_commitment(c, "commitment", InvalidChainInput)
+    _require_context(context)
     if not signature_valid(c):
         return BAD_SIGNATURE, "signature does not verify under the commitment's signer key"
+    # From here every field of c is well-typed: signing_bytes accepted it.
     if c.signer != assignment.public_key:
         return WRONG_SIGNER, "signed by a key other than the assigned provider's"
     if (c.protocol_version, c.model_id, c.request_id) != (context.protocol_version, context.model_id, context.request_id):
@@ -180,7 +258,9 @@ def check_link_fields(assignment: Assignment, segment_index: int, c: BoundaryCom
 
 def check_link(assignment: Assignment, segment_index: int, c: BoundaryCommitment,
                expected_input_digest: bytes, context: StepContext) -> tuple[str, str] | None:
-    """The first rule (H1-H3) that link ``segment_index`` breaks, as (reason, detail), or None."""
+    """The first rule (H1-H3) that link ``segment_index`` breaks, as (reason, detail), or None.
+    ``expected_input_digest`` must be a 32-byte digest (``InvalidChainInput`` otherwise)."""
+    _require_digest(expected_input_digest, "expected_input_digest")
     failure = check_link_fields(assignment, segment_index, c, context)
     if failure is not None:
         return failure
@@ -189,54 +269,152 @@ def check_link(assignment: Assignment, segment_index: int, c: BoundaryCommitment
     return None
 
 
-def first_broken_link(first_input_digest: Any, input_digests: Sequence[Any], output_digests: Sequence[Any]) -> Any:
-    """Rule H3 over a whole chain: the index of the first link k whose input digest differs from the
-    previous link's output digest (``first_input_digest`` for k = 0), or ``len(input_digests)`` if
-    every link holds. Runs on bytes and on Z3 terms (then it returns a symbolic index).
+def _parallel(*named: tuple[str, Any]) -> list[list[Any]]:
+    """The named sequences as lists, all of one length (``InvalidChainInput`` otherwise)."""
+    lists = [require_sequence(value, name, InvalidChainInput) for name, value in named]
+    for (name, _), values in zip(named[1:], lists[1:]):
+        require_same_length(lists[0], values, f"{named[0][0]}, {name}", InvalidChainInput)
+    return lists
 
-    Invariant: with an injective digest, substituting the tensor consumed at link j yields exactly j.
-    Z3: ``chain_substitution``, ``chain_unmodified`` (proofs/z3/check_chain.py);
-    Lean: ``Verisplit.chain_detects_at``, ``Verisplit.chain_valid_of_honest``.
+
+def first_failing_link(first_input_digest: Any, present: Sequence[Any], fields_ok: Sequence[Any],
+                       input_digests: Sequence[Any], output_digests: Sequence[Any]) -> Any:
+    """The chain rule over a whole step: the index of the first segment k whose link is not good, or
+    ``n`` (the number of segments) if every link is. Link k is good iff its commitment is present,
+    passes rules H1-H2 (``fields_ok[k]``, the signature check included) and passes H3: its input
+    digest equals link k-1's output digest (``first_input_digest`` for k = 0). All five arguments
+    are per-segment (equal lengths, ``InvalidChainInput`` otherwise); entries may be Z3 terms, and
+    then the result is a symbolic index. ``check_chain`` calls this on what it found per segment.
+
+    Invariant: the result r satisfies 0 <= r <= n, every link before r is good, and link r is not
+    (when r < n). Z3: ``chain_first_failure`` (proofs/z3/check_chain.py);
+    Lean: ``Verisplit.firstFailing_first``, ``Verisplit.firstFailing_none``.
     """
+    present_l, fields_l, inputs_l, outputs_l = _parallel(("present", present), ("fields_ok", fields_ok),
+                                                         ("input_digests", input_digests),
+                                                         ("output_digests", output_digests))
     links_ok: list[Any] = []
     expected = first_input_digest
-    for this_input, this_output in zip(input_digests, output_digests):
-        links_ok.append(link_rule(expected, this_input))
-        expected = this_output
+    for index in range(len(present_l)):
+        links_ok.append(all_of(present_l[index], fields_l[index], link_rule(expected, inputs_l[index])))
+        expected = outputs_l[index]
     verdict: Any = len(links_ok)
     for index in reversed(range(len(links_ok))):
         verdict = ite(negate(links_ok[index]), index, verdict)
     return verdict
 
 
+def first_broken_link(first_input_digest: Any, input_digests: Sequence[Any], output_digests: Sequence[Any]) -> Any:
+    """Rule H3 over a whole chain: the index of the first link k whose input digest differs from the
+    previous link's output digest (``first_input_digest`` for k = 0), or ``len(input_digests)`` if
+    every link holds: ``first_failing_link`` with every commitment present and passing H1-H2. Runs on
+    bytes and on Z3 terms (then it returns a symbolic index); equal lengths required.
+
+    Invariant: with an injective digest, substituting the tensor consumed at link j yields exactly j.
+    Z3: ``chain_substitution``, ``chain_unmodified`` (proofs/z3/check_chain.py);
+    Lean: ``Verisplit.chain_detects_at``, ``Verisplit.chain_valid_of_honest``.
+    """
+    inputs_l, outputs_l = _parallel(("input_digests", input_digests), ("output_digests", output_digests))
+    always = [True] * len(inputs_l)
+    return first_failing_link(first_input_digest, always, always, inputs_l, outputs_l)
+
+
+def commitment_position(segment_indices: Sequence[Any], segment: Any) -> Any:
+    """Which commitment is segment ``segment``'s: the position of the first entry of
+    ``segment_indices`` (each commitment's ``segment_index`` field, in the order received) equal to
+    ``segment``, or -1 if none is. Runs on ints and on Z3 Ints.
+
+    Invariant: the result p is -1 iff no entry equals ``segment``; else entry p equals it and no
+    earlier entry does. Z3: ``chain_first_failure`` (proofs/z3/check_chain.py);
+    Lean: ``Verisplit.commitFor_some``, ``Verisplit.commitFor_none``."""
+    indices = require_sequence(segment_indices, "segment_indices", InvalidChainInput)
+    position: Any = -1
+    for index in reversed(range(len(indices))):
+        position = ite(indices[index] == segment, index, position)
+    return position
+
+
+def _extra_culprit(cohort: Cohort, c: BoundaryCommitment) -> str | None:
+    """Who answers for an extra commitment: the cohort member whose key validly signed it, else nobody."""
+    if not signature_valid(c):
+        return None
+    for assignment in cohort.assignments:
+        if assignment.public_key == c.signer:
+            return assignment.provider_id
+    return None
+
+
 def check_chain(cohort: Cohort, commitments: Sequence[BoundaryCommitment], first_input_digest: bytes,
                 context: StepContext) -> ChainVerdict:
     """Verdict for one step's chain: valid, or the first bad link with culprit and reason.
 
-    A link fails on the first of H1-H2 it breaks, else on H3 if it is ``first_broken_link``.
-    Invariant: with an injective digest, substituting the boundary tensor at link j (so link j's
-    input digest differs from link j-1's output digest) yields a verdict at exactly link j; an
-    unmodified, correctly signed chain is valid. Z3: ``chain_substitution``, ``chain_unmodified``
-    (proofs/z3/check_chain.py); Lean: ``Verisplit.chain_detects_at``, ``Verisplit.chain_valid_of_honest``.
+    Segment k's commitment is the first one whose ``segment_index`` is k (``commitment_position``);
+    list order matters only among commitments claiming the same segment. The verdict is at the
+    first segment k (``first_failing_link``) whose commitment is absent (``missing_link``), breaks
+    H1-H2 (the reason ``check_link_fields`` gives) or breaks H3 (``input_mismatch``); the culprit is
+    segment k's provider. If every segment is good but some commitment was not used (a duplicate, or
+    one claiming no segment of the cohort), the verdict is ``extra_commitment`` at link n (the number
+    of segments), blamed on the cohort member whose key validly signed the first such commitment, or
+    on nobody (``culprit`` None) if it is unsigned, badly signed or signed by a key outside the cohort.
+    Ill-typed arguments raise ``InvalidChainInput`` (an empty cohort included); malformed commitment
+    fields are link failures (``bad_signature``), never exceptions.
+
+    Invariant: with an injective digest, substituting the boundary tensor at link j yields a verdict
+    at exactly link j; an unmodified, correctly signed chain is valid; the verdict link is the first
+    index that breaks a rule. Z3: ``check_chain_concrete`` (this function on signed chains,
+    proofs/z3/check_chain.py); the rule it applies is ``first_failing_link`` and its matching
+    ``commitment_position``, both proved symbolically. Lean: ``Verisplit.checkChainFull_some``,
+    ``Verisplit.checkChainFull_none``, ``Verisplit.checkChainFull_honest``.
     """
-    present = commitments[: len(cohort.assignments)]
-    broken = first_broken_link(first_input_digest, [c.input_digest for c in present], [c.output_digest for c in present])
-    for index, assignment in enumerate(cohort.assignments):
-        if index >= len(commitments):
-            return ChainVerdict(False, index, assignment.provider_id, MISSING_LINK, "no commitment for this segment")
-        failure = check_link_fields(assignment, index, commitments[index], context)
-        if failure is None and index == broken:
+    _require_chain_cohort(cohort)
+    items = require_sequence(commitments, "commitments", InvalidChainInput)
+    for index, c in enumerate(items):
+        _require_commitment(c, f"commitments[{index}]", InvalidChainInput)
+    _require_digest(first_input_digest, "first_input_digest")
+    _require_context(context)
+    n = len(cohort.assignments)
+    claimed = [c.segment_index if is_int(c.segment_index) else -1 for c in items]
+    positions = [commitment_position(claimed, k) for k in range(n)]
+    present = [position >= 0 for position in positions]
+    failures: list[tuple[str, str] | None] = []
+    inputs: list[Any] = []
+    outputs: list[Any] = []
+    for k, position in enumerate(positions):
+        if position < 0:
+            failures.append(None)
+            inputs.append(None)
+            outputs.append(None)
+            continue
+        c = items[position]
+        failures.append(check_link_fields(cohort.assignments[k], k, c, context))
+        inputs.append(c.input_digest)
+        outputs.append(c.output_digest)
+    fields_ok = [failure is None for failure in failures]
+    broken = first_failing_link(first_input_digest, present, fields_ok, inputs, outputs)
+    if broken < n:
+        provider = cohort.assignments[broken].provider_id
+        if not present[broken]:
+            return ChainVerdict(False, broken, provider, MISSING_LINK, f"no commitment for segment {broken}")
+        failure = failures[broken]
+        if failure is None:
             failure = (INPUT_MISMATCH, "input digest does not match the previous boundary's output digest")
-        if failure is not None:
-            return ChainVerdict(False, index, assignment.provider_id, failure[0], failure[1])
-    if len(commitments) > len(cohort.assignments):
-        last = cohort.assignments[-1]
-        return ChainVerdict(False, len(cohort.assignments), last.provider_id, REPLAY, "more commitments than segments")
+        return ChainVerdict(False, broken, provider, failure[0], failure[1])
+    used = set(positions)
+    for index, c in enumerate(items):
+        if index not in used:
+            culprit = _extra_culprit(cohort, c)
+            return ChainVerdict(False, n, culprit, EXTRA_COMMITMENT,
+                                f"commitment {index} (segment_index {c.segment_index!r}) is not any segment's "
+                                f"first commitment; {'signed by ' + culprit if culprit else 'no cohort member signed it'}")
     return VALID
 
 
 def check_receipt(c: BoundaryCommitment, sent_input_digest: bytes, received_output_digest: bytes) -> tuple[str, str] | None:
-    """Rule H4, checked by the lead on receipt: the commitment is about the exact bytes exchanged."""
+    """Rule H4, checked by the lead on receipt: the commitment is about the exact bytes exchanged.
+    The two digests are the lead's own (32 bytes each, ``InvalidChainInput`` otherwise)."""
+    _require_commitment(c, "commitment", InvalidChainInput)
+    _require_digest(sent_input_digest, "sent_input_digest")
+    _require_digest(received_output_digest, "received_output_digest")
     if c.input_digest != sent_input_digest:
         return INPUT_MISMATCH, "commitment's input digest is not the digest of the bytes the lead sent"
     if c.output_digest != received_output_digest:
@@ -245,45 +423,64 @@ def check_receipt(c: BoundaryCommitment, sent_input_digest: bytes, received_outp
 
 
 def next_step_context(previous: StepContext, num_positions: int) -> StepContext:
-    """Step k+1 continues step k: step number +1 and positions start where step k's ended."""
+    """Step k+1 continues step k: step number +1 and positions start where step k's ended.
+    ``num_positions`` must be an int >= 1 (``InvalidChainInput`` otherwise)."""
+    _require_context(previous)
+    require_int(num_positions, "num_positions", InvalidChainInput, minimum=1)
     return replace(previous, step=previous.step + 1,
                    first_position=previous.first_position + previous.num_positions,
                    num_positions=num_positions)
 
 
 _BYTES_FIELDS = ("weights_digest", "input_digest", "output_digest", "signer", "signature")
+_TEXT_FIELDS = ("model_id", "request_id")
 
 
 def commitment_to_dict(c: BoundaryCommitment) -> dict[str, object]:
-    """JSON-ready form: byte fields as lowercase hex, integers and strings as they are."""
+    """JSON-ready form: byte fields as lowercase hex, integers and strings as they are.
+    ``InvalidCommitment`` naming the field if a byte field is not bytes (or ``c`` not a commitment)."""
+    _require_commitment(c)
     out: dict[str, object] = {}
     for name in BoundaryCommitment.__dataclass_fields__:
         value = getattr(c, name)
-        out[name] = value.hex() if name in _BYTES_FIELDS else value
+        if name in _BYTES_FIELDS:
+            if not isinstance(value, bytes):
+                raise InvalidCommitment(f"commitment field {name}: must be bytes, got {type(value).__name__}")
+            out[name] = value.hex()
+        else:
+            out[name] = value
     return out
 
 
 def commitment_from_dict(data: dict[str, object]) -> BoundaryCommitment:
-    """Inverse of ``commitment_to_dict``; a missing or mistyped field raises ValueError naming it."""
+    """Inverse of ``commitment_to_dict``; a missing or mistyped field raises ``InvalidCommitment``
+    (a ValueError) naming it: byte fields must be hex strings, integer fields ints (not bool), text
+    fields strings."""
+    if not isinstance(data, dict):
+        raise InvalidCommitment(f"commitment: must be a JSON object, got {type(data).__name__}")
     values: dict[str, object] = {}
-    for name, spec_field in BoundaryCommitment.__dataclass_fields__.items():
+    for name in BoundaryCommitment.__dataclass_fields__:
         if name not in data:
             if name == "signature":
                 values[name] = b""
                 continue
-            raise ValueError(f"commitment: missing field '{name}'")
+            raise InvalidCommitment(f"commitment: missing field '{name}'")
         raw = data[name]
         try:
             if name in _BYTES_FIELDS:
-                values[name] = bytes.fromhex(str(raw))
-            elif spec_field.type in ("int", int):
-                if isinstance(raw, bool) or not isinstance(raw, int):
+                if not isinstance(raw, str):
+                    raise TypeError
+                values[name] = bytes.fromhex(raw)
+            elif name in _TEXT_FIELDS:
+                if not isinstance(raw, str):
                     raise TypeError
                 values[name] = raw
             else:
-                values[name] = str(raw)
+                if isinstance(raw, bool) or not isinstance(raw, int):
+                    raise TypeError
+                values[name] = raw
         except (TypeError, ValueError):
-            raise ValueError(f"commitment: field '{name}' has an invalid value {raw!r}") from None
+            raise InvalidCommitment(f"commitment: field '{name}' has an invalid value {raw!r:.80}") from None
     return BoundaryCommitment(**values)  # type: ignore[arg-type]
 
 
@@ -312,10 +509,15 @@ def check_exchanged_chain(cohort: Cohort, commitments: Sequence[BoundaryCommitme
     Invariant: equals the first failure of ``check_exchanged_link`` over the links in order when the
     lead forwarded every output unchanged (``sent_digests[k+1] == received_digests[k]``).
     Tests: tests/test_spec_commitment.py."""
+    sent = require_sequence(sent_digests, "sent_digests", InvalidChainInput)
+    received = require_sequence(received_digests, "received_digests", InvalidChainInput)
+    for name, digests in (("sent_digests", sent), ("received_digests", received)):
+        for index, digest in enumerate(digests):
+            _require_digest(digest, f"{name}[{index}]")
     verdict = check_chain(cohort, commitments, first_input_digest, context)
     limit = len(cohort.assignments) if verdict.valid or verdict.link is None else verdict.link
-    for index in range(min(limit, len(commitments), len(sent_digests), len(received_digests), len(cohort.assignments))):
-        receipt = check_receipt(commitments[index], sent_digests[index], received_digests[index])
+    for index in range(min(limit, len(commitments), len(sent), len(received), len(cohort.assignments))):
+        receipt = check_receipt(commitments[index], sent[index], received[index])
         if receipt is not None:
             return ChainVerdict(False, index, cohort.assignments[index].provider_id, receipt[0], receipt[1])
     return verdict

@@ -62,10 +62,28 @@ class TensorFrame:
     data: bytes
 
 
-def element_count(shape: Sequence[int]) -> int:
-    """Product of the dims (1 for a scalar)."""
-    count = 1
+MAX_DIM = (1 << 64) - 1
+
+
+def _shape(shape: Sequence[int]) -> tuple[int, ...]:
+    """``shape`` as a tuple of ints in [0, 2^64), else ``EncodingError`` naming shape (never bool/float)."""
+    if not isinstance(shape, (list, tuple)):
+        raise EncodingError(f"shape: must be a list or tuple of integers, got {type(shape).__name__}")
     for dim in shape:
+        if isinstance(dim, bool) or not isinstance(dim, int):
+            raise EncodingError(f"shape: dimension {dim!r} is not an integer")
+        if dim < 0:
+            raise EncodingError(f"shape: negative dimension {dim}")
+        if dim > MAX_DIM:
+            raise EncodingError(f"shape: dimension {dim} does not fit in 64 bits")
+    return tuple(shape)
+
+
+def element_count(shape: Sequence[int]) -> int:
+    """Product of the dims (1 for a scalar); ``EncodingError`` naming shape unless every dim is an
+    int in [0, 2^64)."""
+    count = 1
+    for dim in _shape(shape):
         count *= dim
     return count
 
@@ -74,14 +92,17 @@ def encode_tensor(dtype: str, shape: Sequence[int], data: bytes) -> bytes:
     """Return the canonical encoding; rejects an unknown dtype or a length that disagrees with the shape.
 
     Invariant: ``decode_tensor(encode_tensor(d, s, b)) == TensorFrame(d, tuple(s), b)``.
+    Every malformed argument raises ``EncodingError`` naming it (dtype, rank, shape, data, nbytes).
     """
-    if dtype not in DTYPE_CODES:
-        raise EncodingError(f"dtype: unsupported '{dtype}' (supported: {sorted(DTYPE_CODES)})")
+    if not isinstance(dtype, str) or dtype not in DTYPE_CODES:
+        raise EncodingError(f"dtype: unsupported {dtype!r} (supported: {sorted(DTYPE_CODES)})")
+    if not isinstance(shape, (list, tuple)):
+        raise EncodingError(f"shape: must be a list or tuple of integers, got {type(shape).__name__}")
     if len(shape) > MAX_RANK:
         raise EncodingError(f"rank: {len(shape)} exceeds the maximum {MAX_RANK}")
-    for dim in shape:
-        if dim < 0:
-            raise EncodingError(f"shape: negative dimension {dim}")
+    shape = _shape(shape)
+    if not isinstance(data, (bytes, bytearray)):
+        raise EncodingError(f"data: must be bytes, got {type(data).__name__}")
     expected = element_count(shape) * DTYPE_ITEMSIZE[dtype]
     if len(data) != expected:
         raise EncodingError(f"nbytes: {len(data)} bytes given, shape {tuple(shape)} of {dtype} needs {expected}")
@@ -91,7 +112,10 @@ def encode_tensor(dtype: str, shape: Sequence[int], data: bytes) -> bytes:
 
 
 def decode_tensor(blob: bytes) -> TensorFrame:
-    """Parse a canonical encoding; every malformed field raises ``EncodingError`` naming it."""
+    """Parse a canonical encoding; every malformed field raises ``EncodingError`` naming it
+    (``frame`` if ``blob`` is not bytes)."""
+    if not isinstance(blob, (bytes, bytearray)):
+        raise EncodingError(f"frame: must be bytes, got {type(blob).__name__}")
     if len(blob) < _FIXED.size:
         raise EncodingError(f"header: frame of {len(blob)} bytes is shorter than the {_FIXED.size}-byte header")
     magic, version, code, rank, reserved = _FIXED.unpack_from(blob, 0)
@@ -122,8 +146,11 @@ def decode_tensor(blob: bytes) -> TensorFrame:
 
 
 def digest_encoded(encoded: bytes) -> bytes:
-    """SHA-256 digest (32 bytes) of an already canonical encoding, domain-separated."""
-    return hashlib.sha256(TENSOR_DOMAIN + encoded).digest()
+    """SHA-256 digest (32 bytes) of an already canonical encoding, domain-separated. The bytes are
+    hashed as given (not parsed); ``EncodingError`` naming frame if they are not bytes."""
+    if not isinstance(encoded, (bytes, bytearray)):
+        raise EncodingError(f"frame: must be bytes, got {type(encoded).__name__}")
+    return hashlib.sha256(TENSOR_DOMAIN + bytes(encoded)).digest()
 
 
 def tensor_digest(dtype: str, shape: Sequence[int], data: bytes) -> bytes:

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence, Union
 
 from verisplit.spec.audit import AuditVerdict, Registry, eject
-from verisplit.spec.cohort import Cohort, ModelSpec, NoCoverage, Offer, form_cohort, segment_work, validate_offer
-from verisplit.spec.commitment import BoundaryCommitment, ChainVerdict, StepContext, check_chain
+from verisplit.spec.cohort import (Cohort, InvalidModel, ModelSpec, NoCoverage, Offer, form_cohort, segment_work,
+                                   validate_offer)
+from verisplit.spec.commitment import BoundaryCommitment, ChainVerdict, InvalidChainInput, StepContext, check_chain
 from verisplit.spec.settlement import Settlement, settle
 
 OPEN, ABORTED, COMPLETED, SETTLED = "open", "aborted", "completed", "settled"
@@ -113,7 +114,10 @@ Event = Union[AddOffer, FormCohort, OpenRequest, CommitStep, CompleteRequest, Re
 
 
 def initial_state(model: ModelSpec) -> State:
-    """A registry with no offers, no cohorts, no requests and an empty ledger."""
+    """A registry with no offers, no cohorts, no requests and an empty ledger.
+    ``InvalidModel`` if ``model`` is not a ``ModelSpec``."""
+    if not isinstance(model, ModelSpec):
+        raise InvalidModel(f"model: must be a ModelSpec, got {type(model).__name__}")
     return State(model=model)
 
 
@@ -143,6 +147,8 @@ def _add_offer(state: State, event: AddOffer) -> State:
 
 
 def _form_cohort(state: State, event: FormCohort) -> State:
+    if event.chosen is not None and not isinstance(event.chosen, Cohort):
+        raise IllegalTransition(f"chosen: must be a Cohort or None, got {type(event.chosen).__name__}")
     if event.cohort_id in state.cohorts:
         raise IllegalTransition(f"cohort '{event.cohort_id}' already exists")
     try:
@@ -161,8 +167,8 @@ def _open_request(state: State, event: OpenRequest) -> State:
         raise IllegalTransition(f"request '{event.request_id}' already exists")
     if event.cohort_id not in state.cohorts:
         raise IllegalTransition(f"unknown cohort '{event.cohort_id}'")
-    if event.fee < 0:
-        raise IllegalTransition(f"fee: must be non-negative, got {event.fee}")
+    if isinstance(event.fee, bool) or not isinstance(event.fee, int) or event.fee < 0:
+        raise IllegalTransition(f"fee: must be a non-negative integer, got {event.fee!r}")
     cohort = state.cohorts[event.cohort_id]
     offers = {offer.provider_id: offer for offer in state.registry.offers}
     prices: list[int] = []
@@ -179,11 +185,14 @@ def _commit_step(state: State, event: CommitStep) -> State:
     request = _request(state, event.request_id)
     if request.status != OPEN:
         raise IllegalTransition(f"request '{request.request_id}' is {request.status}, not open")
-    if event.num_positions < 1:
-        raise IllegalTransition("num_positions: a step covers at least one position")
+    if isinstance(event.num_positions, bool) or not isinstance(event.num_positions, int) or event.num_positions < 1:
+        raise IllegalTransition(f"num_positions: a step covers at least one position, got {event.num_positions!r}")
     cohort = state.cohorts[request.cohort_id]
     context = StepContext(state.model.model_id, request.request_id, request.steps, request.positions, event.num_positions)
-    verdict = check_chain(cohort, event.commitments, event.first_input_digest, context)
+    try:
+        verdict = check_chain(cohort, event.commitments, event.first_input_digest, context)
+    except InvalidChainInput as exc:
+        raise IllegalTransition(str(exc)) from None
     good_links = len(cohort.assignments) if verdict.valid else verdict.link or 0
     work = list(request.work)
     for index in range(good_links):
@@ -192,8 +201,12 @@ def _commit_step(state: State, event: CommitStep) -> State:
     updated = replace(request, work=tuple(work), chain_verdicts=request.chain_verdicts + (verdict,))
     if verdict.valid:
         updated = replace(updated, steps=request.steps + 1, positions=request.positions + event.num_positions)
+    elif verdict.culprit is None:
+        # An extra commitment no cohort member validly signed: the step is broken, but no provider is
+        # provably at fault, so the request aborts and nobody is marked failed (or can be ejected).
+        updated = replace(updated, status=ABORTED)
     else:
-        updated = replace(updated, status=ABORTED, failed=request.failed | {verdict.culprit or ""})
+        updated = replace(updated, status=ABORTED, failed=request.failed | {verdict.culprit})
     return _with_request(state, updated)
 
 
@@ -206,6 +219,15 @@ def _complete(state: State, event: CompleteRequest) -> State:
 
 def _record_audit(state: State, event: RecordAudit) -> State:
     verdict = event.verdict
+    if not isinstance(verdict, AuditVerdict):
+        raise IllegalTransition(f"verdict: must be an AuditVerdict, got {type(verdict).__name__}")
+    if isinstance(verdict.segment_index, bool) or not isinstance(verdict.segment_index, int):
+        raise IllegalTransition(f"verdict.segment_index: must be an integer, got {verdict.segment_index!r}")
+    if not isinstance(verdict.passed, bool):
+        raise IllegalTransition(f"verdict.passed: must be a bool, got {verdict.passed!r}")
+    for name in ("request_id", "provider_id", "reason"):
+        if not isinstance(getattr(verdict, name), str):
+            raise IllegalTransition(f"verdict.{name}: must be a string, got {getattr(verdict, name)!r}")
     request = _request(state, verdict.request_id)
     if request.status not in (COMPLETED, ABORTED):
         raise IllegalTransition(f"request '{request.request_id}' is {request.status}: audits follow completion")
@@ -243,6 +265,8 @@ def _settle(state: State, event: SettleRequest) -> State:
 
 
 def _eject(state: State, event: Eject) -> State:
+    if not isinstance(event.provider_id, str) or not isinstance(event.reason, str):
+        raise IllegalTransition("provider_id, reason: must be strings")
     if event.provider_id not in state.registry.provider_ids():
         raise IllegalTransition(f"provider '{event.provider_id}' is not registered")
     has_evidence = any(event.provider_id in r.failed for r in state.requests.values())
@@ -264,17 +288,37 @@ _HANDLERS = {
 }
 
 
+# Identifier fields every event of the type must carry as a str (checked before dispatch).
+_TEXT_FIELDS: dict[type, tuple[str, ...]] = {
+    FormCohort: ("cohort_id",),
+    OpenRequest: ("request_id", "cohort_id"),
+    CommitStep: ("request_id",),
+    CompleteRequest: ("request_id",),
+    SettleRequest: ("request_id",),
+}
+
+
 def apply(state: State, event: Event) -> State:
-    """The next state, or ``IllegalTransition`` naming the broken rule. ``state`` is never mutated."""
+    """The next state, or ``IllegalTransition`` naming the broken rule or the ill-typed field (an event
+    of an unknown type, a non-str id, a non-int fee or position count, commitments that are not a
+    list of ``BoundaryCommitment``, ...). ``state`` is never mutated; it must be a ``State``."""
+    if not isinstance(state, State):
+        raise IllegalTransition(f"state: must be a State, got {type(state).__name__}")
     handler = _HANDLERS.get(type(event))
     if handler is None:
         raise IllegalTransition(f"unknown event type {type(event).__name__}")
+    for name in _TEXT_FIELDS.get(type(event), ()):
+        if not isinstance(getattr(event, name), str):
+            raise IllegalTransition(f"{name}: must be a string, got {getattr(event, name)!r}")
     return handler(state, event)
 
 
 def replay(model: ModelSpec, events: Sequence[Event]) -> State:
-    """Apply events in order from the initial state (raises at the first illegal one)."""
+    """Apply events in order from the initial state (raises at the first illegal one).
+    ``InvalidModel`` for a bad model; ``IllegalTransition`` if ``events`` is not a list or tuple."""
     state = initial_state(model)
+    if not isinstance(events, (list, tuple)):
+        raise IllegalTransition(f"events: must be a list or tuple of events, got {type(events).__name__}")
     for event in events:
         state = apply(state, event)
     return state

@@ -9,8 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from verisplit.spec.cohort import Assignment, Cohort
-from verisplit.spec.commitment import (BAD_SIGNATURE, INPUT_MISMATCH, MISSING_LINK, OUTPUT_MISMATCH, RANGE_MISMATCH,
-                                       REPLAY, STEP_GAP, WRONG_REQUEST, WRONG_SIGNER, StepContext, check_chain,
+from verisplit.spec.commitment import (BAD_SIGNATURE, EXTRA_COMMITMENT, INPUT_MISMATCH, MISSING_LINK, OUTPUT_MISMATCH,
+                                       RANGE_MISMATCH, REPLAY, STEP_GAP, WRONG_REQUEST, WRONG_SIGNER, InvalidChainInput,
+                                       StepContext, check_chain,
                                        check_receipt, commitment_from_dict, commitment_to_dict, next_step_context,
                                        signature_valid, signing_bytes)
 from spec_helpers import digest_of, key, resign, signed_chain
@@ -69,7 +70,52 @@ def test_step_replay_gap_range_request_and_missing_links() -> None:
     missing = check_chain(cohort, step0[:1], digest_of(1), CTX)
     assert (missing.link, missing.culprit, missing.reason) == (1, "p1", MISSING_LINK)
     extra = check_chain(cohort, step0 + step0[:1], digest_of(1), CTX)
-    assert extra.reason == REPLAY
+    assert (extra.link, extra.culprit, extra.reason) == (2, "p0", EXTRA_COMMITMENT)
+
+
+def test_dropped_middle_link_is_missing_link_of_that_segment() -> None:
+    """Commitments are matched by segment_index: a dropped middle link is that segment's
+    missing_link (not a wrong_signer blamed on whoever sits at its position)."""
+    cohort, keys = make_cohort(3)
+    chain = signed_chain(cohort, CTX, [1, 2, 3, 4], keys)
+    verdict = check_chain(cohort, [chain[0], chain[2]], digest_of(1), CTX)
+    assert (verdict.link, verdict.culprit, verdict.reason) == (1, "p1", MISSING_LINK)
+    # order does not matter, only the segment each commitment claims
+    assert check_chain(cohort, [chain[2], chain[0], chain[1]], digest_of(1), CTX).valid
+    # a commitment claiming another segment leaves its own segment missing
+    moved = resign(chain[1], keys["p1"], segment_index=2)
+    verdict = check_chain(cohort, [chain[0], moved, chain[2]], digest_of(1), CTX)
+    assert (verdict.link, verdict.culprit, verdict.reason) == (1, "p1", MISSING_LINK)
+
+
+@pytest.mark.parametrize("signer,expected", [("member", "p1"), ("outsider", None), ("unsigned", None), ("bad", None)])
+def test_extra_commitment_is_blamed_on_its_valid_member_signer_or_nobody(signer: str, expected: str | None) -> None:
+    cohort, keys = make_cohort(2)
+    chain = signed_chain(cohort, CTX, [1, 2, 3], keys)
+    extra = replace(chain[1], segment_index=7)
+    if signer == "member":
+        extra = resign(extra, keys["p1"])
+    elif signer == "outsider":
+        extra = resign(extra, key(9))
+    elif signer == "unsigned":
+        extra = replace(extra, signature=b"")
+    else:
+        extra = replace(resign(extra, keys["p1"]), step=5)  # changed after signing
+    verdict = check_chain(cohort, chain + [extra], digest_of(1), CTX)
+    assert (verdict.valid, verdict.link, verdict.culprit, verdict.reason) == (False, 2, expected, EXTRA_COMMITMENT)
+
+
+def test_empty_cohort_and_bad_arguments_raise_the_documented_error() -> None:
+    cohort, keys = make_cohort(1)
+    chain = signed_chain(cohort, CTX, [1, 2], keys)
+    with pytest.raises(InvalidChainInput, match="cohort.assignments"):
+        check_chain(Cohort("m", ()), chain, digest_of(1), CTX)
+    with pytest.raises(InvalidChainInput, match="commitments"):
+        check_chain(cohort, chain[0], digest_of(1), CTX)
+    with pytest.raises(InvalidChainInput, match="first_input_digest"):
+        check_chain(cohort, chain, "00" * 32, CTX)
+    with pytest.raises(InvalidChainInput, match="context.step"):
+        check_chain(cohort, chain, digest_of(1), replace(CTX, step="0"))
 
 
 def test_receipt_check_binds_commitment_to_exchanged_bytes() -> None:
@@ -107,4 +153,32 @@ def test_out_of_range_fields_cannot_be_signed_and_fail_as_bad_signature(field: s
         signing_bytes(replace(c, **{field: value}))
     assert not signature_valid(replace(c, **{field: value}))
     verdict = check_chain(cohort, [replace(c, **{field: value})], digest_of(1), CTX)
-    assert (verdict.link, verdict.reason) == (0, BAD_SIGNATURE)
+    # a commitment claiming no segment of the cohort leaves segment 0 without one
+    expected = MISSING_LINK if field == "segment_index" else BAD_SIGNATURE
+    assert (verdict.link, verdict.culprit, verdict.reason) == (0, "p0", expected)
+
+
+def test_culprit_less_extra_commitment_never_fails_or_ejects_an_honest_provider() -> None:
+    """Through the protocol: a step with a leftover commitment nobody in the cohort validly signed is
+    aborted, every (good) link is credited, nobody is marked failed, so Eject is refused for all."""
+    from verisplit.spec.cohort import ModelSpec, Offer
+    from verisplit.spec.protocol import (ABORTED, AddOffer, CommitStep, Eject, FormCohort, IllegalTransition,
+                                         OpenRequest, apply, replay)
+
+    cohort, keys = make_cohort(2)
+    offers = [Offer(a.provider_id, a.public_key, a.first_layer, a.end_layer, 1, "e") for a in cohort.assignments]
+    state = replay(ModelSpec("m", 4), [AddOffer(o) for o in offers] + [FormCohort("c"), OpenRequest("req-1", "c", 100)])
+    chain = signed_chain(state.cohorts["c"], CTX, [1, 2, 3], keys)
+    junk = replace(resign(chain[1], key(9), segment_index=5), signature=bytes(64))
+    after = apply(state, CommitStep("req-1", digest_of(1), CTX.num_positions, tuple(chain) + (junk,)))
+    request = after.requests["req-1"]
+    assert request.status == ABORTED and request.failed == frozenset()
+    assert request.chain_verdicts[-1].culprit is None and request.chain_verdicts[-1].reason == EXTRA_COMMITMENT
+    assert all(w > 0 for w in request.work)
+    for provider in ("p0", "p1"):
+        with pytest.raises(IllegalTransition, match="no failed audit"):
+            apply(after, Eject(provider, "extra commitment"))
+    # the same leftover validly signed by a member fails exactly that member
+    signed = resign(chain[1], keys["p1"], segment_index=5)
+    after = apply(state, CommitStep("req-1", digest_of(1), CTX.num_positions, tuple(chain) + (signed,)))
+    assert after.requests["req-1"].failed == {"p1"}

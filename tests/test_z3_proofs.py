@@ -1,4 +1,5 @@
-"""The Z3 runner: every check PROVED, every mutant REFUTED, and the runner fails when it should."""
+"""The Z3 runner: every check PROVED or TESTED as declared, every mutant REFUTED, every line labelled
+PROVED / TESTED / ASSUMED, and the runner fails when it should."""
 
 from __future__ import annotations
 
@@ -9,12 +10,20 @@ import z3
 from click.testing import CliRunner
 
 from verisplit.proofs_z3 import core
-from verisplit.proofs_z3.core import Check, Kind, Status, Verdict, judge, run_check, valid
-from verisplit.proofs_z3.runner import load_checks, prove_command, run_all, summary
+from verisplit.proofs_z3.core import (ASSUMPTIONS, Check, Evidence, Kind, Status, Verdict, concrete, judge,
+                                      run_check, valid)
+from verisplit.proofs_z3.runner import line_status, load_checks, prove_command, run_all, summary
 
 PROPERTIES = {"fee_conservation", "residual_bound", "forfeit_isolation", "deterrence_corollary",
-              "smaller_shard_more_deterred", "chain_substitution", "chain_unmodified", "tiling_iff",
-              "router_valid", "audit_functional"}
+              "smaller_shard_more_deterred", "chain_substitution", "chain_unmodified", "chain_first_failure",
+              "check_chain_concrete", "tiling_iff", "violations_iff_tiling", "cohort_violations_bridge",
+              "router_reconstruction", "router_valid", "audit_functional", "audit_concrete"}
+# What a sceptical reader is told each non-settlement check establishes (must match the registry).
+EVIDENCE = {"tiling_iff": "PROVED", "violations_iff_tiling": "PROVED", "cohort_violations_bridge": "TESTED",
+            "router_reconstruction": "PROVED", "router_valid": "TESTED", "chain_first_failure": "PROVED",
+            "chain_substitution": "PROVED", "chain_unmodified": "PROVED", "check_chain_concrete": "TESTED",
+            "audit_functional": "PROVED", "audit_concrete": "TESTED", "deterrence_corollary": "PROVED",
+            "smaller_shard_more_deterred": "PROVED"}
 
 
 @pytest.fixture(scope="module")
@@ -27,10 +36,40 @@ def test_every_required_property_is_registered() -> None:
     assert PROPERTIES <= {c.name for c in checks.values() if c.kind is Kind.CHECK}
 
 
-def test_every_check_proved(results: list[core.CheckResult]) -> None:
+def test_every_check_passes_with_its_declared_evidence(results: list[core.CheckResult]) -> None:
     bad = [(r.check.name, r.status.value, r.detail) for r in results
-           if r.check.kind is Kind.CHECK and r.status is not Status.PROVED]
+           if r.check.kind is Kind.CHECK and r.status.value != r.check.evidence.value]
     assert bad == []
+    declared = {r.check.name: r.check.evidence.value for r in results if r.check.name in EVIDENCE}
+    assert declared == EVIDENCE
+
+
+def test_every_line_is_proved_tested_or_assumed(results: list[core.CheckResult]) -> None:
+    assert {line_status(r) for r in results} <= {"PROVED", "TESTED"}
+    out = CliRunner().invoke(prove_command, ["--only", "chain_first_failure", "--only", "check_chain_concrete",
+                                             "--only", "audit_functional"])
+    assert out.exit_code == 0, out.output
+    lines = out.output.strip().splitlines()
+    body, summary_lines = lines[:-2], lines[-2:]
+    assert body and all(line.split()[0] in ("PROVED", "TESTED", "ASSUMED") for line in body), body
+    assert any(line.startswith("ASSUMED ") and "draw_uniform" in line for line in body)
+    assert any(line.startswith("TESTED ") and "check_chain_concrete" in line for line in body)
+    assert summary_lines[0].startswith("total ") and re.fullmatch(r"\d+ passed, 0 failed", summary_lines[1])
+
+
+def test_proved_checks_yield_only_z3_obligations(results: list[core.CheckResult]) -> None:
+    for r in results:
+        if r.check.kind is Kind.CHECK and r.check.evidence is Evidence.PROVED:
+            assert all(o.verdict is Verdict.PROVED for o in r.obligations), r.check.name
+        if r.check.kind is Kind.CHECK and r.check.evidence is Evidence.TESTED:
+            assert any(o.verdict is Verdict.TESTED for o in r.obligations), r.check.name
+
+
+def test_assumptions_are_registered_and_used() -> None:
+    checks = load_checks()
+    used = {a for c in checks.values() for a in c.assumes}
+    assert used and used <= set(ASSUMPTIONS)
+    assert {"digest_injective", "draw_uniform", "draw_is_a_function", "signatures_unforgeable"} <= used
 
 
 def test_every_mutant_refuted_with_a_counterexample(results: list[core.CheckResult]) -> None:
@@ -41,11 +80,14 @@ def test_every_mutant_refuted_with_a_counterexample(results: list[core.CheckResu
         assert any(o.verdict is Verdict.COUNTEREXAMPLE and o.counterexample for o in r.obligations), r.check.name
 
 
-def test_each_property_has_a_mutant(results: list[core.CheckResult]) -> None:
+def test_each_proved_property_has_a_claim_mutant(results: list[core.CheckResult]) -> None:
+    """Every PROVED check keeps a wrong claim that Z3 must refute (TESTED checks and all checks are
+    also covered by the implementation mutants of tests/test_z3_sensitivity.py)."""
     properties = {r.check.name for r in results if r.check.kind is Kind.CHECK}
+    proved = {r.check.name for r in results if r.check.kind is Kind.CHECK and r.check.evidence is Evidence.PROVED}
     shadowed = {r.check.property for r in results if r.check.kind is Kind.MUTANT}
     assert shadowed <= properties  # every mutant names a real property
-    assert properties - shadowed == set()
+    assert proved - shadowed == set()
 
 
 def test_summary_counts(results: list[core.CheckResult]) -> None:
@@ -68,16 +110,22 @@ def test_valid_treats_resource_limit_as_unknown() -> None:
     assert hard.verdict is Verdict.UNKNOWN
 
 
-def _fake(name: str, kind: Kind, obligations: list[core.Obligation]) -> Check:
-    return Check(name, kind, name, ("verisplit.spec.arith.ite",), "n/a", (), "test double", lambda: iter(obligations))
+def _fake(name: str, kind: Kind, obligations: list[core.Obligation], evidence: Evidence = Evidence.PROVED) -> Check:
+    return Check(name, kind, name, ("verisplit.spec.arith.ite",), "n/a", (), "test double", lambda: iter(obligations),
+                 evidence=evidence)
 
 
 def test_judge_statuses() -> None:
     x = z3.Int("x")
     proved = valid("p", x == x)
     refuted = valid("r", x > 0)
+    tested = concrete("t", True, 0.0)
     unknown = core.Obligation("u", Verdict.UNKNOWN, 0.0, reason="timeout")
     assert judge(_fake("a", Kind.CHECK, []), [proved]) is Status.PROVED
+    # a concrete obligation can never make a check PROVED: mislabelled checks fail
+    assert judge(_fake("a", Kind.CHECK, []), [proved, tested]) is Status.FAILED
+    assert judge(_fake("a", Kind.CHECK, [], Evidence.TESTED), [proved, tested]) is Status.TESTED
+    assert judge(_fake("a", Kind.CHECK, [], Evidence.TESTED), [concrete("t", False, 0.0, "x=1")]) is Status.FAILED
     assert judge(_fake("a", Kind.CHECK, []), [proved, refuted]) is Status.FAILED
     assert judge(_fake("a", Kind.CHECK, []), [proved, unknown]) is Status.UNKNOWN
     assert judge(_fake("a", Kind.CHECK, []), []) is Status.FAILED
@@ -99,8 +147,8 @@ def test_cli_exit_zero_and_summary_line() -> None:
     assert out.exit_code == 0, out.output
     lines = out.output.strip().splitlines()
     assert re.fullmatch(r"\d+ passed, 0 failed", lines[-1])
-    assert any(line.startswith("deterrence_corollary ") and "PROVED" in line for line in lines)
-    assert any("REFUTED as expected" in line for line in lines)
+    assert any(line.startswith("PROVED ") and " deterrence_corollary " in line for line in lines)
+    assert any(line.startswith("TESTED ") and "refuted as expected" in line for line in lines)
 
 
 def test_cli_fails_when_a_mutant_proves(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -109,8 +157,16 @@ def test_cli_fails_when_a_mutant_proves(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setitem(checks, "zz_bad_mutant", _fake("zz_bad_mutant", Kind.MUTANT, [valid("m", x == x)]))
     out = CliRunner().invoke(prove_command, ["--only", "zz_bad_mutant"])
     assert out.exit_code == 1
-    assert "MUTANT PROVED" in out.output
+    assert out.output.startswith("MUTANT PROVED")
     assert out.output.strip().splitlines()[-1] == "0 passed, 1 failed"
+
+
+def test_cli_fails_when_a_proved_check_only_tests(monkeypatch: pytest.MonkeyPatch) -> None:
+    checks = load_checks()
+    monkeypatch.setitem(checks, "zz_mislabelled", _fake("zz_mislabelled", Kind.CHECK, [concrete("t", True, 0.0)]))
+    out = CliRunner().invoke(prove_command, ["--only", "zz_mislabelled"])
+    assert out.exit_code == 1 and out.output.startswith("FAILED")
+    assert "declared PROVED" in out.output
 
 
 def test_cli_unknown_name_is_a_clear_error() -> None:

@@ -18,3 +18,14 @@ import Verisplit
 #print axioms Verisplit.chain_detects_at
 #print axioms Verisplit.chain_valid_of_honest
 #print axioms Verisplit.tiles_iff_coverage
+#print axioms Verisplit.rangeOk_iff_tilesFrom
+#print axioms Verisplit.noRangeViolations_iff_tiles
+#print axioms Verisplit.commitFor_some
+#print axioms Verisplit.commitFor_none
+#print axioms Verisplit.firstFailing_first
+#print axioms Verisplit.firstFailing_none
+#print axioms Verisplit.firstFailing_none_of_good
+#print axioms Verisplit.checkChainFull_some
+#print axioms Verisplit.checkChainFull_none
+#print axioms Verisplit.commitFor_honest
+#print axioms Verisplit.checkChainFull_honest

@@ -11,7 +11,7 @@ from typing import Iterator
 
 import z3
 
-from verisplit.proofs_z3.core import Kind, Obligation, register, valid
+from verisplit.proofs_z3.core import Kind, Obligation, assume, register, valid
 from verisplit.spec.deterrence import (deterrence_margin, margin_from_expected_loss, segment_cost,
                                        shard_deterred_given_whole)
 
@@ -20,12 +20,16 @@ D1 = "verisplit.spec.deterrence.shard_deterred_given_whole"
 MARGIN = "verisplit.spec.deterrence.deterrence_margin"
 FROM_LOSS = "verisplit.spec.deterrence.margin_from_expected_loss"
 COST = "verisplit.spec.deterrence.segment_cost"
+SAVINGS = assume(
+    "shard_savings_bounded",
+    "a cheating shard saves at most its own share of the compute: 0 <= s_k <= C_k (the cost model; in rule D2 "
+    "the worst case s_k = C_k), with the same audit probability p and franchise F for every shard")
 
 
 @register("deterrence_corollary", spec_functions=(D1, FROM_LOSS, COST, MARGIN),
           bound="unbounded reals; shard costs: every [a,b) of L<=8 layers",
-          assumptions=("a shard saves at most its own cost: 0 <= s_k <= C_k",
-                       "layer work is non-negative", "p*F named as one term (expected_loss)"))
+          assumptions=("layer work is non-negative", "p*F named as one term (expected_loss)"),
+          assumes=(SAVINGS,))
 def deterrence_corollary() -> Iterator[Obligation]:
     """If p*F >= C (whole model) then p*F - s_k >= 0 for every shard with 0 <= s_k <= C_k <= C."""
     loss, whole, savings, shard = z3.Reals("pF C s_k C_k")
@@ -63,7 +67,7 @@ def deterrence_corollary_mutant_strict() -> Iterator[Obligation]:
 
 
 @register("smaller_shard_more_deterred", spec_functions=(MARGIN, FROM_LOSS), bound="unbounded reals",
-          assumptions=("a shard's worst-case savings equal its cost (s_k = C_k)", "same p and F for both shards"))
+          assumes=(SAVINGS,))
 def smaller_shard_more_deterred() -> Iterator[Obligation]:
     """C_i < C_j implies margin_i > margin_j (rule D2), on named p*F and on the spec's p*F product."""
     loss, ci, cj = z3.Reals("pF C_i C_j")

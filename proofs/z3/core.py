@@ -4,6 +4,12 @@ Invariant kept by ``valid``: a claim is reported PROVED only when (1) its hypoth
 (the proof is not vacuous) and (2) hypotheses + ``Not(claim)`` is ``unsat``. ``sat`` yields the
 counterexample; ``unknown`` (including a hit resource limit or timeout) is never a proof. Every solver
 gets a deterministic ``rlimit`` plus a wall-clock timeout as a backstop.
+
+Every registered check declares its **evidence**: ``PROVED`` (every obligation is a ``valid`` query:
+all inputs within the stated bound, or all N) or ``TESTED`` (it runs concrete inputs: exhaustive over
+small cases or seeded random). A check declared PROVED that yields a concrete obligation FAILS
+(mislabelled), so the runner can never print PROVED for a test. Modelling assumptions are registered
+separately (``assume``) and printed as ASSUMED; checks name the assumptions they rely on.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ class Verdict(str, Enum):
     """Outcome of one solver obligation."""
 
     PROVED = "proved"  # hyps satisfiable and hyps + Not(claim) unsat
+    TESTED = "tested"  # a concrete cross-check held on every input it ran
     COUNTEREXAMPLE = "counterexample"  # hyps + Not(claim) sat
     VACUOUS = "vacuous"  # hyps alone unsat: nothing was proved
     UNKNOWN = "unknown"  # solver gave up (rlimit, timeout, incompleteness)
@@ -84,12 +91,10 @@ def valid(label: str, claim: Any, hyps: Sequence[Any] = (), bound: str = "",
 
 
 def concrete(label: str, ok: bool, seconds: float, detail: str = "") -> Obligation:
-    """Record a concrete (exhaustive or randomised) cross-check as an obligation.
-
-    A failed concrete check is a counterexample with ``detail`` naming the input.
-    """
+    """Record a concrete (exhaustive or randomised) cross-check as an obligation: ``TESTED`` when it
+    held, a counterexample with ``detail`` naming the input when it did not. Never PROVED."""
     if ok:
-        return Obligation(label, Verdict.PROVED, seconds)
+        return Obligation(label, Verdict.TESTED, seconds)
     return Obligation(label, Verdict.COUNTEREXAMPLE, seconds, counterexample=detail)
 
 
@@ -98,10 +103,18 @@ class Kind(str, Enum):
     MUTANT = "mutant"
 
 
+class Evidence(str, Enum):
+    """What a passing check establishes."""
+
+    PROVED = "PROVED"  # Z3 validity for every input within the stated bound (or all N)
+    TESTED = "TESTED"  # concrete runs: exhaustive over small cases, or seeded random
+
+
 class Status(str, Enum):
     """Line status printed by the runner."""
 
     PROVED = "PROVED"
+    TESTED = "TESTED"
     FAILED = "FAILED"
     UNKNOWN = "UNKNOWN"
     REFUTED = "REFUTED"  # a mutant, refuted with a counterexample, as expected
@@ -109,7 +122,27 @@ class Status(str, Enum):
 
     @property
     def passed(self) -> bool:
-        return self in (Status.PROVED, Status.REFUTED)
+        return self in (Status.PROVED, Status.TESTED, Status.REFUTED)
+
+
+@dataclass(frozen=True)
+class Assumption:
+    """A modelling assumption the checks rely on and no check discharges (printed as ASSUMED)."""
+
+    name: str
+    statement: str
+
+
+ASSUMPTIONS: dict[str, Assumption] = {}
+
+
+def assume(name: str, statement: str) -> str:
+    """Register (once) and return the name of a modelling assumption; checks list it in ``assumes``."""
+    existing = ASSUMPTIONS.get(name)
+    if existing is not None and existing.statement != statement:
+        raise ValueError(f"assumption {name!r} registered twice with different statements")
+    ASSUMPTIONS[name] = Assumption(name, statement)
+    return name
 
 
 @dataclass(frozen=True)
@@ -117,7 +150,9 @@ class Check:
     """One registered check or mutant.
 
     ``name`` is what spec docstrings cite (``Z3: ``name``); ``spec_functions`` are dotted paths of the
-    spec functions it executes or restates; a mutant names the ``property`` (check) it shadows.
+    spec functions it executes; a mutant names the ``property`` (check) it shadows. ``evidence`` is
+    what a pass establishes (PROVED or TESTED); ``assumptions`` are free-text side conditions and
+    ``assumes`` the names of registered modelling assumptions (``ASSUMPTIONS``) it relies on.
     """
 
     name: str
@@ -128,6 +163,8 @@ class Check:
     assumptions: tuple[str, ...]
     description: str
     run: Callable[[], Iterable[Obligation]]
+    evidence: Evidence = Evidence.PROVED
+    assumes: tuple[str, ...] = ()
 
 
 @dataclass
@@ -145,9 +182,12 @@ class CheckResult:
         for ob in self.obligations:
             if self.check.kind is Kind.MUTANT and ob.verdict is Verdict.COUNTEREXAMPLE:
                 return f"{ob.label}: counterexample {ob.counterexample}"
-            if self.check.kind is Kind.CHECK and ob.verdict is not Verdict.PROVED:
+            if self.check.kind is Kind.CHECK and ob.verdict not in (Verdict.PROVED, Verdict.TESTED):
                 text = ob.counterexample or ob.reason
                 return f"{ob.label}: {ob.verdict.value} {text}".strip()
+            if (self.check.kind is Kind.CHECK and self.check.evidence is Evidence.PROVED
+                    and ob.verdict is Verdict.TESTED):
+                return f"{ob.label}: concrete (TESTED) obligation in a check declared PROVED"
         if self.check.kind is Kind.MUTANT and self.obligations:
             bad = [ob for ob in self.obligations if ob.verdict is not Verdict.PROVED]
             if bad:
@@ -158,7 +198,9 @@ class CheckResult:
 def judge(check: Check, obligations: list[Obligation]) -> Status:
     """Status of a check from its obligations.
 
-    A check is PROVED iff it has at least one obligation and all are PROVED; any counterexample or
+    A check passes iff it has at least one obligation and all are PROVED (Z3) or TESTED (concrete);
+    it is then PROVED if it declares ``Evidence.PROVED`` and TESTED if it declares TESTED. A check that
+    declares PROVED but yields a TESTED obligation is FAILED (mislabelled). Any counterexample or
     vacuous hypothesis set is FAILED; otherwise UNKNOWN. A mutant is REFUTED iff some obligation found
     a counterexample (its hypotheses were satisfiable by construction of ``valid``); any vacuous
     obligation fails it (a vacuous mutant would be refuted for the wrong reason); all PROVED is
@@ -166,10 +208,12 @@ def judge(check: Check, obligations: list[Obligation]) -> Status:
     """
     verdicts = [ob.verdict for ob in obligations]
     if check.kind is Kind.CHECK:
-        if verdicts and all(v is Verdict.PROVED for v in verdicts):
-            return Status.PROVED
         if any(v in (Verdict.COUNTEREXAMPLE, Verdict.VACUOUS) for v in verdicts) or not verdicts:
             return Status.FAILED
+        if check.evidence is Evidence.PROVED and any(v is Verdict.TESTED for v in verdicts):
+            return Status.FAILED
+        if all(v in (Verdict.PROVED, Verdict.TESTED) for v in verdicts):
+            return Status.PROVED if check.evidence is Evidence.PROVED else Status.TESTED
         return Status.UNKNOWN
     if any(v is Verdict.VACUOUS for v in verdicts):
         return Status.FAILED
@@ -180,13 +224,17 @@ def judge(check: Check, obligations: list[Obligation]) -> Status:
     return Status.UNKNOWN
 
 
-def run_check(check: Check) -> CheckResult:
-    """Run every obligation of ``check`` and judge it; an exception is a FAILED result, not a crash."""
+def run_check(check: Check, stop_at_failure: bool = False) -> CheckResult:
+    """Run every obligation of ``check`` and judge it; an exception is a FAILED result, not a crash.
+    With ``stop_at_failure`` the run ends at the first obligation that neither PROVED nor TESTED
+    (used by the sensitivity tests, which only need to see the check fail)."""
     start = time.perf_counter()
     obligations: list[Obligation] = []
     try:
         for ob in check.run():
             obligations.append(ob)
+            if stop_at_failure and ob.verdict not in (Verdict.PROVED, Verdict.TESTED):
+                break
     except Exception as exc:  # noqa: BLE001 - a broken check must be reported, not crash the run
         seconds = time.perf_counter() - start
         obligations.append(Obligation(check.name, Verdict.UNKNOWN, seconds, reason=f"raised {type(exc).__name__}: {exc}"))
@@ -199,12 +247,17 @@ CHECKS: dict[str, Check] = {}
 
 def register(name: str, *, kind: Kind = Kind.CHECK, property: str | None = None,
              spec_functions: Sequence[str], bound: str, assumptions: Sequence[str] = (),
+             evidence: Evidence = Evidence.PROVED, assumes: Sequence[str] = (),
              ) -> Callable[[Callable[[], Iterable[Obligation]]], Callable[[], Iterable[Obligation]]]:
-    """Decorator adding a check (or mutant) to ``CHECKS``; the function's docstring is its description."""
+    """Decorator adding a check (or mutant) to ``CHECKS``; the function's docstring is its description.
+    ``assumes`` must name registered assumptions (``assume``)."""
 
     def wrap(fn: Callable[[], Iterable[Obligation]]) -> Callable[[], Iterable[Obligation]]:
         if name in CHECKS:
             raise ValueError(f"duplicate check name {name!r}")
+        unknown = [a for a in assumes if a not in ASSUMPTIONS]
+        if unknown:
+            raise ValueError(f"check {name!r} assumes unregistered assumption(s) {unknown}")
         CHECKS[name] = Check(
             name=name,
             kind=kind,
@@ -214,6 +267,8 @@ def register(name: str, *, kind: Kind = Kind.CHECK, property: str | None = None,
             assumptions=tuple(assumptions),
             description=(fn.__doc__ or "").strip(),
             run=fn,
+            evidence=evidence,
+            assumes=tuple(assumes),
         )
         return fn
 

@@ -349,7 +349,7 @@ def simulate_request(
                                       StepContext(model_id, request_id, step, first_position, num))
                 if not verdict.valid:
                     status, culprit, reason = "aborted", verdict.culprit, verdict.reason
-            if culprit is not None:
+            if status == "aborted":  # a culprit-less verdict (an unsigned extra commitment) stops it too
                 break
             logits = from_canonical(sent_in)
             token = int(torch.argmax(logits[-1].to(torch.float32)))

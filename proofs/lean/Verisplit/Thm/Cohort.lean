@@ -1,6 +1,7 @@
 /-
-Tiling characterisation (rule C2) for segment lists of any length. Core lemmas relied on:
-`if_pos`, `if_neg`, `Nat.le_refl`, `Nat.zero_le`; the rest is unfolding (`rfl`, `show`) and `omega`.
+Tiling characterisation (rule C2) and `cohort_violations`' layer-range rules, for segment lists of
+any length. Core lemmas relied on: `if_pos`, `if_neg`, `Nat.le_refl`, `Nat.zero_le`,
+`List.noConfusion`; the rest is unfolding (`rfl`, `show`, with numerals typed as `Nat`) and `omega`.
 -/
 import Verisplit.Spec.Cohort
 
@@ -8,18 +9,18 @@ namespace Verisplit
 
 /-- A layer inside `[a, b)` is hit once. -/
 theorem hit_one {l a b : Nat} (h1 : a ≤ l) (h2 : l < b) : hit l a b = 1 := by
-  show (if a ≤ l ∧ l < b then 1 else 0) = 1
+  show (if a ≤ l ∧ l < b then (1 : Nat) else (0 : Nat)) = (1 : Nat)
   exact if_pos ⟨h1, h2⟩
 
 /-- A layer below `a` is not hit by `[a, b)`. -/
 theorem hit_zero_below {l a b : Nat} (h : l < a) : hit l a b = 0 := by
-  show (if a ≤ l ∧ l < b then 1 else 0) = 0
-  exact if_neg (by omega)
+  show (if a ≤ l ∧ l < b then (1 : Nat) else (0 : Nat)) = (0 : Nat)
+  exact if_neg (fun hc : a ≤ l ∧ l < b => Nat.lt_irrefl l (Nat.lt_of_lt_of_le h hc.1))
 
 /-- A layer at or above `b` is not hit by `[a, b)`. -/
 theorem hit_zero_above {l a b : Nat} (h : b ≤ l) : hit l a b = 0 := by
-  show (if a ≤ l ∧ l < b then 1 else 0) = 0
-  exact if_neg (by omega)
+  show (if a ≤ l ∧ l < b then (1 : Nat) else (0 : Nat)) = (0 : Nat)
+  exact if_neg (fun hc : a ≤ l ∧ l < b => Nat.lt_irrefl l (Nat.lt_of_lt_of_le hc.2 h))
 
 /-- Ordered segments starting at or after `p` cover no layer below `p`. Induction on the list. -/
 theorem ordered_below :
@@ -169,14 +170,25 @@ theorem tilesFrom_complete (L : Nat) :
       show a = p ∧ a < b ∧ tilesFrom b L fs es
       exact ⟨hap, hord'.2.1, hrest⟩
 
-/-- Tiling characterisation (rule C2), for any number of segments: `tiles_exactly` holds iff there
-is at least one segment, the segments are listed in order (each non-empty, starting at or after
-the previous end), every layer `l < L` lies in exactly one segment, and no layer `l ≥ L` lies in
-any. Argument: `tilesFrom_sound` and `ordered_of_tiles` one way, `tilesFrom_complete` the other,
-all from `p = 0`. -/
-theorem tiles_iff_coverage (firsts ends : List Nat) (numLayers : Nat) :
+/-- With equal lengths (as Python requires), a non-empty `firsts` means a non-empty `ends`. -/
+theorem ne_nil_of_length_eq {fs es : List Nat} (hlen : fs.length = es.length) (h : fs ≠ []) : es ≠ [] := by
+  intro he
+  cases fs with
+  | nil => exact h rfl
+  | cons a fs =>
+    rw [he] at hlen
+    have h0 : fs.length + 1 = 0 := hlen
+    omega
+
+/-- Tiling characterisation (rule C2), for any number of segments given as equal-length `firsts`
+and `ends` (Python's `tiles_exactly` raises on unequal lengths): `tiles_exactly` holds iff there is
+at least one segment (`firsts` and `ends` both non-empty), the segments are listed in order (each
+non-empty, starting at or after the previous end), every layer `l < L` lies in exactly one segment,
+and no layer `l ≥ L` lies in any. Argument: `tilesFrom_sound` and `ordered_of_tiles` one way,
+`tilesFrom_complete` the other, all from `p = 0`; `ne_nil_of_length_eq` for `ends ≠ []`. -/
+theorem tiles_iff_coverage (firsts ends : List Nat) (numLayers : Nat) (hlen : firsts.length = ends.length) :
     tilesExactly firsts ends numLayers ↔
-      (firsts ≠ [] ∧ orderedFrom 0 firsts ends ∧
+      (firsts ≠ [] ∧ ends ≠ [] ∧ orderedFrom 0 firsts ends ∧
         (∀ l, l < numLayers → coverCount l firsts ends = 1) ∧
         (∀ l, numLayers ≤ l → coverCount l firsts ends = 0)) := by
   constructor
@@ -184,12 +196,81 @@ theorem tiles_iff_coverage (firsts ends : List Nat) (numLayers : Nat) :
     have h' : firsts ≠ [] ∧ tilesFrom 0 numLayers firsts ends := h
     have ⟨hne, ht⟩ := h'
     have ⟨_, _, hmid, hhigh⟩ := tilesFrom_sound numLayers firsts ends 0 ht
-    exact ⟨hne, ordered_of_tiles numLayers firsts ends 0 ht,
+    exact ⟨hne, ne_nil_of_length_eq hlen hne, ordered_of_tiles numLayers firsts ends 0 ht,
       fun l hl => hmid l (Nat.zero_le l) hl, hhigh⟩
   · intro h
-    have ⟨hne, hord, hmid, hhigh⟩ := h
+    have ⟨hne, _, hord, hmid, hhigh⟩ := h
     show firsts ≠ [] ∧ tilesFrom 0 numLayers firsts ends
     exact ⟨hne, tilesFrom_complete numLayers firsts ends 0 hord (Nat.zero_le numLayers)
       (fun l _ hl => hmid l hl) hhigh⟩
+
+/-- `maxEnd p b = b` when the segment ends beyond the furthest end so far. -/
+theorem maxEnd_of_lt {p b : Nat} (h : p < b) : maxEnd p b = b := by
+  show (if p < b then b else p) = b
+  exact if_pos h
+
+/-- From a running end `p ≤ L`, no layer-range violation is reported iff the tiling conditions hold.
+Induction on the segments: no gap and no overlap force `a = p`, not empty forces `a < b` (so
+`maxEnd p b = b`), and not out of bounds is `b ≤ L`, which the tiling conditions imply through
+`tilesFrom_sound`; the rest is the induction hypothesis from `b`. -/
+theorem rangeOk_iff_tilesFrom (L : Nat) :
+    ∀ (fs es : List Nat) (p : Nat), p ≤ L → (rangeOkFrom L p fs es ↔ tilesFrom p L fs es) := by
+  intro fs
+  induction fs with
+  | nil =>
+    intro es p hp
+    show ¬ p < L ↔ p = L
+    constructor
+    · intro h
+      omega
+    · intro h
+      omega
+  | cons a fs ih =>
+    intro es p hp
+    cases es with
+    | nil =>
+      show ¬ p < L ↔ p = L
+      constructor
+      · intro h
+        omega
+      · intro h
+        omega
+    | cons b es =>
+      show (¬ p < a ∧ ¬ a < p ∧ ¬ b ≤ a ∧ ¬ L < b ∧ rangeOkFrom L (maxEnd p b) fs es) ↔
+        (a = p ∧ a < b ∧ tilesFrom b L fs es)
+      constructor
+      · intro h
+        have ⟨h1, h2, h3, h4, h5⟩ := h
+        have hm : maxEnd p b = b := maxEnd_of_lt (by omega)
+        rw [hm] at h5
+        exact ⟨by omega, by omega, (ih es b (by omega)).mp h5⟩
+      · intro h
+        have ⟨h1, h2, h3⟩ := h
+        have hbL : b ≤ L := (tilesFrom_sound L fs es b h3).1
+        have hm : maxEnd p b = b := maxEnd_of_lt (by omega)
+        rw [hm]
+        exact ⟨by omega, by omega, by omega, by omega, (ih es b hbL).mpr h3⟩
+
+/-- `cohort_violations` reports no layer-range violation iff `tiles_exactly` holds (for a model of
+`numLayers ≥ 1` layers, as `ModelSpec` requires), for any number of segments. With no segment the
+trailing gap `[0, L)` is reported and there is no tiling; otherwise `rangeOk_iff_tilesFrom` from 0. -/
+theorem noRangeViolations_iff_tiles (firsts ends : List Nat) (numLayers : Nat) (hL : 1 ≤ numLayers) :
+    noRangeViolations firsts ends numLayers ↔ tilesExactly firsts ends numLayers := by
+  cases firsts with
+  | nil =>
+    show ¬ 0 < numLayers ↔ (([] : List Nat) ≠ [] ∧ tilesFrom 0 numLayers [] ends)
+    constructor
+    · intro h
+      exact (h (by omega)).elim
+    · intro h
+      exact (h.1 rfl).elim
+  | cons a fs =>
+    have hne : (a :: fs) ≠ [] := fun h => List.noConfusion h
+    have hiff := rangeOk_iff_tilesFrom numLayers (a :: fs) ends 0 (Nat.zero_le numLayers)
+    constructor
+    · intro h
+      exact ⟨hne, hiff.mp h⟩
+    · intro h
+      exact hiff.mpr h.2
 
 end Verisplit
