@@ -27,6 +27,7 @@ from verisplit.impl.node.framing import (DEFAULT_MAX_TENSOR_BYTES, add_service, 
 from verisplit.impl.node.provider import ProviderService
 from verisplit.impl.records.keys import SignedFields, heartbeat_signing_bytes
 from verisplit.impl.runtime.segment import Segment
+from verisplit.impl.runtime.tensors import dtype_name
 from verisplit.spec.commitment import PROTOCOL_VERSION
 
 log = logging.getLogger("verisplit.provider")
@@ -79,7 +80,8 @@ async def serve_provider(settings: ProviderSettings, stop: asyncio.Event) -> Non
         protocol_version=PROTOCOL_VERSION, provider_id=settings.provider_id, public_key=bytes(settings.key.verify_key),
         model_id=segment.model_id, weights_digest=segment.weights_digest, num_layers=segment.config.num_hidden_layers,
         first_layer=segment.first_layer, end_layer=segment.end_layer, price_per_work_unit=settings.price,
-        endpoint=advertise, kv_capacity_tokens=capacity, issued_at_ms=int(time.time() * 1000))
+        endpoint=advertise, kv_capacity_tokens=capacity, issued_at_ms=int(time.time() * 1000),
+        dtype=dtype_name(segment.dtype))
     def load_range(first_layer: int, end_layer: int) -> Segment:
         return load_segment(settings.checkpoint, first_layer, end_layer, device=settings.device, dtype=settings.dtype)
 
@@ -93,7 +95,7 @@ async def serve_provider(settings: ProviderSettings, stop: asyncio.Event) -> Non
     registry = pb_grpc.RegistryStub(channel)
     signed = pb.SignedOffer(offer=offer_fields_to_pb(offer), signature=service.offer_signature)
     try:
-        interval = await _register(registry, signed, stop)
+        interval = await _register(registry, signed, stop, service)
         if interval is None:
             return
         if settings.ready_file is not None:
@@ -110,7 +112,7 @@ async def serve_provider(settings: ProviderSettings, stop: asyncio.Event) -> Non
                 reply = await registry.Heartbeat(_heartbeat(settings.provider_id, settings.key, False), timeout=5)
                 if not reply.known:
                     log.warning("lead no longer lists %s; registering again", settings.provider_id)
-                    interval = await _register(registry, signed, stop) or interval
+                    interval = await _register(registry, signed, stop, service) or interval
             except grpc.aio.AioRpcError as exc:
                 log.warning("heartbeat to %s failed: %s %s", settings.lead, exc.code().name, exc.details())
         try:
@@ -128,7 +130,8 @@ def _lead_unreachable(exc: BaseException) -> bool:
                                                                     grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
-async def _register(registry: pb_grpc.RegistryStub, signed: pb.SignedOffer, stop: asyncio.Event) -> float | None:
+async def _register(registry: pb_grpc.RegistryStub, signed: pb.SignedOffer, stop: asyncio.Event,
+                    service: ProviderService) -> float | None:
     """Register until accepted, retrying with exponential backoff (0.2 s doubling to 5 s, tenacity)
     while the lead is unreachable; None if ``stop`` is set first (the backoff sleep wakes on it).
     A refusal (bad signature, banned key, wrong model) is permanent and raises RuntimeError."""
@@ -162,6 +165,9 @@ async def _register(registry: pb_grpc.RegistryStub, signed: pb.SignedOffer, stop
         if _lead_unreachable(exc):  # stopped while the lead was still unreachable
             return None
         raise RuntimeError(f"lead refused the offer: {exc.code().name}: {exc.details()}") from None
+    if len(reply.lead_public_key) != 32:
+        raise RuntimeError("lead answered the registration without its 32-byte session key")
+    service.lead_public_key = bytes(reply.lead_public_key)  # only this lead's session openings are served
     return max(reply.heartbeat_interval_ms / 1000.0, 0.05)
 
 
