@@ -68,6 +68,12 @@ def request_seed(secret: bytes, request_id: str) -> bytes:
     return hmac.new(key, REQUEST_SEED_DOMAIN + request_id.encode("utf-8"), hashlib.sha256).digest()
 
 
+def commitment_fresh(revealed: frozenset[bytes], commitment: bytes) -> bool:
+    """Rule A1: a seed commitment may open a request only if its seed was never revealed (a revealed
+    seed is never used again). Z3: ``seed_rule`` (TESTED, proofs/z3/check_soundness.py)."""
+    return commitment not in revealed
+
+
 def reveal_valid(commitment: bytes, seed: bytes) -> bool:
     """True iff ``seed`` opens ``commitment`` (both bytes, ``InvalidAuditInput`` otherwise)."""
     require_bytes(commitment, "commitment", InvalidAuditInput)

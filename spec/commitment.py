@@ -368,7 +368,8 @@ def _extra_culprit(cohort: Cohort, c: BoundaryCommitment) -> str | None:
 
 def check_chain(cohort: Cohort, commitments: Sequence[BoundaryCommitment], first_input_digest: bytes,
                 context: StepContext) -> ChainVerdict:
-    """Verdict for one step's chain: valid, or the first bad link with culprit and reason.
+    """Verdict for one step's chain: valid, or the first bad link with culprit and reason (the audit-seed
+    commitment and dtype of every link are bound by H2: Z3 ``seed_and_dtype_bound``, TESTED).
 
     Segment k's commitment is the first one whose ``segment_index`` is k (``commitment_position``);
     list order matters only among commitments claiming the same segment. The verdict is at the
@@ -557,7 +558,8 @@ def boundary_spec(segment_index: int, num_segments: int, dtype: str, num_positio
                   vocab_size: int) -> tuple[str, tuple[int, int]]:
     """Rule H5's expectation for segment ``segment_index``'s output: ``(dtype, (positions, hidden))``
     for a hidden boundary, ``("float32", (positions, vocab))`` for the last segment's logits.
-    Arguments out of range raise ``InvalidChainInput``. Tests: tests/test_spec_commitment.py."""
+    Arguments out of range raise ``InvalidChainInput``. Z3: ``boundary_rule`` (TESTED,
+    proofs/z3/check_soundness.py)."""
     require_int(num_segments, "num_segments", InvalidChainInput, minimum=1)
     require_int(segment_index, "segment_index", InvalidChainInput, minimum=0, maximum=num_segments - 1)
     if dtype not in DTYPES:
@@ -575,7 +577,8 @@ def check_boundary(dtype: str | None, shape: Sequence[int] | None, all_finite: b
     (``dtype``, ``shape``; None when the bytes are not a canonical tensor) and whether every element is
     finite: ``(bad_boundary, detail)`` unless they are a finite tensor of exactly the ``expected``
     (dtype, shape) of ``boundary_spec``. The caller applies it only to bytes whose commitment passed
-    H1-H4, so the culprit is the signer. Tests: tests/test_spec_commitment.py."""
+    H1-H4, so the culprit is the signer. Z3: ``boundary_rule`` (TESTED, proofs/z3/check_soundness.py);
+    Lean: ``Verisplit.checkBoundary_none_iff``."""
     want_dtype, want_shape = expected
     if not isinstance(dtype, str) or not isinstance(shape, (list, tuple)):
         return BAD_BOUNDARY, "signed output bytes are not a canonical tensor"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence, Union
 
-from verisplit.spec.audit import AuditVerdict, Registry, eject, reveal_valid
+from verisplit.spec.audit import AuditVerdict, Registry, commitment_fresh, eject, reveal_valid
 from verisplit.spec.cohort import (Cohort, InvalidModel, ModelSpec, NoCoverage, Offer, form_cohort, segment_work,
                                    validate_offer)
 from verisplit.spec.commitment import (NO_SEED_COMMITMENT, BoundaryCommitment, ChainVerdict, InvalidChainInput, StepContext,
@@ -197,7 +197,7 @@ def _open_request(state: State, event: OpenRequest) -> State:
         prices.append(offers[assignment.provider_id].price_per_work_unit)
     if not isinstance(event.seed_commitment, bytes) or len(event.seed_commitment) != 32:
         raise IllegalTransition(f"seed_commitment: must be 32 bytes, got {event.seed_commitment!r:.40}")
-    if event.seed_commitment in state.revealed:
+    if not commitment_fresh(state.revealed, event.seed_commitment):
         raise IllegalTransition("seed_commitment: its seed was already revealed; a revealed seed is never used again")
     request = RequestState(event.request_id, event.cohort_id, event.fee, work=tuple(0 for _ in cohort.assignments),
                            prices=tuple(prices), seed_commitment=event.seed_commitment)

@@ -29,3 +29,5 @@ import Verisplit
 #print axioms Verisplit.checkChainFull_none
 #print axioms Verisplit.commitFor_honest
 #print axioms Verisplit.checkChainFull_honest
+#print axioms Verisplit.checkBoundary_none_iff
+#print axioms Verisplit.checkBoundary_rejects_other_dtype

@@ -300,6 +300,38 @@ def value_is_bare_work(price: Any, work: Any) -> Any:
     return work
 
 
+# ---- issue 11: boundary rule, seed commitment and dtype, seed rule --------------------------------
+
+_ORIG_CHECK_BOUNDARY = spec_commitment.check_boundary
+_ORIG_LINK_FIELDS = spec_commitment.check_link_fields
+
+
+def boundary_ignores_dtype(dtype: Any, shape: Any, all_finite: Any, expected: Any) -> Any:
+    return _ORIG_CHECK_BOUNDARY(expected[0] if isinstance(dtype, str) else dtype, shape, all_finite, expected)
+
+
+def boundary_ignores_nan(dtype: Any, shape: Any, all_finite: Any, expected: Any) -> Any:
+    return _ORIG_CHECK_BOUNDARY(dtype, shape, True, expected)
+
+
+def link_fields_ignore_dtype(*args: Any) -> Any:
+    failure = _ORIG_LINK_FIELDS(*args)
+    return None if failure is not None and failure[0] == spec_commitment.WRONG_DTYPE else failure
+
+
+def link_fields_ignore_seed(*args: Any) -> Any:
+    failure = _ORIG_LINK_FIELDS(*args)
+    return None if failure is not None and "audit-seed" in failure[1] else failure
+
+
+def reveal_always_valid(commitment: Any, seed: Any) -> bool:
+    return True
+
+
+def commitment_always_fresh(revealed: Any, commitment: Any) -> bool:
+    return True
+
+
 C = "verisplit.spec.cohort"
 H = "verisplit.spec.commitment"
 A = "verisplit.spec.audit"
@@ -413,6 +445,19 @@ MUTANTS: list[Mutant] = [
            "a failed provider is paid its slice"),
     Mutant("quote_paid_exactly", "renormalise_over_survivors", f"{S}:settle_parts", settle_renormalise_over_survivors,
            "re-split over survivors"),
+    # issue 11: a verifier/lead that lets a laundered boundary, a wrong dtype or another seed through
+    Mutant("boundary_rule", "ignores_dtype", f"{H}:check_boundary", boundary_ignores_dtype,
+           "a low-precision boundary passes (blames nobody on a dtype mismatch)"),
+    Mutant("boundary_rule", "ignores_nan", f"{H}:check_boundary", boundary_ignores_nan,
+           "a NaN boundary passes"),
+    Mutant("seed_and_dtype_bound", "ignores_dtype", f"{H}:check_link_fields", link_fields_ignore_dtype,
+           "a commitment in another dtype passes H2"),
+    Mutant("seed_and_dtype_bound", "ignores_seed", f"{H}:check_link_fields", link_fields_ignore_seed,
+           "a commitment for another audit seed passes H2"),
+    Mutant("seed_rule", "reveal_always_valid", f"{A}:reveal_valid", reveal_always_valid,
+           "any seed is accepted as the reveal"),
+    Mutant("seed_rule", "reuses_revealed_seed", f"{A}:commitment_fresh", commitment_always_fresh,
+           "a lead reuses a revealed seed for a new request"),
 ]
 
 
