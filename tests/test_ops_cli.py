@@ -151,3 +151,20 @@ def test_calibration_is_bound_to_its_model(tmp_path):
     path.write_text(json.dumps(doc | {"dtype": "bfloat16"}))
     with pytest.raises(click.ClickException, match="inconsistent"):
         check_calibration(path, "model-a")
+
+
+def test_lead_refuses_a_calibration_for_another_model_before_writing_anything(tmp_path):
+    from verisplit.impl.runtime.checkpoint import make_random_checkpoint
+
+    checkpoint = make_random_checkpoint(tmp_path / "ckpt", layers=2, hidden=32, heads=2, kv_heads=1, vocab=256,
+                                        max_position=64, seed=1)
+    calibration = tmp_path / "cal.json"
+    calibration.write_text(json.dumps({"format": "verisplit-calibration", "version": 1, "model_id": "another-model",
+                                       "dtype": "float32",
+                                       "tolerance": {"dtype": "float32", "atol": 1e-5, "rtol": 1e-5}}))
+    data = tmp_path / "lead-data"
+    result = CliRunner().invoke(main, ["lead", "serve", "--checkpoint", str(checkpoint), "--data-dir", str(data),
+                                       "--calibration", str(calibration), "--listen", "127.0.0.1:0", "--http",
+                                       "127.0.0.1:0"])
+    assert result.exit_code == 1 and "measured for model 'another-model'" in result.output
+    assert not data.exists()

@@ -145,3 +145,56 @@ def test_guard_passes_everything_without_a_drain_and_cuts_at_a_token_when_draini
         asyncio.run(consume(_Lead(drain), run, 3))
     assert info.value.tokens == 3 and run.closed and run.finish_reason == "shutdown"
     assert shutdown_error("req-1", 3)["error"]["code"] == "shutting_down"
+
+
+def _serve(app, drain: Drain, path: str = "/v1/completions") -> list[dict]:
+    from verisplit.impl.node.drain import OpsMiddleware
+
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "path": path, "method": "POST", "headers": []}
+    asyncio.run(OpsMiddleware(app, drain)(scope, receive, send))
+    return sent
+
+
+def test_middleware_ends_cut_and_cancelled_responses_properly():
+    sse = [(b"content-type", b"text/event-stream"), (b"x-verisplit-request-id", b"req-9")]
+
+    async def cut_before_start(scope, receive, send):
+        raise StreamCut("req-8", 2)
+
+    sent = _serve(cut_before_start, Drain())
+    assert sent[0]["status"] == 503 and json.loads(sent[1]["body"])["error"]["code"] == "shutting_down"
+
+    async def cut_mid_stream(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": sse})
+        await send({"type": "http.response.body", "body": b'data: {"choices": []}\n\n', "more_body": True})
+        raise BaseExceptionGroup("task group", [StreamCut("req-9", 1)])
+
+    sent = _serve(cut_mid_stream, Drain())
+    tail = sent[-1]["body"].decode()
+    assert sent[-1]["more_body"] is False and tail.endswith("data: [DONE]\n\n") and '"shutting_down"' in tail
+
+    async def cancelled(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": sse})
+        raise asyncio.CancelledError()
+
+    draining = Drain()
+    draining.begin()
+    sent = _serve(cancelled, draining, path="/v1/models")
+    assert sent[-1]["more_body"] is False and "[DONE]" in sent[-1]["body"].decode()
+    assert draining.inflight == 0
+
+    async def broken(scope, receive, send):
+        raise RuntimeError("a bug")
+
+    with pytest.raises(RuntimeError):
+        _serve(broken, Drain())
+    refused = _serve(broken, draining)  # draining: new completion requests are refused before the app runs
+    assert refused[0]["status"] == 503

@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import tenacity
@@ -33,6 +34,9 @@ from verisplit.impl.node.provider import ProviderService
 from verisplit.impl.records.keys import SignedFields, heartbeat_signing_bytes
 from verisplit.impl.runtime.segment import Segment
 from verisplit.spec.commitment import PROTOCOL_VERSION
+
+if TYPE_CHECKING:
+    from verisplit.impl.node.metrics import ProviderMetrics
 
 log = logging.getLogger("verisplit.provider")
 
@@ -119,7 +123,7 @@ async def _choose_layers(settings: ProviderSettings) -> tuple[int, int]:
 
 
 async def _serve(settings: ProviderSettings, stop: asyncio.Event, hard: asyncio.Event, server: grpc.aio.Server,
-                 port: int, metrics: "object") -> None:
+                 port: int, metrics: "ProviderMetrics") -> None:
     from verisplit.impl.runtime.loader import load_segment
 
     first_layer, end_layer = await _choose_layers(settings)
@@ -142,8 +146,8 @@ async def _serve(settings: ProviderSettings, stop: asyncio.Event, hard: asyncio.
 
     service = ProviderService(segment, settings.key, settings.behaviour, offer, capacity, settings.max_tensor_bytes,
                               load_range=load_range)
-    metrics.attach(service)  # type: ignore[attr-defined]
-    metrics.info.labels(provider_id=settings.provider_id, model=segment.model_id,  # type: ignore[attr-defined]
+    metrics.attach(service)
+    metrics.info.labels(provider_id=settings.provider_id, model=segment.model_id,
                         first_layer=str(segment.first_layer), end_layer=str(segment.end_layer)).set(1)
     add_service(pb_grpc.add_ProviderServicer_to_server, service, server)
     await server.start()
@@ -158,7 +162,7 @@ async def _serve(settings: ProviderSettings, stop: asyncio.Event, hard: asyncio.
         interval = await _register(registry, signed, stop, limiter, settings.lead, metrics)
         if interval is None:
             return
-        metrics.registered.set(1)  # type: ignore[attr-defined]
+        metrics.registered.set(1)
         log.info("registered with the lead at %s", settings.lead, extra={"fields": {"event": "registered"}})
         if settings.ready_file is not None:
             _write_ready(settings.ready_file, {"provider_id": settings.provider_id, "endpoint": advertise,
@@ -178,18 +182,18 @@ async def _serve(settings: ProviderSettings, stop: asyncio.Event, hard: asyncio.
                     log.info("lead at %s reachable again after %d failed heartbeat(s)", settings.lead, failures)
                     failures = 0
                 if not reply.known:
-                    metrics.registered.set(0)  # type: ignore[attr-defined]
+                    metrics.registered.set(0)
                     log.warning("lead no longer lists %s; registering again", settings.provider_id)
                     interval = await _register(registry, signed, stop, limiter, settings.lead, metrics) or interval
-                    metrics.registered.set(1)  # type: ignore[attr-defined]
+                    metrics.registered.set(1)
             except grpc.aio.AioRpcError as exc:
                 failures += 1
-                metrics.lead_unreachable.inc()  # type: ignore[attr-defined]
+                metrics.lead_unreachable.inc()
                 limiter.log(log, logging.WARNING, "lead", "heartbeat to the lead at %s failed: %s %s; retrying every %.1fs",
                             settings.lead, exc.code().name, exc.details(), interval)
         with contextlib.suppress(grpc.aio.AioRpcError):
             await registry.Heartbeat(_heartbeat(settings.provider_id, settings.key, True), timeout=2)
-        metrics.registered.set(0)  # type: ignore[attr-defined]
+        metrics.registered.set(0)
     finally:
         await _stop_server(server, service, settings.shutdown_grace_s, hard)
         await channel.close()
@@ -220,7 +224,7 @@ def _lead_unreachable(exc: BaseException) -> bool:
 
 
 async def _register(registry: pb_grpc.RegistryStub, signed: pb.SignedOffer, stop: asyncio.Event, limiter: Every,
-                    lead: str, metrics: "object") -> float | None:
+                    lead: str, metrics: "ProviderMetrics") -> float | None:
     """Register until accepted, retrying with exponential backoff (0.2 s doubling to 5 s, tenacity)
     while the lead is unreachable; None if ``stop`` is set first (the backoff sleep wakes on it).
     A refusal (bad signature, banned key, wrong model) is permanent and raises RuntimeError."""
@@ -233,7 +237,7 @@ async def _register(registry: pb_grpc.RegistryStub, signed: pb.SignedOffer, stop
         delay = state.next_action.sleep if state.next_action else 0.0
         exc = state.outcome.exception() if state.outcome else None
         code = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else "?"
-        metrics.lead_unreachable.inc()  # type: ignore[attr-defined]
+        metrics.lead_unreachable.inc()
         # A lead that never comes up must not look like a hang: one WARNING per UNREACHABLE_LOG_S.
         level = logging.WARNING if delay >= 5.0 else logging.INFO
         limiter.log(log, level, f"lead-{level}", "lead at %s not reachable (%s); retrying registration every %.1fs",
