@@ -156,7 +156,7 @@ def test_calibration_is_bound_to_its_model(tmp_path):
 def test_lead_refuses_a_calibration_for_another_model_before_writing_anything(tmp_path):
     from verisplit.impl.runtime.checkpoint import make_random_checkpoint
 
-    checkpoint = make_random_checkpoint(tmp_path / "ckpt", layers=2, hidden=32, heads=2, kv_heads=1, vocab=256,
+    checkpoint = make_random_checkpoint(tmp_path / "ckpt", layers=2, hidden=32, heads=2, kv_heads=1, vocab=512,
                                         max_position=64, seed=1)
     calibration = tmp_path / "cal.json"
     calibration.write_text(json.dumps({"format": "verisplit-calibration", "version": 1, "model_id": "another-model",
