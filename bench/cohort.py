@@ -36,7 +36,8 @@ from verisplit.impl.node.procs import ProcessGroup, free_port, verisplit_command
 from verisplit.impl.records.keys import create_key_file
 from verisplit.impl.runtime.tensors import to_canonical
 from verisplit.spec.cohort import Assignment
-from verisplit.spec.commitment import BoundaryCommitment, StepContext, check_link, check_receipt, sign_commitment
+from verisplit.spec.commitment import (PROTOCOL_VERSION, BoundaryCommitment, StepContext, check_link, check_receipt,
+                                       sign_commitment)
 from verisplit.spec.encoding import digest_encoded
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,7 +124,7 @@ def crypto_per_hop(hidden: int) -> dict[str, float]:
     out = torch.randn(1, hidden)
     blob = to_canonical(out)
     digest = digest_encoded(blob)
-    unsigned = BoundaryCommitment(1, "m", bytes(32), "req-x", 3, 1, 2, 4, 10, 1, digest, digest, bytes(32))
+    unsigned = BoundaryCommitment(PROTOCOL_VERSION, "m", bytes(32), "req-x", 3, 1, 2, 4, 10, 1, digest, digest, bytes(32))
     signed = sign_commitment(unsigned, key)
     assignment = Assignment("p1", bytes(key.verify_key), 2, 4)
     context = StepContext("m", "req-x", 3, 10, 1)

@@ -37,6 +37,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Coroutine, TypeVar
 
+from nacl.signing import SigningKey
+
 from verisplit.conformance.adapters import (
     Adapter,
     EjectResult,
@@ -193,6 +195,7 @@ class ImplAdapter(Adapter):
             path = keys_dir / f"{t.name}.key"
             self._keys[t.name] = load_key_file(path) if path.exists() else create_key_file(path)
         self._lead_key = load_key_file(keys_dir / "lead.key") if (keys_dir / "lead.key").exists() else create_key_file(keys_dir / "lead.key")
+        self._session_key = SigningKey.generate()  # one lead session key for every example's Lead
         pool_service = _PoolRegistry(self)
         port = free_port()
         self.registry_endpoint = f"127.0.0.1:{port}"
@@ -245,11 +248,11 @@ class ImplAdapter(Adapter):
         data = self.workdir / "examples" / f"{self._example:04d}"
         shutil.rmtree(data, ignore_errors=True)
         data.mkdir(parents=True)
-        lead = Lead(self.checkpoint, data, offer_ttl_s=1e9, step_timeout_s=60.0)
+        lead = Lead(self.checkpoint, data, offer_ttl_s=1e9, step_timeout_s=60.0, session_key=self._session_key)
         service = AuditService(self.checkpoint, data / "ledger.sqlite", self._lead_key, self.audit_p, self.audit_seed,
                                self.tolerance, lead.registry.eject, lead_id=self.lead_id, device=self.device,
                                verifier=self.verifier)
-        lead.post_request_hooks.append(service)
+        lead.attach_audit(service)
         self._lead, self._service = lead, service
         self._summaries: dict[str, dict[str, Any]] = {}
 
@@ -423,7 +426,8 @@ class _PoolRegistry:
         if not offer_signature_valid(fields, bytes(request.signature)):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "signature: offer does not verify")
         self.adapter._pool[fields.provider_id] = fields
-        return pb.RegisterResponse(provider_id=fields.provider_id, heartbeat_interval_ms=1000, offer_ttl_ms=10**9)
+        return pb.RegisterResponse(provider_id=fields.provider_id, heartbeat_interval_ms=1000, offer_ttl_ms=10**9,
+                                   lead_public_key=bytes(self.adapter._session_key.verify_key))
 
     async def Heartbeat(self, request: Any, context: Any) -> Any:
         from verisplit.impl.node import verisplit_pb2 as pb

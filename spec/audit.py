@@ -1,19 +1,25 @@
 """Audit selection by commit-reveal, the re-execution judge, and ejection.
 
 Rules (docs/spec.md, "Audit"):
-- A1 before serving, the verifier publishes ``seed_commitment(seed)``; after, it reveals ``seed`` and
-  anyone checks ``reveal_valid``;
+- A1 every request has its own seed ``request_seed(secret, request_id)`` (a keyed hash of the lead's
+  secret); the lead sends ``seed_commitment(seed)`` to every provider inside the signed session
+  opening, before the first step, and every boundary commitment of the request repeats it (signed);
+  the seed is revealed only in the finished request's record, after its chain is final, and anyone
+  then checks ``reveal_valid``; a revealed seed is never used again (each request id is fresh, and the
+  protocol refuses a request whose seed commitment was already revealed);
 - A2 ``is_audited(seed, request_id, segment_index, p)`` is a deterministic function of its arguments
   (SHA-256 of a domain-separated encoding; modelled as a uniform random oracle for the probability
   claim, and as a plain function for determinism);
 - A3 ``judge`` passes a re-executed output iff shapes agree, everything is finite and every element
   lies within the calibrated tolerance;
-- A4 ``eject`` removes exactly the providers with a failing verdict and bans their keys.
+- A4 ``eject`` removes exactly the providers with a failing verdict and bans their keys and the ids
+  they served under (a banned key, or id, can never offer again).
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import math
 import struct
 from dataclasses import dataclass, field, replace
@@ -26,6 +32,8 @@ from verisplit.spec.validation import (require_bytes, require_instance, require_
                                        require_sequence, require_str)
 
 SEED_DOMAIN = b"verisplit/audit-seed/v1\x00"
+REQUEST_SEED_DOMAIN = b"verisplit/request-seed/v1\x00"
+MIN_SECRET_BYTES = 16
 DRAW_DOMAIN = b"verisplit/audit-draw/v1\x00"
 DRAW_BITS = 64
 MAX_SEED_BYTES = 0xFFFF
@@ -44,6 +52,20 @@ def seed_commitment(seed: bytes) -> bytes:
     ``seed`` must be bytes of at most 65535 bytes (``InvalidAuditInput``)."""
     raw = require_bytes(seed, "seed", InvalidAuditInput, max_length=MAX_SEED_BYTES)
     return hashlib.sha256(SEED_DOMAIN + raw).digest()
+
+
+def request_seed(secret: bytes, request_id: str) -> bytes:
+    """Rule A1: the audit seed of one request, ``HMAC-SHA256(secret, REQUEST_SEED_DOMAIN || request_id)``.
+
+    Invariant: without ``secret`` the seed (hence the selection) of a live request is unpredictable
+    (HMAC as a PRF: ASSUMED), yet it is a function of (secret, request id) alone, so the lead cannot
+    choose it after seeing outputs once its commitment is sent. ``secret`` must be bytes of at least 16
+    bytes and request_id a str (``InvalidAuditInput``). Tests: tests/test_spec_audit.py."""
+    key = require_bytes(secret, "secret", InvalidAuditInput, max_length=MAX_SEED_BYTES)
+    if len(key) < MIN_SECRET_BYTES:
+        raise InvalidAuditInput(f"secret: must hold at least {MIN_SECRET_BYTES} bytes, got {len(key)}")
+    require_str(request_id, "request_id", InvalidAuditInput, max_utf8=MAX_REQUEST_ID_BYTES)
+    return hmac.new(key, REQUEST_SEED_DOMAIN + request_id.encode("utf-8"), hashlib.sha256).digest()
 
 
 def reveal_valid(commitment: bytes, seed: bytes) -> bool:
@@ -186,11 +208,12 @@ class AuditVerdict:
 
 @dataclass(frozen=True)
 class Registry:
-    """Standing offers plus the banned keys and recorded ejection reasons."""
+    """Standing offers plus the banned keys, the ids they were ejected under, and the recorded reasons."""
 
     offers: tuple[Offer, ...] = ()
     banned_keys: frozenset[bytes] = frozenset()
     ejections: tuple[tuple[str, str], ...] = field(default=())
+    banned_ids: frozenset[str] = frozenset()
 
     def provider_ids(self) -> set[str]:
         return {o.provider_id for o in self.offers}
@@ -220,4 +243,5 @@ def eject(registry: Registry, verdicts: Sequence[AuditVerdict]) -> Registry:
         if offer.provider_id in failed:
             banned.add(offer.public_key)
     reasons = registry.ejections + tuple((pid, why) for pid, why in failed.items())
-    return replace(registry, offers=kept, banned_keys=frozenset(banned), ejections=reasons)
+    banned_ids = registry.banned_ids | frozenset(failed)
+    return replace(registry, offers=kept, banned_keys=frozenset(banned), ejections=reasons, banned_ids=banned_ids)

@@ -3,7 +3,7 @@
 Rules (docs/spec.md, "Cohort formation"):
 - C1 an assignment is a non-empty sub-range of its provider's offer;
 - C2 assignments tile [0, num_layers) exactly, in order (no gap, no overlap);
-- C3 a provider appears at most once;
+- C3 a provider (identity = its key) appears at most once;
 - C4 ``form_cohort`` returns the cheapest such cohort; ties: fewer hops, then provider ids, then
   boundaries (lexicographic), so the choice is a deterministic function of the offers.
 """
@@ -291,6 +291,7 @@ def cohort_violations(cohort: Cohort, model: ModelSpec, offers: Sequence[Offer])
     rows = range_violation_conditions(firsts, ends, model.num_layers)
     violations: list[Violation] = []
     seen: set[str] = set()
+    seen_keys: set[bytes] = set()
     previous_end = 0
     for index, assignment in enumerate(cohort.assignments):
         first, end = assignment.first_layer, assignment.end_layer
@@ -307,7 +308,10 @@ def cohort_violations(cohort: Cohort, model: ModelSpec, offers: Sequence[Offer])
                 violations.append(Violation("wrong_key", index, "assignment key differs from the offer's key"))
         if assignment.provider_id in seen:
             violations.append(Violation("duplicate_provider", index, f"'{assignment.provider_id}' appears twice"))
+        elif assignment.public_key in seen_keys:
+            violations.append(Violation("duplicate_provider", index, "the assignment's key already serves another segment"))
         seen.add(assignment.provider_id)
+        seen_keys.add(assignment.public_key)
         previous_end = max(previous_end, end)
     for kind, holds in rows[-1]:
         if holds:
@@ -382,6 +386,9 @@ def form_cohort(offers: Sequence[Offer], model: ModelSpec) -> Cohort:
     ids = [offer.provider_id for offer in offer_list]
     if len(set(ids)) != len(ids):
         raise InvalidOffer("offers: a provider_id appears in more than one offer")
+    keys = [offer.public_key for offer in offer_list]
+    if len(set(keys)) != len(keys):  # rule C3 is on keys: one identity, one offer, one segment
+        raise InvalidOffer("offers: a public_key appears in more than one offer")
     gap = first_uncovered_layer(offer_list, model.num_layers)
     if gap is not None:
         raise NoCoverage(gap, model.num_layers)

@@ -6,10 +6,14 @@ is segment k+1's input, so the commitments chain: ``c[k].output_digest == c[k+1]
 
 Rules (docs/spec.md, "Commitments"):
 - H1 a commitment's signature verifies under its ``signer`` key, and the signer is the assigned provider;
-- H2 it names the protocol version, model, request, step, segment index, layer range and positions
-  the lead expects (wrong step: replay if earlier, gap if later);
+- H2 it names the protocol version, model, request, audit-seed commitment, step, segment index,
+  layer range, positions and compute dtype the lead expects (wrong step: replay if earlier, gap if
+  later; another dtype: ``wrong_dtype``);
 - H3 link k's input digest equals link k-1's output digest (the first input's digest for k = 0);
-- H4 the lead checks on receipt that the digests are of the bytes it actually sent and received.
+- H4 the lead checks on receipt that the digests are of the bytes it actually sent and received;
+- H5 the bytes a provider signed as its output are a canonical, finite tensor of the boundary's shape
+  and dtype (``check_boundary``); otherwise its signer fails (``bad_boundary``): a signed output that
+  cannot be judged is its signer's fault, never the receiver's.
 """
 
 from __future__ import annotations
@@ -25,8 +29,11 @@ from verisplit.spec.arith import all_of, ite, negate
 from verisplit.spec.cohort import Assignment, Cohort
 from verisplit.spec.validation import is_int, require_instance, require_int, require_same_length, require_sequence
 
-PROTOCOL_VERSION = 1
-COMMITMENT_DOMAIN = b"verisplit/commitment/v1\x00"
+PROTOCOL_VERSION = 2  # 2: commitments sign the compute dtype and the request's audit-seed commitment
+COMMITMENT_DOMAIN = b"verisplit/commitment/v2\x00"
+NO_SEED_COMMITMENT = bytes(32)  # placeholder of a request whose lead audits nothing
+DTYPES = ("float32", "float16", "bfloat16")  # compute/boundary dtypes a cohort may agree on
+LOGITS_DTYPE = "float32"  # the last segment's output (logits) is always float32
 
 # Reasons a chain can fail. The single list of reason codes: ``REASONS`` (docs/spec.md lists each).
 BAD_SIGNATURE = "bad_signature"
@@ -39,8 +46,10 @@ INPUT_MISMATCH = "input_mismatch"
 MISSING_LINK = "missing_link"
 OUTPUT_MISMATCH = "output_mismatch"
 EXTRA_COMMITMENT = "extra_commitment"
+WRONG_DTYPE = "wrong_dtype"
+BAD_BOUNDARY = "bad_boundary"
 REASONS = (BAD_SIGNATURE, WRONG_SIGNER, WRONG_REQUEST, REPLAY, STEP_GAP, RANGE_MISMATCH, INPUT_MISMATCH,
-           MISSING_LINK, OUTPUT_MISMATCH, EXTRA_COMMITMENT)
+           MISSING_LINK, OUTPUT_MISMATCH, EXTRA_COMMITMENT, WRONG_DTYPE, BAD_BOUNDARY)
 
 
 class InvalidCommitment(ValueError):
@@ -58,7 +67,9 @@ class InvalidChainInput(ValueError):
 class BoundaryCommitment:
     """A provider's signed statement: for (request, step, segment) over layers [first_layer, end_layer)
     and token positions [first_position, first_position + num_positions), running weights
-    ``weights_digest``, input with digest ``input_digest`` produced output with digest ``output_digest``."""
+    ``weights_digest`` in ``dtype``, input with digest ``input_digest`` produced output with digest
+    ``output_digest``, for the request whose audit seed the lead committed to as ``audit_seed_commitment``
+    (so every provider signs, before any audit, which seed will decide it)."""
 
     protocol_version: int
     model_id: str
@@ -74,11 +85,13 @@ class BoundaryCommitment:
     output_digest: bytes
     signer: bytes
     signature: bytes = b""
+    dtype: str = "float32"
+    audit_seed_commitment: bytes = NO_SEED_COMMITMENT
 
 
 @dataclass(frozen=True)
 class StepContext:
-    """What the lead expects of every link of one step."""
+    """What the lead expects of every link of one step (``dtype``: the cohort's compute dtype)."""
 
     model_id: str
     request_id: str
@@ -86,6 +99,8 @@ class StepContext:
     first_position: int
     num_positions: int
     protocol_version: int = PROTOCOL_VERSION
+    dtype: str = "float32"
+    audit_seed_commitment: bytes = NO_SEED_COMMITMENT
 
 
 @dataclass(frozen=True)
@@ -158,6 +173,8 @@ def signing_bytes(c: BoundaryCommitment) -> bytes:
         _digest32("input_digest", c.input_digest),
         _digest32("output_digest", c.output_digest),
         _digest32("signer", c.signer),
+        _text("dtype", c.dtype),
+        _digest32("audit_seed_commitment", c.audit_seed_commitment),
     ])
 
 
@@ -205,11 +222,12 @@ def _require_assignment(assignment: Any, field: str = "assignment") -> Assignmen
 
 def _require_context(context: Any) -> StepContext:
     require_instance(context, StepContext, "context", InvalidChainInput)
-    for name in ("model_id", "request_id"):
+    for name in ("model_id", "request_id", "dtype"):
         if not isinstance(getattr(context, name), str):
             raise InvalidChainInput(f"context.{name}: must be a string, got {getattr(context, name)!r}")
     for name in ("protocol_version", "step", "first_position", "num_positions"):
         require_int(getattr(context, name), f"context.{name}", InvalidChainInput, minimum=0)
+    _require_digest(context.audit_seed_commitment, "context.audit_seed_commitment")
     return context
 
 
@@ -245,6 +263,8 @@ def check_link_fields(assignment: Assignment, segment_index: int, c: BoundaryCom
         return WRONG_SIGNER, "signed by a key other than the assigned provider's"
     if (c.protocol_version, c.model_id, c.request_id) != (context.protocol_version, context.model_id, context.request_id):
         return WRONG_REQUEST, f"commitment is for ({c.protocol_version}, {c.model_id!r}, {c.request_id!r})"
+    if c.audit_seed_commitment != context.audit_seed_commitment:
+        return WRONG_REQUEST, "commitment names another audit-seed commitment than the lead sent for this request"
     if c.step < context.step:
         return REPLAY, f"commitment for step {c.step} replayed at step {context.step}"
     if c.step > context.step:
@@ -253,6 +273,8 @@ def check_link_fields(assignment: Assignment, segment_index: int, c: BoundaryCom
     actual_shape = (c.segment_index, c.first_layer, c.end_layer, c.first_position, c.num_positions)
     if actual_shape != expected_shape:
         return RANGE_MISMATCH, f"(segment, layers, positions) {actual_shape} != expected {expected_shape}"
+    if c.dtype != context.dtype:
+        return WRONG_DTYPE, f"commitment declares dtype {c.dtype!r}, the cohort computes in {context.dtype!r}"
     return None
 
 
@@ -432,8 +454,8 @@ def next_step_context(previous: StepContext, num_positions: int) -> StepContext:
                    num_positions=num_positions)
 
 
-_BYTES_FIELDS = ("weights_digest", "input_digest", "output_digest", "signer", "signature")
-_TEXT_FIELDS = ("model_id", "request_id")
+_BYTES_FIELDS = ("weights_digest", "input_digest", "output_digest", "signer", "signature", "audit_seed_commitment")
+_TEXT_FIELDS = ("model_id", "request_id", "dtype")
 
 
 def commitment_to_dict(c: BoundaryCommitment) -> dict[str, object]:
@@ -461,8 +483,8 @@ def commitment_from_dict(data: dict[str, object]) -> BoundaryCommitment:
     values: dict[str, object] = {}
     for name in BoundaryCommitment.__dataclass_fields__:
         if name not in data:
-            if name == "signature":
-                values[name] = b""
+            if name in ("signature", "dtype", "audit_seed_commitment"):  # the latter two: protocol v1 records
+                values[name] = {"signature": b"", "dtype": "float32", "audit_seed_commitment": NO_SEED_COMMITMENT}[name]
                 continue
             raise InvalidCommitment(f"commitment: missing field '{name}'")
         raw = data[name]
@@ -501,23 +523,66 @@ def check_exchanged_link(assignment: Assignment, segment_index: int, c: Boundary
 
 def check_exchanged_chain(cohort: Cohort, commitments: Sequence[BoundaryCommitment], first_input_digest: bytes,
                           sent_digests: Sequence[bytes], received_digests: Sequence[bytes],
-                          context: StepContext) -> ChainVerdict:
+                          context: StepContext,
+                          boundary_failures: Sequence[tuple[str, str] | None] = ()) -> ChainVerdict:
     """The verdict on one step as exchanged: ``check_chain`` (H1-H3) combined with the receipt rule H4
-    on every link whose sent/received bytes are known; the earlier failing link wins, and at the same
-    link the H1-H3 failure wins (it is checked first on receipt).
+    on every link whose sent/received bytes are known, and with H5 where the caller judged the
+    received bytes (``boundary_failures[k]``: ``check_boundary`` of link k's output, or None); the
+    earliest failing link wins, and at one link H1-H3, then H4, then H5 (the order of the checks on
+    receipt). Every failure names the link's provider (the signer of what failed).
 
-    Invariant: equals the first failure of ``check_exchanged_link`` over the links in order when the
-    lead forwarded every output unchanged (``sent_digests[k+1] == received_digests[k]``).
-    Tests: tests/test_spec_commitment.py."""
+    Invariant: equals the first failure of ``check_exchanged_link`` then ``check_boundary`` over the
+    links in order when the lead forwarded every output unchanged (``sent_digests[k+1] ==
+    received_digests[k]``). Tests: tests/test_spec_commitment.py."""
     sent = require_sequence(sent_digests, "sent_digests", InvalidChainInput)
     received = require_sequence(received_digests, "received_digests", InvalidChainInput)
+    boundaries = require_sequence(boundary_failures, "boundary_failures", InvalidChainInput)
     for name, digests in (("sent_digests", sent), ("received_digests", received)):
         for index, digest in enumerate(digests):
             _require_digest(digest, f"{name}[{index}]")
     verdict = check_chain(cohort, commitments, first_input_digest, context)
     limit = len(cohort.assignments) if verdict.valid or verdict.link is None else verdict.link
-    for index in range(min(limit, len(commitments), len(sent), len(received), len(cohort.assignments))):
-        receipt = check_receipt(commitments[index], sent[index], received[index])
-        if receipt is not None:
-            return ChainVerdict(False, index, cohort.assignments[index].provider_id, receipt[0], receipt[1])
+    for index in range(min(limit, len(commitments), len(cohort.assignments))):
+        failure = None
+        if index < len(sent) and index < len(received):
+            failure = check_receipt(commitments[index], sent[index], received[index])
+        if failure is None and index < len(boundaries):
+            failure = boundaries[index]
+        if failure is not None:
+            return ChainVerdict(False, index, cohort.assignments[index].provider_id, failure[0], failure[1])
     return verdict
+
+
+def boundary_spec(segment_index: int, num_segments: int, dtype: str, num_positions: int, hidden_size: int,
+                  vocab_size: int) -> tuple[str, tuple[int, int]]:
+    """Rule H5's expectation for segment ``segment_index``'s output: ``(dtype, (positions, hidden))``
+    for a hidden boundary, ``("float32", (positions, vocab))`` for the last segment's logits.
+    Arguments out of range raise ``InvalidChainInput``. Tests: tests/test_spec_commitment.py."""
+    require_int(num_segments, "num_segments", InvalidChainInput, minimum=1)
+    require_int(segment_index, "segment_index", InvalidChainInput, minimum=0, maximum=num_segments - 1)
+    if dtype not in DTYPES:
+        raise InvalidChainInput(f"dtype: must be one of {DTYPES}, got {dtype!r}")
+    for name, value in (("num_positions", num_positions), ("hidden_size", hidden_size), ("vocab_size", vocab_size)):
+        require_int(value, name, InvalidChainInput, minimum=1)
+    if segment_index == num_segments - 1:
+        return LOGITS_DTYPE, (num_positions, vocab_size)
+    return dtype, (num_positions, hidden_size)
+
+
+def check_boundary(dtype: str | None, shape: Sequence[int] | None, all_finite: bool,
+                   expected: tuple[str, tuple[int, int]]) -> tuple[str, str] | None:
+    """Rule H5 on the bytes a provider signed as its output, described by their canonical header
+    (``dtype``, ``shape``; None when the bytes are not a canonical tensor) and whether every element is
+    finite: ``(bad_boundary, detail)`` unless they are a finite tensor of exactly the ``expected``
+    (dtype, shape) of ``boundary_spec``. The caller applies it only to bytes whose commitment passed
+    H1-H4, so the culprit is the signer. Tests: tests/test_spec_commitment.py."""
+    want_dtype, want_shape = expected
+    if not isinstance(dtype, str) or not isinstance(shape, (list, tuple)):
+        return BAD_BOUNDARY, "signed output bytes are not a canonical tensor"
+    if dtype != want_dtype:
+        return BAD_BOUNDARY, f"signed output has dtype {dtype}, the boundary carries {want_dtype}"
+    if tuple(shape) != tuple(want_shape):
+        return BAD_BOUNDARY, f"signed output has shape {list(shape)}, the boundary is {list(want_shape)}"
+    if not all_finite:
+        return BAD_BOUNDARY, "signed output holds NaN or infinite values"
+    return None

@@ -10,10 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence, Union
 
-from verisplit.spec.audit import AuditVerdict, Registry, eject
+from verisplit.spec.audit import AuditVerdict, Registry, eject, reveal_valid
 from verisplit.spec.cohort import (Cohort, InvalidModel, ModelSpec, NoCoverage, Offer, form_cohort, segment_work,
                                    validate_offer)
-from verisplit.spec.commitment import BoundaryCommitment, ChainVerdict, InvalidChainInput, StepContext, check_chain
+from verisplit.spec.commitment import (NO_SEED_COMMITMENT, BoundaryCommitment, ChainVerdict, InvalidChainInput, StepContext,
+                                       check_chain)
 from verisplit.spec.settlement import Settlement, settle
 
 OPEN, ABORTED, COMPLETED, SETTLED = "open", "aborted", "completed", "settled"
@@ -42,6 +43,8 @@ class RequestState:
     chain_verdicts: tuple[ChainVerdict, ...] = ()
     audits: tuple[AuditVerdict, ...] = ()
     settlement: Settlement | None = None
+    seed_commitment: bytes = NO_SEED_COMMITMENT
+    seed: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,8 @@ class State:
     cohorts: Mapping[str, Cohort] = field(default_factory=dict)
     requests: Mapping[str, RequestState] = field(default_factory=dict)
     ledger: tuple[Settlement, ...] = ()
+    revealed: frozenset[bytes] = frozenset()  # seed commitments already opened (rule A1: never reused)
+    dtype: str = "float32"  # the cohort's compute dtype every commitment must declare (rule H2)
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,7 @@ class OpenRequest:
     request_id: str
     cohort_id: str
     fee: int
+    seed_commitment: bytes = NO_SEED_COMMITMENT
 
 
 @dataclass(frozen=True)
@@ -105,12 +111,21 @@ class SettleRequest:
 
 
 @dataclass(frozen=True)
+class RevealSeed:
+    """The lead reveals a finished request's audit seed (rule A1): it must open the commitment the
+    request was opened with, and only once the request is completed, aborted or settled."""
+
+    request_id: str
+    seed: bytes
+
+
+@dataclass(frozen=True)
 class Eject:
     provider_id: str
     reason: str
 
 
-Event = Union[AddOffer, FormCohort, OpenRequest, CommitStep, CompleteRequest, RecordAudit, SettleRequest, Eject]
+Event = Union[AddOffer, FormCohort, OpenRequest, CommitStep, CompleteRequest, RecordAudit, SettleRequest, RevealSeed, Eject]
 
 
 def initial_state(model: ModelSpec) -> State:
@@ -141,8 +156,12 @@ def _add_offer(state: State, event: AddOffer) -> State:
         raise IllegalTransition(str(exc)) from None
     if offer.public_key in state.registry.banned_keys:
         raise IllegalTransition(f"provider '{offer.provider_id}': key is banned")
+    if offer.provider_id in state.registry.banned_ids:
+        raise IllegalTransition(f"provider '{offer.provider_id}': id is banned (it was ejected under it)")
     if offer.provider_id in state.registry.provider_ids():
         raise IllegalTransition(f"provider '{offer.provider_id}' already has an offer")
+    if any(o.public_key == offer.public_key for o in state.registry.offers):
+        raise IllegalTransition(f"provider '{offer.provider_id}': its key already holds an offer (rule C3 is on keys)")
     return replace(state, registry=replace(state.registry, offers=state.registry.offers + (offer,)))
 
 
@@ -176,8 +195,12 @@ def _open_request(state: State, event: OpenRequest) -> State:
         if assignment.provider_id not in offers:
             raise IllegalTransition(f"cohort member '{assignment.provider_id}' is no longer registered")
         prices.append(offers[assignment.provider_id].price_per_work_unit)
+    if not isinstance(event.seed_commitment, bytes) or len(event.seed_commitment) != 32:
+        raise IllegalTransition(f"seed_commitment: must be 32 bytes, got {event.seed_commitment!r:.40}")
+    if event.seed_commitment in state.revealed:
+        raise IllegalTransition("seed_commitment: its seed was already revealed; a revealed seed is never used again")
     request = RequestState(event.request_id, event.cohort_id, event.fee, work=tuple(0 for _ in cohort.assignments),
-                           prices=tuple(prices))
+                           prices=tuple(prices), seed_commitment=event.seed_commitment)
     return _with_request(state, request)
 
 
@@ -188,7 +211,8 @@ def _commit_step(state: State, event: CommitStep) -> State:
     if isinstance(event.num_positions, bool) or not isinstance(event.num_positions, int) or event.num_positions < 1:
         raise IllegalTransition(f"num_positions: a step covers at least one position, got {event.num_positions!r}")
     cohort = state.cohorts[request.cohort_id]
-    context = StepContext(state.model.model_id, request.request_id, request.steps, request.positions, event.num_positions)
+    context = StepContext(state.model.model_id, request.request_id, request.steps, request.positions, event.num_positions,
+                          dtype=state.dtype, audit_seed_commitment=request.seed_commitment)
     try:
         verdict = check_chain(cohort, event.commitments, event.first_input_digest, context)
     except InvalidChainInput as exc:
@@ -264,6 +288,20 @@ def _settle(state: State, event: SettleRequest) -> State:
     return replace(_with_request(state, updated), ledger=state.ledger + (settlement,))
 
 
+def _reveal_seed(state: State, event: RevealSeed) -> State:
+    request = _request(state, event.request_id)
+    if request.status == OPEN:
+        raise IllegalTransition(f"request '{request.request_id}' is open: its seed is revealed only once its chain is final")
+    if request.seed is not None:
+        raise IllegalTransition(f"request '{request.request_id}': its seed was already revealed")
+    if request.seed_commitment == NO_SEED_COMMITMENT:
+        raise IllegalTransition(f"request '{request.request_id}' was opened without an audit-seed commitment")
+    if not isinstance(event.seed, bytes) or not reveal_valid(request.seed_commitment, event.seed):
+        raise IllegalTransition(f"seed: does not open the commitment request '{request.request_id}' was opened with")
+    updated = _with_request(state, replace(request, seed=event.seed))
+    return replace(updated, revealed=state.revealed | {request.seed_commitment})
+
+
 def _eject(state: State, event: Eject) -> State:
     if not isinstance(event.provider_id, str) or not isinstance(event.reason, str):
         raise IllegalTransition("provider_id, reason: must be strings")
@@ -284,6 +322,7 @@ _HANDLERS = {
     CompleteRequest: _complete,
     RecordAudit: _record_audit,
     SettleRequest: _settle,
+    RevealSeed: _reveal_seed,
     Eject: _eject,
 }
 

@@ -28,7 +28,8 @@ def signed_chain(cohort: Cohort, context: StepContext, tensors: list[int], keys:
         unsigned = BoundaryCommitment(
             PROTOCOL_VERSION, context.model_id, bytes(32), context.request_id, context.step, index,
             a.first_layer, a.end_layer, context.first_position, context.num_positions,
-            digest_of(tensors[index]), digest_of(tensors[index + 1]), a.public_key)
+            digest_of(tensors[index]), digest_of(tensors[index + 1]), a.public_key,
+            dtype=context.dtype, audit_seed_commitment=context.audit_seed_commitment)
         chain.append(sign_commitment(unsigned, keys[a.provider_id]))
     return chain
 

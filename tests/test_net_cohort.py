@@ -19,20 +19,22 @@ import grpc
 import httpx
 import pytest
 import torch
+from nacl.signing import SigningKey
 
 import cheatkit
+from verisplit.impl.audit.verifier import record_context
 from verisplit.impl.node import verisplit_pb2 as pb
 from verisplit.impl.node import verisplit_pb2_grpc as pb_grpc
 from verisplit.impl.runtime.checkpoint import make_random_checkpoint
 from verisplit.impl.runtime.generate import generate_reference
-from verisplit.impl.records.keys import SignedFields, create_key_file, offer_signing_bytes, sign_offer
+from verisplit.impl.records.keys import SignedFields, create_key_file, load_key_file, offer_signing_bytes, sign_offer
 from verisplit.impl.runtime.loader import load_full
 from verisplit.impl.node.procs import ProcessGroup, start_local_cohort, verisplit_command
-from verisplit.impl.node.framing import offer_fields_to_pb
+from verisplit.impl.node.framing import offer_fields_to_pb, open_session_request
 from verisplit.impl.records.requests import RequestStore
 from verisplit.impl.runtime.tensors import to_canonical
 from verisplit.impl.runtime.tokenizer import load_tokenizer, stop_token_ids
-from verisplit.spec.commitment import StepContext, check_chain, next_step_context
+from verisplit.spec.commitment import PROTOCOL_VERSION, check_chain, next_step_context
 from verisplit.spec.encoding import digest_encoded
 
 pytestmark = pytest.mark.net
@@ -107,7 +109,9 @@ def test_greedy_output_equals_single_process_reference(cohort: dict[str, Any]) -
     # The retained record re-verifies independently with the spec, and its bytes are the committed ones.
     record = RequestStore(cohort["root"] / "lead" / "requests").load(request_id)
     assert record.status == "completed" and len(record.steps) == len(tokens)
-    context = StepContext(record.model_id, request_id, 0, 0, len(prompt))
+    context = record_context(record, record.steps[0])  # the dtype and audit-seed commitment the lead signed
+    assert context.audit_seed_commitment == bytes.fromhex(record.extra["audit_seed_commitment"])
+    assert context.first_position == 0 and context.num_positions == len(prompt)
     assert record.steps[0].inputs[0] == to_canonical(torch.tensor(prompt, dtype=torch.int64))
     for index, step in enumerate(record.steps):
         if index:
@@ -170,12 +174,40 @@ def _provider_stub(cohort: dict[str, Any], index: int) -> tuple[grpc.Channel, pb
     return channel, pb_grpc.ProviderStub(channel)
 
 
+LEAD_KEY: dict[str, Any] = {}
+
+
 def _open(stub: pb_grpc.ProviderStub, model_id: str, session_id: str, first: int, end: int, max_length: int = 16) -> None:
-    stub.OpenSession(pb.OpenSessionRequest(session_id=session_id, request_id=session_id, model_id=model_id,
-                                           segment_index=1, first_layer=first, end_layer=end, max_length=max_length))
+    """Open a session as the lead would: signed with the lead's key (the test holds the lead's key file)."""
+    stub.OpenSession(open_session_request(LEAD_KEY["key"], session_id=session_id, request_id=session_id, model_id=model_id,
+                                          segment_index=1, first_layer=first, end_layer=end, max_length=max_length,
+                                          audit_seed_commitment=bytes(32), dtype="float32"))
+
+
+def test_providers_serve_only_session_openings_their_lead_signed(cohort: dict[str, Any]) -> None:
+    """A stranger cannot open sessions (and so cannot make a provider sign commitments or hold KV): an
+    unsigned opening, or one signed by another key, is refused; the lead's own key is accepted."""
+    LEAD_KEY["key"] = load_key_file(cohort["root"] / "lead" / "lead.key")
+    model_id = cohort["model_id"]
+    channel, stub = _provider_stub(cohort, 1)
+    with channel:
+        fields = dict(session_id="anon", request_id="anon", model_id=model_id, segment_index=1, first_layer=2,
+                      end_layer=4, max_length=8, audit_seed_commitment=bytes(32), dtype="float32")
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.OpenSession(pb.OpenSessionRequest(**fields))
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.OpenSession(open_session_request(SigningKey.generate(), **fields))
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        with pytest.raises(grpc.RpcError) as caught:  # signed by the lead, another dtype: refused, names it
+            stub.OpenSession(open_session_request(LEAD_KEY["key"], **dict(fields, dtype="bfloat16")))
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "dtype" in caught.value.details()
+        stub.OpenSession(open_session_request(LEAD_KEY["key"], **fields))
+        stub.CloseSession(pb.CloseSessionRequest(session_id="anon"))
 
 
 def test_malformed_frames_get_invalid_argument_and_server_keeps_serving(cohort: dict[str, Any]) -> None:
+    LEAD_KEY["key"] = load_key_file(cohort["root"] / "lead" / "lead.key")
     model_id = cohort["model_id"]
     channel, stub = _provider_stub(cohort, 1)
     with channel:
@@ -218,7 +250,7 @@ def test_malformed_frames_get_invalid_argument_and_server_keeps_serving(cohort: 
 
 def test_registry_rejects_bad_signature_and_wrong_model(cohort: dict[str, Any], tmp_path: Path) -> None:
     key = create_key_file(tmp_path / "k.key")
-    fields = SignedFields(1, "forger", bytes(key.verify_key), cohort["model_id"], bytes(32), 8, 0, 8, 0,
+    fields = SignedFields(PROTOCOL_VERSION, "forger", bytes(key.verify_key), cohort["model_id"], bytes(32), 8, 0, 8, 0,
                           "127.0.0.1:1", 100, int(time.time() * 1000))
     signature = bytearray(sign_offer(fields, key))
     signature[0] ^= 1

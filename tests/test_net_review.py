@@ -25,7 +25,7 @@ from verisplit.impl.node.registry import Registry, RegistryError
 from verisplit.spec.commitment import check_exchanged_link as link_failure
 from verisplit.impl.records.requests import RequestRecord, StepRecord
 from verisplit.spec.cohort import Assignment, Cohort, ModelSpec
-from verisplit.spec.commitment import BoundaryCommitment, StepContext, sign_commitment
+from verisplit.spec.commitment import PROTOCOL_VERSION, BoundaryCommitment, StepContext, sign_commitment
 from verisplit.spec.encoding import digest_encoded
 
 pytestmark = pytest.mark.net
@@ -117,7 +117,7 @@ def test_offer_with_protocol_version_beyond_u16_is_unauthenticated_not_a_crash()
 
 def _signed(key: SigningKey, context: StepContext, first: int, end: int, index: int, inp: bytes, out: bytes
             ) -> BoundaryCommitment:
-    unsigned = BoundaryCommitment(1, context.model_id, bytes(32), context.request_id, context.step, index, first, end,
+    unsigned = BoundaryCommitment(PROTOCOL_VERSION, context.model_id, bytes(32), context.request_id, context.step, index, first, end,
                                   context.first_position, context.num_positions, digest_encoded(inp),
                                   digest_encoded(out), bytes(32))
     return sign_commitment(unsigned, key)
@@ -190,7 +190,7 @@ def test_exchange_applies_the_limit(lead: Lead) -> None:
             return pb.StepResult(step=0, output=chunk)
 
     key = SigningKey(bytes([5]) * 32)
-    fields = SignedFields(1, "p0", bytes(key.verify_key), lead.model_id, bytes(32), 2, 0, 2, 1, "127.0.0.1:9", 10, 1)
+    fields = SignedFields(PROTOCOL_VERSION, "p0", bytes(key.verify_key), lead.model_id, bytes(32), 2, 0, 2, 1, "127.0.0.1:9", 10, 1)
     hop = _Hop(0, RegisteredOffer(fields, b"", 0.0), 0, 2, None, 5.0)  # type: ignore[arg-type]
     hop.call = Call()
     context = StepContext(lead.model_id, "req-x", 0, 0, 1)

@@ -23,7 +23,7 @@ from verisplit.impl.records.keys import KeyFileError, SignedFields, create_key_f
 from verisplit.impl.node.registry import Registry, RegistryError
 from verisplit.impl.records.requests import RecordError, RequestRecord, RequestStore, StepRecord
 from verisplit.spec.cohort import Assignment, Cohort, ModelSpec
-from verisplit.spec.commitment import BoundaryCommitment, sign_commitment
+from verisplit.spec.commitment import PROTOCOL_VERSION, BoundaryCommitment, sign_commitment
 
 pytestmark = pytest.mark.net
 IMPL = Path(__file__).resolve().parent.parent / "impl" / "node"
@@ -96,7 +96,7 @@ def _record(request_id: str, n_steps: int = 2) -> RequestRecord:
     for s in range(n_steps):
         ins = [f"{request_id}-in-{s}-{k}".encode() for k in range(2)]
         outs = [ins[1], f"{request_id}-out-{s}".encode()]
-        commitments = [sign_commitment(BoundaryCommitment(1, "m", bytes(32), request_id, s, k, 2 * k, 2 * k + 2, s, 1,
+        commitments = [sign_commitment(BoundaryCommitment(PROTOCOL_VERSION, "m", bytes(32), request_id, s, k, 2 * k, 2 * k + 2, s, 1,
                                                           bytes(32), bytes(32), bytes(32)), key) for k in range(2)]
         steps.append(StepRecord(s, s, 1, bytes(range(32)), commitments, ins, outs))
     return RequestRecord(request_id, "m", cohort, steps, "completed", None, None, 7, 3, n_steps)
@@ -144,7 +144,7 @@ class Clock:
 
 
 def _offer(key: SigningKey, provider_id: str = "p0", first: int = 0, end: int = 4, issued: int = 1) -> SignedFields:
-    return SignedFields(1, provider_id, bytes(key.verify_key), "m", bytes(32), 4, first, end, 3, "127.0.0.1:9", 10, issued)
+    return SignedFields(PROTOCOL_VERSION, provider_id, bytes(key.verify_key), "m", bytes(32), 4, first, end, 3, "127.0.0.1:9", 10, issued)
 
 
 def test_registry_verifies_expires_ejects_and_bans() -> None:

@@ -130,9 +130,10 @@ def test_signing_bytes_cover_every_field_and_roundtrip_json() -> None:
     cohort, keys = make_cohort(1)
     c = signed_chain(cohort, CTX, [1, 2], keys)[0]
     base = signing_bytes(c)
-    changes = dict(protocol_version=2, model_id="x", weights_digest=b"\x01" * 32, request_id="q", step=3,
-                   segment_index=4, first_layer=1, end_layer=9, first_position=7, num_positions=2,
-                   input_digest=b"\x02" * 32, output_digest=b"\x03" * 32, signer=b"\x04" * 32)
+    changes = dict(protocol_version=c.protocol_version + 1, model_id="x", weights_digest=b"\x01" * 32, request_id="q",
+                   step=3, segment_index=4, first_layer=1, end_layer=9, first_position=7, num_positions=2,
+                   input_digest=b"\x02" * 32, output_digest=b"\x03" * 32, signer=b"\x04" * 32, dtype="bfloat16",
+                   audit_seed_commitment=b"\x05" * 32)
     for name, value in changes.items():
         assert signing_bytes(replace(c, **{name: value})) != base, name
     assert commitment_from_dict(commitment_to_dict(c)) == c

@@ -11,7 +11,6 @@ from verisplit.spec.cohort import ModelSpec, Offer, form_cohort, quote_fee, segm
 from verisplit.spec.settlement import (SettlementError, conserved, provider_value, quoted_share, settle,
                                        settle_parts, work_values)
 
-KEY = bytes(32)
 
 
 @st.composite
@@ -21,7 +20,7 @@ def cohorts(draw: st.DrawFn) -> tuple[ModelSpec, list[Offer], int]:
     layer_work = tuple(draw(st.lists(st.integers(1, 9), min_size=num_layers, max_size=num_layers)))
     cuts = sorted(draw(st.sets(st.integers(1, num_layers - 1), max_size=num_layers - 1)) if num_layers > 1 else set())
     bounds = [0, *cuts, num_layers]
-    offers = [Offer(f"p{k}", KEY, bounds[k], bounds[k + 1], draw(st.integers(0, 50)), "")
+    offers = [Offer(f"p{k}", bytes([k]) * 32, bounds[k], bounds[k + 1], draw(st.integers(0, 50)), "")
               for k in range(len(bounds) - 1)]
     return ModelSpec("m", num_layers, layer_work), offers, draw(st.integers(1, 4096))
 

@@ -277,6 +277,16 @@ CASES: list[Case] = [
     Case("draw_selects.p", InvalidAuditInput, NOT_PROBABILITY, lambda v: audit.draw_selects(5, v), Fraction(1, 2), "p"),
     Case("selection.segment_index", InvalidAuditInput, not_int_or(NEGATIVE),
          lambda v: audit.selection(audit.audit_draw, b"s", "r", v, Fraction(1, 2)), 0, "segment_index"),
+    Case("request_seed.secret", InvalidAuditInput, st.one_of(NOT_BYTES, st.binary(max_size=15)),
+         lambda v: audit.request_seed(v, "r"), b"s" * 16, "secret"),
+    Case("request_seed.request_id", InvalidAuditInput, NOT_STR, lambda v: audit.request_seed(b"s" * 16, v), "r",
+         "request_id"),
+    Case("boundary_spec.segment_index", InvalidChainInput, not_int_or(st.one_of(NEGATIVE, st.integers(min_value=2))),
+         lambda v: commitment.boundary_spec(v, 2, "float32", 1, 8, 16), 0, "segment_index"),
+    Case("boundary_spec.dtype", InvalidChainInput, st.one_of(NOT_STR, st.sampled_from(["int64", "float64", ""])),
+         lambda v: commitment.boundary_spec(0, 2, v, 1, 8, 16), "float32", "dtype"),
+    Case("boundary_spec.num_positions", InvalidChainInput, not_int_or(st.integers(max_value=0)),
+         lambda v: commitment.boundary_spec(0, 2, "float32", v, 8, 16), 1, "num_positions"),
     Case("is_audited.seed", InvalidAuditInput, st.one_of(NOT_BYTES, st.just(bytes(70000))),
          lambda v: audit.is_audited(v, "r", 0, Fraction(1, 2)), b"s", "seed"),
     Case("is_audited.request_id", InvalidAuditInput, NOT_STR,
@@ -376,6 +386,7 @@ CASES: list[Case] = [
 EXEMPT = {
     "verisplit.spec.commitment.link_rule": "total: digest equality on any two values (runs on Z3 terms too)",
     "verisplit.spec.protocol.expected_settlement": "settlement (owned by the settlement work)",
+    "verisplit.spec.commitment.check_boundary": "total: judges facts about received bytes, any value is an answer",
 }
 GOOD_RAISES: dict[str, type[Exception]] = {
     # calls whose good value is valid input but still (correctly) ends in a documented rule failure

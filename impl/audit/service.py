@@ -27,10 +27,12 @@ from typing import Any, Callable, Mapping, Sequence
 
 from nacl.signing import SigningKey
 
+from verisplit.impl.runtime.config import ModelConfig
 from verisplit.impl.records.ledger import Ledger, LedgerError, settlement_body
-from verisplit.impl.audit.verifier import EvidenceError, Verifier, verdict_to_dict
-from verisplit.spec.audit import AuditVerdict, Tolerance, is_audited, seed_commitment
-from verisplit.spec.commitment import MISSING_LINK, StepContext, check_exchanged_chain
+from verisplit.impl.audit.verifier import EvidenceError, Verifier, record_context, verdict_to_dict
+from verisplit.spec.audit import AuditVerdict, Tolerance, is_audited, request_seed, seed_commitment
+from verisplit.impl.runtime.tensors import boundary_facts
+from verisplit.spec.commitment import MISSING_LINK, StepContext, boundary_spec, check_boundary, check_exchanged_chain
 from verisplit.spec.encoding import digest_encoded
 from verisplit.spec.faults import is_protocol_failure
 from verisplit.spec.settlement import Settlement, settle
@@ -51,7 +53,21 @@ class ChainAnalysis:
     notes: list[str] = field(default_factory=list)
 
 
-def analyse_chain(record: Any, layer_work: Sequence[int] | None = None) -> ChainAnalysis:
+def boundary_failures(step_record: Any, context: StepContext, num_segments: int,
+                      sizes: tuple[int, int] | None) -> list[tuple[str, str] | None]:
+    """Rule H5 on every recorded output of one step (nothing judged when ``sizes`` = (hidden, vocab)
+    is unknown)."""
+    if sizes is None:
+        return []
+    out: list[tuple[str, str] | None] = []
+    for index, blob in enumerate(step_record.outputs[:num_segments]):
+        expected = boundary_spec(index, num_segments, context.dtype, context.num_positions, sizes[0], sizes[1])
+        out.append(check_boundary(*boundary_facts(blob), expected))
+    return out
+
+
+def analyse_chain(record: Any, layer_work: Sequence[int] | None = None,
+                  sizes: tuple[int, int] | None = None) -> ChainAnalysis:
     """Chain + receipt verdict of every recorded step (stopping at the first failure) and the work
     served. ``layer_work[i]`` is layer i's work per position (1 each by default)."""
     assignments = record.cohort.assignments
@@ -75,13 +91,13 @@ def analyse_chain(record: Any, layer_work: Sequence[int] | None = None) -> Chain
             valid_steps[index] += 1
 
     for position, step_record in enumerate(record.steps):
-        context = StepContext(record.model_id, record.request_id, step_record.step, step_record.first_position,
-                              step_record.num_positions)
+        context = record_context(record, step_record)
         # A commitment whose exchanged bytes were not recorded counts as not received (missing_link there).
         known = min(len(step_record.commitments), len(step_record.inputs), len(step_record.outputs))
         verdict = check_exchanged_chain(record.cohort, step_record.commitments[:known], step_record.first_input_digest,
                                         [digest_encoded(b) for b in step_record.inputs[:known]],
-                                        [digest_encoded(b) for b in step_record.outputs[:known]], context)
+                                        [digest_encoded(b) for b in step_record.outputs[:known]], context,
+                                        boundary_failures(step_record, context, len(assignments), sizes))
         last = position == len(record.steps) - 1
         if not verdict.valid and last and non_protocol_abort and verdict.reason == MISSING_LINK and verdict.link == known:
             # The step was cut short by an outage (a provider unreachable, erroring, slow, or sending an
@@ -141,8 +157,9 @@ class AuditService:
         if seed is not None and (not isinstance(seed, bytes) or len(seed) < 16):
             raise ValueError("seed: must be at least 16 bytes")
         self.audit_p = p
-        self._seed = seed if seed is not None else os.urandom(32)
-        self.seed_commitment: bytes = seed_commitment(self._seed)
+        # The lead's audit secret: each request's seed is request_seed(secret, request_id) (rule A1);
+        # only per-request seeds ever leave this object, each after its request's audits are done.
+        self._secret = seed if seed is not None else os.urandom(32)
         self.tolerance = tolerance
         self.lead_signing_key = lead_signing_key
         self.lead_id = lead_id
@@ -152,15 +169,19 @@ class AuditService:
         # Default: the ``ban_key`` of the object ``eject`` is bound to (the lead's ``Registry``).
         self._ban_key = ban_key if ban_key is not None else getattr(getattr(eject, "__self__", None), "ban_key", None)
         self.verifier = verifier or Verifier(checkpoint_dir, device=device, dtype=dtype)
+        config = ModelConfig.from_dir(checkpoint_dir)
+        self.sizes = (config.hidden_size, config.vocab_size)  # for rule H5 on recorded outputs
         self.ledger = Ledger(ledger_path)
         self._lock = threading.Lock()
 
-    def reveal(self) -> bytes:
-        """The audit seed (opens ``seed_commitment``; publish after the audit window)."""
-        return self._seed
+    def seed_commitment_for(self, request_id: str) -> bytes:
+        """H(seed) of ``request_id``: sent in its signed session openings before the first step."""
+        return seed_commitment(request_seed(self._secret, request_id))
 
     def selected(self, request_id: str, segments: int) -> list[int]:
-        return [k for k in range(segments) if is_audited(self._seed, request_id, k, self.audit_p)]
+        """The segments rule A2 selects under the request's own seed."""
+        seed = request_seed(self._secret, request_id)
+        return [k for k in range(segments) if is_audited(seed, request_id, k, self.audit_p)]
 
     async def __call__(self, record: Any) -> dict[str, Any]:
         """Audit, settle and record ``record`` (audits in a worker thread), then eject the failed."""
@@ -175,7 +196,7 @@ class AuditService:
                     # Already gone from the registry (left or expired): still ban the key it signed with.
                     if self._ban_key is None:
                         raise
-                    self._ban_key(keys[provider_id], reason)
+                    self._ban_key(keys[provider_id], reason, provider_id)
                 ejected.append(provider_id)
             except Exception as exc:  # noqa: BLE001 - report, never lose the settlement
                 result["errors"].append(f"eject {provider_id!r}: {exc}")
@@ -188,10 +209,14 @@ class AuditService:
             return self._process(record)
 
     def _process(self, record: Any) -> tuple[dict[str, Any], dict[str, str]]:
-        analysis = analyse_chain(record, self.layer_work)
+        analysis = analyse_chain(record, self.layer_work, self.sizes)
         assignments = record.cohort.assignments
         verdicts: list[tuple[str, AuditVerdict]] = []
         errors: list[str] = list(analysis.notes)
+        seed = request_seed(self._secret, record.request_id)
+        sent = (getattr(record, "extra", None) or {}).get("audit_seed_commitment")
+        if sent is not None and sent != seed_commitment(seed).hex():
+            errors.append("the record's audit-seed commitment is not this service's for the request")
         if analysis.culprit is not None and analysis.link is not None:
             reason = f"chain: {analysis.reason}" + (f" at step {analysis.step}" if analysis.step is not None else "")
             if analysis.detail:
@@ -221,7 +246,7 @@ class AuditService:
                      "reason": analysis.reason, "detail": analysis.detail}
         body = settlement_body(request_id=record.request_id, model_id=record.model_id, cohort=record.cohort,
                                work=analysis.work, settlement=settlement, prices=prices, audits=audits, chain=chain,
-                               extra={"seed_commitment": self.seed_commitment.hex(),
+                               extra={"audit_seed_commitment": seed_commitment(seed).hex(), "audit_seed": seed.hex(),
                                       "audit_p": str(self.audit_p),
                                       "tolerance": {"dtype": self.tolerance.dtype, "atol": self.tolerance.atol,
                                                     "rtol": self.tolerance.rtol}})
@@ -231,6 +256,8 @@ class AuditService:
         except LedgerError as exc:
             errors.append(f"ledger: {exc}")
         summary = {"audits": audits, "settlement": dict(settlement_to_dict(settlement), work=dict(analysis.work), prices=prices),
-                   "ejected": sorted(failed), "seed_commitment": self.seed_commitment.hex(),
+                   "ejected": sorted(failed), "audit_seed_commitment": seed_commitment(seed).hex(),
+                   # the reveal (rule A1): only now, with the chain final and the audits done
+                   "audit_seed": seed.hex(), "audited_segments": self.selected(record.request_id, len(assignments)),
                    "ledger_seq": ledger_seq, "errors": errors}
         return summary, failed

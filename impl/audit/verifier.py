@@ -24,9 +24,9 @@ import torch
 
 from verisplit.impl.runtime.loader import load_segment
 from verisplit.impl.runtime.segment import Segment
-from verisplit.impl.runtime.tensors import from_canonical
+from verisplit.impl.runtime.tensors import dtype_name, from_canonical
 from verisplit.spec.audit import AuditVerdict, Judgement, Tolerance
-from verisplit.spec.commitment import StepContext, check_link, check_receipt
+from verisplit.spec.commitment import BAD_BOUNDARY, NO_SEED_COMMITMENT, StepContext, check_link, check_receipt
 from verisplit.spec.encoding import EncodingError, digest_encoded
 
 OTHER_WEIGHTS = "other weights"
@@ -80,9 +80,18 @@ class SegmentEvidence:
     steps: int
 
 
-def _context(record: Any, step_record: Any) -> StepContext:
+def record_context(record: Any, step_record: Any) -> StepContext:
+    """The StepContext the lead checked ``step_record`` under: the record's dtype and audit-seed
+    commitment (rules H2), or the defaults for records that name neither."""
+    extra = getattr(record, "extra", None) or {}
+    commitment = extra.get("audit_seed_commitment")
+    try:
+        seed_commitment_bytes = bytes.fromhex(commitment) if isinstance(commitment, str) else NO_SEED_COMMITMENT
+    except ValueError:
+        seed_commitment_bytes = NO_SEED_COMMITMENT
     return StepContext(record.model_id, record.request_id, step_record.step, step_record.first_position,
-                       step_record.num_positions)
+                       step_record.num_positions, dtype=str(extra.get("dtype") or "float32"),
+                       audit_seed_commitment=seed_commitment_bytes)
 
 
 def collect_evidence(record: Any, segment_index: int, steps: int | None = None) -> SegmentEvidence | AuditVerdict:
@@ -115,7 +124,7 @@ def collect_evidence(record: Any, segment_index: int, steps: int | None = None) 
                 raise EvidenceError(f"{where}: no recorded {name[:-1]} for segment {segment_index}")
         commitment = step_record.commitments[segment_index]
         expected_input = commitment.input_digest  # the link to the previous segment is the chain check's job
-        failure = check_link(assignment, segment_index, commitment, expected_input, _context(record, step_record))
+        failure = check_link(assignment, segment_index, commitment, expected_input, record_context(record, step_record))
         if failure is not None:
             return fail(f"{where}: {failure[0]}: {failure[1]}")
         input_blob, output_blob = step_record.inputs[segment_index], step_record.outputs[segment_index]
@@ -182,12 +191,24 @@ class Verifier:
         assignment = record.cohort.assignments[segment_index]
         if isinstance(evidence, AuditVerdict):
             return evidence
-        dtype = _compute_dtype(evidence, self.dtype)
-        segment = self.segment(assignment.first_layer, assignment.end_layer, dtype)
-        computed = str(segment.dtype).replace("torch.", "")
-        if tolerance.dtype != computed:
-            raise ValueError(f"tolerance: calibrated for {tolerance.dtype}, but segment {segment_index} computes in "
-                             f"{computed}; run `verisplit calibrate --dtype {computed}`")
+        # Re-execute in the cohort's dtype (the one every commitment signed, rule H2), never in the dtype
+        # the evidence happens to carry: a boundary in another dtype is its signer's fault (rule H5),
+        # so laundering a low-precision boundary can only blame the one who signed it.
+        cohort_dtype = record_context(record, record.steps[0]).dtype
+        if tolerance.dtype != cohort_dtype:
+            raise ValueError(f"tolerance: calibrated for {tolerance.dtype}, but the cohort computed in {cohort_dtype}; "
+                             f"run `verisplit calibrate --dtype {cohort_dtype}`")
+        if evidence.inputs.is_floating_point() and dtype_name(evidence.inputs.dtype) != cohort_dtype and segment_index > 0:
+            previous = record.cohort.assignments[segment_index - 1]
+            return AuditVerdict(record.request_id, segment_index - 1, previous.provider_id, False, math.inf, math.inf,
+                                f"{BAD_BOUNDARY}: signed output in {dtype_name(evidence.inputs.dtype)}, the cohort computes "
+                                f"in {cohort_dtype}")
+        last = segment_index == len(record.cohort.assignments) - 1
+        want = "float32" if last else cohort_dtype
+        if dtype_name(evidence.outputs.dtype) != want:
+            return AuditVerdict(record.request_id, segment_index, assignment.provider_id, False, math.inf, math.inf,
+                                f"{BAD_BOUNDARY}: signed output in {dtype_name(evidence.outputs.dtype)}, expected {want}")
+        segment = self.segment(assignment.first_layer, assignment.end_layer, cohort_dtype)
         if evidence.weights_digest != segment.weights_digest:
             return AuditVerdict(record.request_id, segment_index, assignment.provider_id, False, math.inf, math.inf,
                                 f"{OTHER_WEIGHTS}: committed weights digest {evidence.weights_digest.hex()[:16]}... "
@@ -200,16 +221,6 @@ class Verifier:
         judgement = judge_tensors(expected, evidence.outputs, tolerance)
         return AuditVerdict(record.request_id, segment_index, assignment.provider_id, judgement.passed,
                             judgement.max_abs, judgement.ratio, judgement.reason)
-
-
-def _compute_dtype(evidence: SegmentEvidence, default: torch.dtype | str | None) -> torch.dtype | str | None:
-    """The dtype the provider computed in: that of its hidden-state input, else of its hidden output
-    (a first segment), else the verifier's default (a single segment taking tokens, giving logits)."""
-    if evidence.inputs.is_floating_point():
-        return evidence.inputs.dtype
-    if evidence.outputs.is_floating_point() and evidence.outputs.dim() == 2 and evidence.outputs.dtype != torch.float32:
-        return evidence.outputs.dtype
-    return default
 
 
 def verdict_to_dict(v: AuditVerdict) -> dict[str, object]:

@@ -110,8 +110,8 @@ def demo_command(checkpoint: Path | None, prices: str, random_model: bool, num_p
                                             lead_args=lead_args, prices=provider_prices(prices, num_providers))
             console.print(f"[bold]cohort ready[/] in {time.monotonic() - started:.1f}s; lead API at {cohort['http']}")
             audit_info = _get(cohort["http"], "/v1/audit")
-            console.print(f"audit seed commitment [bold]{audit_info.get('seed_commitment')}[/] (p = {audit_info.get('p')}), "
-                          "published before serving")
+            console.print(f"audits at p = {audit_info.get('p')}, with a fresh seed per request whose commitment is "
+                          "signed into every session opening before the first step")
             request_id, text = _stream(console, cohort["http"], prompt, max_tokens, seed, temperature)
             info = _request_info(cohort["http"], request_id)
             _print_report(console, info)
@@ -273,12 +273,13 @@ def _print_audit_report(console: Any, base: str, info: dict[str, Any], ledger_pa
             console.print(f"ledger verify: {'[green]ok[/]' if report.ok else '[red]FAILED[/]'} ({report.message})")
         except (LedgerError, OSError, ValueError) as exc:
             console.print(f"[red]ledger verify failed:[/] {exc}")
-    audit_info = _get(base, "/v1/audit")
-    if audit_info.get("seed_commitment"):
-        revealed = _get(base, "/v1/audit/reveal")
-        opens = reveal_valid(bytes.fromhex(audit_info["seed_commitment"]), bytes.fromhex(revealed["seed"]))
-        console.print(f"audit seed revealed: {revealed['seed'][:16]}... opens the published commitment: "
-                      f"{'[green]yes[/]' if opens else '[red]NO[/]'}")
+    seed_hex, commitment_hex = info.get("audit_seed"), info.get("audit_seed_commitment")
+    if seed_hex and commitment_hex:
+        seed = bytes.fromhex(seed_hex)
+        signed = {c.get("audit_seed_commitment") for s in info.get("steps") or [] for c in s.get("commitments") or []}
+        opens = reveal_valid(bytes.fromhex(commitment_hex), seed) and signed == {commitment_hex}
+        console.print(f"request audit seed revealed after the audits: {seed_hex[:16]}...; it opens the commitment every "
+                      f"provider signed before serving: {'[green]yes[/]' if opens else '[red]NO[/]'}")
 
 
 def _num(value: Any) -> str:

@@ -217,10 +217,11 @@ def attach_audit_service(lead: Any, checkpoint: Path, settings: AuditSettings, p
                                ban_key=lead.registry.ban_key)
     except (ValueError, OSError) as exc:
         raise click.ClickException(f"--ledger: {exc}") from None
+    lead.use_session_key(key)  # one lead identity: it signs session openings and the ledger
     lead.attach_audit(service)
     p = plan.p
-    log.info("audit: p = %s, seed commitment %s, ledger %s, lead key %s", f"{p.numerator}/{p.denominator}",
-             service.seed_commitment.hex(), settings.ledger, fingerprint(bytes(key.verify_key)))
+    log.info("audit: p = %s, per-request seeds (committed in each session opening), ledger %s, lead key %s",
+             f"{p.numerator}/{p.denominator}", settings.ledger, fingerprint(bytes(key.verify_key)))
     return service
 
 

@@ -3,8 +3,9 @@
 Endpoints: ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions`` (``stream``
 gives server-sent events ending in ``data: [DONE]``), ``GET /v1/requests/{id}`` (cohort,
 commitments, status, culprit, fee, and once the audit hook ran: ``audits``, ``settlement``, ``ejected``,
-``ledger_seq``), ``GET /v1/cohort``, ``GET /v1/providers``, ``GET /v1/audit`` (seed commitment and p),
-``GET|POST /v1/audit/reveal`` (the audit seed), ``GET /healthz``.
+``ledger_seq``), ``GET /v1/cohort``, ``GET /v1/providers``, ``GET /v1/audit`` (p, probation and tolerance; no endpoint
+reveals a live request's audit seed: it appears in ``/v1/requests/{id}`` only once the request's audits
+are done), ``GET /healthz``.
 
 Invariants: every error is OpenAI-shaped ``{"error": {"message", "type", "param", "code"}}`` (a
 broken link adds ``culprit``, ``reason`` and ``request_id``); bad input is a 4xx naming the field;
@@ -151,15 +152,6 @@ def create_app(lead: Lead) -> FastAPI:
     @app.get("/v1/audit")
     async def audit() -> dict[str, Any]:
         return lead.audit_view()
-
-    @app.get("/v1/audit/reveal")
-    @app.post("/v1/audit/reveal")
-    async def audit_reveal() -> dict[str, Any]:
-        try:
-            seed = lead.reveal_audit_seed()
-        except LookupError as exc:
-            raise APIError(404, f"audit: {exc}", "not_found_error", None, "audit_disabled") from None
-        return {"seed": seed.hex(), **lead.audit_view()}
 
     @app.get("/v1/requests/{request_id}")
     async def request_info(request_id: str) -> dict[str, Any]:

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import grpc
+from nacl.signing import SigningKey
 from google.protobuf.message import DecodeError
 
 from verisplit.impl.node import verisplit_pb2 as pb
-from verisplit.impl.records.keys import SignedFields
+from verisplit.impl.records.keys import SignedFields, sign_session
 from verisplit.spec.commitment import BoundaryCommitment
 
 CHUNK_BYTES = 1 << 20  # tensors above 1 MiB travel in several messages
@@ -108,7 +109,8 @@ def commitment_to_pb(c: BoundaryCommitment) -> pb.Commitment:
         protocol_version=c.protocol_version, model_id=c.model_id, weights_digest=c.weights_digest,
         request_id=c.request_id, step=c.step, segment_index=c.segment_index, first_layer=c.first_layer,
         end_layer=c.end_layer, first_position=c.first_position, num_positions=c.num_positions,
-        input_digest=c.input_digest, output_digest=c.output_digest, signer=c.signer, signature=c.signature)
+        input_digest=c.input_digest, output_digest=c.output_digest, signer=c.signer, signature=c.signature,
+        dtype=c.dtype, audit_seed_commitment=c.audit_seed_commitment)
 
 
 def commitment_from_pb(m: pb.Commitment) -> BoundaryCommitment:
@@ -118,7 +120,7 @@ def commitment_from_pb(m: pb.Commitment) -> BoundaryCommitment:
         request_id=m.request_id, step=m.step, segment_index=m.segment_index, first_layer=m.first_layer,
         end_layer=m.end_layer, first_position=m.first_position, num_positions=m.num_positions,
         input_digest=bytes(m.input_digest), output_digest=bytes(m.output_digest), signer=bytes(m.signer),
-        signature=bytes(m.signature))
+        signature=bytes(m.signature), dtype=m.dtype, audit_seed_commitment=bytes(m.audit_seed_commitment))
 
 
 def parse_endpoint(url: str) -> tuple[str, bool | None]:
@@ -228,7 +230,7 @@ def offer_fields_to_pb(o: SignedFields) -> pb.Offer:
         protocol_version=o.protocol_version, provider_id=o.provider_id, public_key=o.public_key,
         model_id=o.model_id, weights_digest=o.weights_digest, num_layers=o.num_layers,
         first_layer=o.first_layer, end_layer=o.end_layer, price_per_work_unit=o.price_per_work_unit,
-        endpoint=o.endpoint, kv_capacity_tokens=o.kv_capacity_tokens, issued_at_ms=o.issued_at_ms)
+        endpoint=o.endpoint, kv_capacity_tokens=o.kv_capacity_tokens, issued_at_ms=o.issued_at_ms, dtype=o.dtype)
 
 
 def offer_fields_from_pb(m: pb.Offer) -> SignedFields:
@@ -236,7 +238,7 @@ def offer_fields_from_pb(m: pb.Offer) -> SignedFields:
         protocol_version=m.protocol_version, provider_id=m.provider_id, public_key=bytes(m.public_key),
         model_id=m.model_id, weights_digest=bytes(m.weights_digest), num_layers=m.num_layers,
         first_layer=m.first_layer, end_layer=m.end_layer, price_per_work_unit=m.price_per_work_unit,
-        endpoint=m.endpoint, kv_capacity_tokens=m.kv_capacity_tokens, issued_at_ms=m.issued_at_ms)
+        endpoint=m.endpoint, kv_capacity_tokens=m.kv_capacity_tokens, issued_at_ms=m.issued_at_ms, dtype=m.dtype)
 
 
 def server_credentials(cert: Path, key: Path) -> grpc.ServerCredentials:
@@ -251,3 +253,14 @@ def open_channel(endpoint: str, tls_ca: Path | None) -> grpc.aio.Channel:
         roots = tls_ca.read_bytes() if tls_ca is not None else None
         return grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=roots), options=grpc_options())
     return grpc.aio.insecure_channel(target, options=grpc_options())
+
+
+def open_session_request(lead_key: "SigningKey", *, session_id: str, request_id: str, model_id: str,
+                         segment_index: int, first_layer: int, end_layer: int, max_length: int,
+                         audit_seed_commitment: bytes, dtype: str) -> pb.OpenSessionRequest:
+    """A session opening signed by the lead (``session_signing_bytes``): it fixes, before the first step,
+    the request's audit-seed commitment and dtype that every commitment of the session must repeat."""
+    fields = dict(session_id=session_id, request_id=request_id, model_id=model_id, segment_index=segment_index,
+                  first_layer=first_layer, end_layer=end_layer, max_length=max_length,
+                  audit_seed_commitment=audit_seed_commitment, dtype=dtype)
+    return pb.OpenSessionRequest(**fields, lead_signature=sign_session(lead_key, **fields))

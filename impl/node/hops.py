@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from nacl.signing import SigningKey
 
 from verisplit.impl.node import verisplit_pb2 as pb
 from verisplit.impl.node import verisplit_pb2_grpc as pb_grpc
-from verisplit.impl.node.framing import FramingError, Reassembler, chunk_tensor
+from verisplit.impl.node.framing import FramingError, Reassembler, chunk_tensor, open_session_request
 from verisplit.impl.runtime.config import ModelConfig
 from verisplit.spec.commitment import MISSING_LINK, StepContext
 from verisplit.spec.faults import MALFORMED_OUTPUT, PROVIDER_ERROR, RESOURCE_EXHAUSTED, TIMEOUT, UNAVAILABLE
@@ -78,11 +79,16 @@ class Hop:
             return self.fail(TIMEOUT, f"{what}: no answer in time")
         return self.fail(PROVIDER_ERROR, f"{what}: {code.name}: {exc.details()}")
 
-    async def open(self, session_id: str, request_id: str, model_id: str, max_length: int) -> None:
+    async def open(self, lead_key: SigningKey, session_id: str, request_id: str, model_id: str, max_length: int,
+                   audit_seed_commitment: bytes, dtype: str) -> None:
+        """Open the session with a lead-signed opening that fixes the request's audit-seed commitment
+        and dtype before the first step."""
+        request = open_session_request(lead_key, session_id=session_id, request_id=request_id, model_id=model_id,
+                                       segment_index=self.index, first_layer=self.first_layer,
+                                       end_layer=self.end_layer, max_length=max_length,
+                                       audit_seed_commitment=audit_seed_commitment, dtype=dtype)
         try:
-            await self.stub.OpenSession(pb.OpenSessionRequest(
-                session_id=session_id, request_id=request_id, model_id=model_id, segment_index=self.index,
-                first_layer=self.first_layer, end_layer=self.end_layer, max_length=max_length), timeout=30)
+            await self.stub.OpenSession(request, timeout=30)
         except grpc.aio.AioRpcError as exc:
             raise self.rpc_failure(exc, "OpenSession") from None
         self.opened = True
@@ -148,6 +154,6 @@ OUTPUT_HEADER_SLACK = 4096  # bytes above the payload allowed for the canonical 
 def output_byte_limit(config: ModelConfig, positions: int, last: bool) -> int:
     """Largest canonical output the lead accepts from a hop: ``positions`` rows of the boundary's width
     (vocab for the last segment, hidden otherwise) at 4 bytes per element (fp32, the widest allowed
-    dtype), plus header slack. Anything larger cannot pass ``_check_shape`` anyway."""
+    dtype), plus header slack. Anything larger cannot pass the boundary rule H5 anyway."""
     width = config.vocab_size if last else config.hidden_size
     return positions * width * 4 + OUTPUT_HEADER_SLACK

@@ -26,20 +26,22 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 import grpc
 import torch
+from nacl.signing import SigningKey
 
 from verisplit.impl.node import verisplit_pb2_grpc as pb_grpc
 from verisplit.impl.node.framing import commitment_from_pb
-from verisplit.impl.node.hops import MALFORMED_OUTPUT, UNAVAILABLE, CohortError, Hop, HopTimings, output_byte_limit
+from verisplit.impl.node.hops import UNAVAILABLE, CohortError, Hop, HopTimings, output_byte_limit
 from verisplit.impl.node.framing import open_channel
 from verisplit.impl.node.registry import Registry
 from verisplit.impl.node.views import audit_view, providers_view, request_view
 from verisplit.impl.records.requests import RecordError, RequestRecord, RequestStore, StepRecord
 from verisplit.impl.runtime.config import ModelConfig
 from verisplit.impl.runtime.generate import sample_next
-from verisplit.impl.runtime.tensors import from_canonical, to_canonical
+from verisplit.impl.runtime.tensors import boundary_facts, from_canonical, to_canonical
 from verisplit.spec.cohort import Cohort, InvalidOffer, ModelSpec, NoCoverage, Offer, form_cohort, quote_fee
-from verisplit.spec.commitment import StepContext, check_exchanged_link, next_step_context
-from verisplit.spec.encoding import EncodingError, decode_tensor, digest_encoded
+from verisplit.spec.commitment import (DTYPES, NO_SEED_COMMITMENT, StepContext, boundary_spec, check_boundary, check_exchanged_link,
+                                       next_step_context)
+from verisplit.spec.encoding import digest_encoded
 from verisplit.spec.settlement import billable_positions
 
 log = logging.getLogger("verisplit.lead")
@@ -85,6 +87,7 @@ class RequestRun:
     timings: HopTimings = field(default_factory=HopTimings)
     steps: list[StepRecord] = field(default_factory=list)
     fee: int = 0
+    seed_commitment: bytes = NO_SEED_COMMITMENT
 
     async def tokens(self) -> AsyncIterator[int]:
         """Yield generated token ids as they come; raises ``CohortError`` when a link breaks.
@@ -98,13 +101,18 @@ class Lead:
 
     def __init__(self, checkpoint: str | Path, data_dir: str | Path, *, retention: int = 1000,
                  tls_ca: Path | None = None, heartbeat_interval_s: float = 1.0, offer_ttl_s: float = 5.0,
-                 step_timeout_s: float = 120.0) -> None:
+                 step_timeout_s: float = 120.0, dtype: str = "float32", session_key: SigningKey | None = None) -> None:
         root = Path(checkpoint)
         self.checkpoint = root
         self.config = ModelConfig.from_dir(root)
         self.model_id = self.config.name_or_path or root.resolve().name
         self.model_spec = ModelSpec(self.model_id, self.config.num_hidden_layers)
-        self.registry = Registry(self.model_spec, heartbeat_interval_s=heartbeat_interval_s, offer_ttl_s=offer_ttl_s)
+        # Signs every session opening (the audit-seed commitment and dtype of the request); providers
+        # learn its public key when they register and serve no opening it did not sign.
+        self.session_key = session_key if session_key is not None else SigningKey.generate()
+        self.dtype = dtype  # the cohort's compute dtype (H2, H5): the calibrated tolerance's, once auditing
+        self.registry = Registry(self.model_spec, heartbeat_interval_s=heartbeat_interval_s, offer_ttl_s=offer_ttl_s,
+                                 dtype=dtype, lead_public_key=bytes(self.session_key.verify_key))
         self.store = RequestStore(Path(data_dir) / "requests", max_requests=retention)
         self.tls_ca = tls_ca
         self.step_timeout_s = step_timeout_s
@@ -119,23 +127,29 @@ class Lead:
     def attach_audit(self, service: Any) -> None:
         """Install ``service`` (a ``verisplit.impl.audit.service.AuditService``) as a post-request hook:
         every finished request is then audited, settled, written to the ledger, and failed providers
-        are ejected from ``self.registry`` (offer removed, key banned)."""
+        are ejected from ``self.registry`` (offer removed, key and id banned). The cohort computes in
+        the dtype the service's tolerance was calibrated for, so offers in any other are refused."""
         self.audit = service
+        if service.tolerance.dtype in DTYPES:  # a real calibration (not the p = 0 placeholder)
+            self.dtype = self.registry.dtype = service.tolerance.dtype
         self.post_request_hooks.append(service)
 
-    def audit_view(self) -> dict[str, Any]:
-        """What the lead publishes about auditing (see ``views.audit_view``)."""
-        return audit_view(self.audit, bool(getattr(self, "_revealed", False)))
+    def use_session_key(self, key: SigningKey) -> None:
+        """Sign session openings with ``key`` (the lead's identity, also its ledger key); call before the
+        registry serves, since providers learn the public key when they register."""
+        self.session_key = key
+        self.registry.lead_public_key = bytes(key.verify_key)
 
-    def reveal_audit_seed(self) -> bytes:
-        """Reveal the audit seed (opens the published commitment). After this, audit selection of any
-        later request is predictable: a production lead reveals per epoch and starts a new seed."""
+    def seed_commitment_for(self, request_id: str) -> bytes:
+        """The audit-seed commitment of ``request_id`` (rule A1), sent in every signed session opening
+        before the first step; the seed itself is revealed only in the finished request's record."""
         if self.audit is None:
-            raise LookupError("auditing is not configured on this lead")
-        self._revealed = True
-        log.warning("audit seed revealed; selections under commitment %s are now predictable",
-                    self.audit.seed_commitment.hex())
-        return bytes(self.audit.reveal())
+            return NO_SEED_COMMITMENT
+        return self.audit.seed_commitment_for(request_id)
+
+    def audit_view(self) -> dict[str, Any]:
+        """What the lead publishes about auditing (see ``views.audit_view``); never a live seed."""
+        return audit_view(self.audit)
 
     # --- routing ------------------------------------------------------------------------------
     def route(self) -> tuple[Cohort, list[Offer]]:
@@ -190,12 +204,16 @@ class Lead:
         generator = torch.Generator().manual_seed(params.seed)
         stops = set(params.stop_token_ids)
         try:
-            results = await asyncio.gather(*(h.open(session_id, run.request_id, self.model_id, max_length) for h in hops),
+            seed_commitment = self.seed_commitment_for(run.request_id)
+            run.seed_commitment = seed_commitment
+            results = await asyncio.gather(*(h.open(self.session_key, session_id, run.request_id, self.model_id, max_length,
+                                                    seed_commitment, self.dtype) for h in hops),
                                            return_exceptions=True)
             for result in results:
                 if isinstance(result, BaseException):
                     raise result
-            context = StepContext(self.model_id, run.request_id, 0, 0, len(run.prompt_ids))
+            context = StepContext(self.model_id, run.request_id, 0, 0, len(run.prompt_ids), dtype=self.dtype,
+                                  audit_seed_commitment=seed_commitment)
             blob = to_canonical(torch.tensor(run.prompt_ids, dtype=torch.int64))
             for _ in range(params.max_tokens):
                 logits = await self._step(run, hops, session_id, context, blob)
@@ -249,22 +267,18 @@ class Lead:
             if failure is not None:
                 raise hop.fail(failure[0], failure[1])
             self.commitments_checked += 1
-            self._check_shape(hop, out, context.num_positions, last=hop is hops[-1])
+            self._check_boundary(hop, out, context.num_positions, len(hops))
             blob, expected = out, out_digest
         return from_canonical(blob)
 
-    def _check_shape(self, hop: Hop, out: bytes, positions: int, last: bool) -> None:
-        """Outputs must be canonical tensors of the boundary's shape, so a malformed one is blamed on its sender."""
-        try:
-            frame = decode_tensor(out)
-        except EncodingError as exc:
-            raise hop.fail(MALFORMED_OUTPUT, f"output: {exc}") from None
-        width = self.config.vocab_size if last else self.config.hidden_size
-        if frame.shape != (positions, width):
-            raise hop.fail(MALFORMED_OUTPUT, f"output: shape {list(frame.shape)}, expected [{positions}, {width}]")
-        allowed = ("float32",) if last else ("float32", "float16", "bfloat16")
-        if frame.dtype not in allowed:
-            raise hop.fail(MALFORMED_OUTPUT, f"output: dtype {frame.dtype}, expected one of {allowed}")
+    def _check_boundary(self, hop: Hop, out: bytes, positions: int, num_hops: int) -> None:
+        """Rule H5 on an output whose commitment passed H1-H4: a finite canonical tensor of the
+        boundary's shape and the cohort's dtype, else ``bad_boundary`` blamed on its signer."""
+        expected = boundary_spec(hop.index, num_hops, self.dtype, positions, self.config.hidden_size,
+                                 self.config.vocab_size)
+        failure = check_boundary(*boundary_facts(out), expected)
+        if failure is not None:
+            raise hop.fail(failure[0], failure[1])
 
     async def _finish(self, run: RequestRun, hops: list[Hop]) -> None:
         """Close every session, save the record, publish its info and schedule the hooks."""
@@ -289,6 +303,7 @@ class Lead:
             prices={o.provider_id: o.price_per_work_unit for o in run.offers
                     if o.provider_id in run.cohort.provider_ids},
             extra={"prompt_token_ids": run.prompt_ids, "completion_token_ids": run.generated,
+                   "audit_seed_commitment": run.seed_commitment.hex(), "dtype": self.dtype,
                    "finish_reason": run.finish_reason, "detail": err.detail if err else None,
                    "link": err.link if err else None, "params": run.params.__dict__ | {"stop_token_ids": list(run.params.stop_token_ids)}})
         try:

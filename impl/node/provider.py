@@ -34,10 +34,10 @@ from verisplit.impl.node import verisplit_pb2_grpc as pb_grpc
 from verisplit.impl.node.behaviour import Behaviour
 from verisplit.impl.node.framing import (DEFAULT_MAX_TENSOR_BYTES, FramingError, Reassembler, chunk_tensor,
                                          commitment_to_pb, offer_fields_to_pb)
-from verisplit.impl.records.keys import SignedFields, sign_offer
+from verisplit.impl.records.keys import SignedFields, session_signature_valid, sign_offer
 from verisplit.impl.runtime.errors import SegmentInputError, SessionError
 from verisplit.impl.runtime.segment import Segment
-from verisplit.impl.runtime.tensors import from_canonical, to_canonical
+from verisplit.impl.runtime.tensors import dtype_name, from_canonical, to_canonical
 from verisplit.spec.commitment import PROTOCOL_VERSION, BoundaryCommitment, sign_commitment
 from verisplit.spec.encoding import EncodingError, digest_encoded
 
@@ -53,6 +53,7 @@ class _Session:
     segment_index: int
     max_length: int
     segment: Segment
+    audit_seed_commitment: bytes = bytes(32)
     next_step: int = 0
     busy: bool = False
     last_used: float = field(default_factory=time.monotonic)
@@ -82,6 +83,10 @@ class ProviderService(pb_grpc.ProviderServicer):
         self.max_tensor_bytes = max_tensor_bytes
         self.sessions: dict[str, _Session] = {}
         self.kv_tokens_reserved = 0
+        # The key of the lead this provider registered with (from its RegisterResponse): only session
+        # openings that key signed are served. None until registered: every OpenSession is refused.
+        self.lead_public_key: bytes | None = None
+        self.dtype = dtype_name(segment.dtype)
 
     # --- sub-ranges ---------------------------------------------------------------------------
     async def view(self, first_layer: int, end_layer: int) -> Segment:
@@ -108,7 +113,7 @@ class ProviderService(pb_grpc.ProviderServicer):
         return pb.ProviderInfo(
             offer=pb.SignedOffer(offer=offer_fields_to_pb(self.offer), signature=self.offer_signature),
             open_sessions=len(self.sessions), kv_tokens_reserved=self.kv_tokens_reserved,
-            dtype=str(self.segment.dtype).removeprefix("torch."), device=str(self.segment.device),
+            dtype=self.dtype, device=str(self.segment.device),
             max_tensor_bytes=self.max_tensor_bytes)
 
     async def OpenSession(self, request: pb.OpenSessionRequest, context: grpc.aio.ServicerContext) -> pb.OpenSessionResponse:
@@ -117,6 +122,22 @@ class ProviderService(pb_grpc.ProviderServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "session_id: must match [A-Za-z0-9._-]{1,128}")
         if not request.request_id or len(request.request_id) > 128:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request_id: must be 1..128 characters")
+        if len(request.audit_seed_commitment) != 32:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "audit_seed_commitment: must be 32 bytes")
+        if self.lead_public_key is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                "lead_signature: this provider is not registered with a lead yet")
+        if not session_signature_valid(self.lead_public_key, bytes(request.lead_signature),
+                                       session_id=request.session_id, request_id=request.request_id,
+                                       model_id=request.model_id, segment_index=request.segment_index,
+                                       first_layer=request.first_layer, end_layer=request.end_layer,
+                                       max_length=request.max_length,
+                                       audit_seed_commitment=bytes(request.audit_seed_commitment), dtype=request.dtype):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                "lead_signature: the session opening is not signed by the lead this provider serves")
+        if request.dtype != self.dtype:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"dtype: this provider computes in {self.dtype}, the cohort in {request.dtype!r}")
         if request.model_id != loaded.model_id:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"model_id: this provider serves {loaded.model_id!r}, not {request.model_id!r}")
@@ -143,7 +164,8 @@ class ProviderService(pb_grpc.ProviderServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except torch.OutOfMemoryError:  # budget larger than the device really has
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "max_length: device out of memory allocating the KV cache")
-        self.sessions[request.session_id] = _Session(request.request_id, request.segment_index, request.max_length, seg)
+        self.sessions[request.session_id] = _Session(request.request_id, request.segment_index, request.max_length, seg,
+                                                     bytes(request.audit_seed_commitment))
         self.kv_tokens_reserved += request.max_length
         return pb.OpenSessionResponse(weights_digest=seg.weights_digest,
                                       kv_bytes_reserved=request.max_length * seg.kv_bytes_per_token())
@@ -249,7 +271,8 @@ class ProviderService(pb_grpc.ProviderServicer):
             request_id=state.request_id, step=step, segment_index=state.segment_index,
             first_layer=seg.first_layer, end_layer=seg.end_layer, first_position=frame.first_position,
             num_positions=frame.num_positions, input_digest=digest_encoded(blob),
-            output_digest=digest_encoded(committed_bytes), signer=bytes(32))
+            output_digest=digest_encoded(committed_bytes), signer=bytes(32), dtype=self.dtype,
+            audit_seed_commitment=state.audit_seed_commitment)
         signed = sign_commitment(unsigned, self.behaviour.signing_key(step, self.key))
         state.next_step += 1
         state.last_used = time.monotonic()

@@ -33,6 +33,7 @@ from verisplit.impl.node.ports import bind_grpc
 from verisplit.impl.node.provider import ProviderService
 from verisplit.impl.records.keys import SignedFields, heartbeat_signing_bytes
 from verisplit.impl.runtime.segment import Segment
+from verisplit.impl.runtime.tensors import dtype_name
 from verisplit.spec.commitment import PROTOCOL_VERSION
 
 if TYPE_CHECKING:
@@ -139,7 +140,8 @@ async def _serve(settings: ProviderSettings, stop: asyncio.Event, hard: asyncio.
         protocol_version=PROTOCOL_VERSION, provider_id=settings.provider_id, public_key=bytes(settings.key.verify_key),
         model_id=segment.model_id, weights_digest=segment.weights_digest, num_layers=segment.config.num_hidden_layers,
         first_layer=segment.first_layer, end_layer=segment.end_layer, price_per_work_unit=settings.price,
-        endpoint=advertise, kv_capacity_tokens=capacity, issued_at_ms=int(time.time() * 1000))
+        endpoint=advertise, kv_capacity_tokens=capacity, issued_at_ms=int(time.time() * 1000),
+        dtype=dtype_name(segment.dtype))
 
     def load_range(first: int, end: int) -> Segment:
         return load_segment(settings.checkpoint, first, end, device=settings.device, dtype=settings.dtype)
@@ -159,7 +161,7 @@ async def _serve(settings: ProviderSettings, stop: asyncio.Event, hard: asyncio.
     signed = pb.SignedOffer(offer=offer_fields_to_pb(offer), signature=service.offer_signature)
     limiter = Every(UNREACHABLE_LOG_S)
     try:
-        interval = await _register(registry, signed, stop, limiter, settings.lead, metrics)
+        interval = await _register(registry, signed, stop, service, limiter, settings.lead, metrics)
         if interval is None:
             return
         metrics.registered.set(1)
@@ -184,7 +186,8 @@ async def _serve(settings: ProviderSettings, stop: asyncio.Event, hard: asyncio.
                 if not reply.known:
                     metrics.registered.set(0)
                     log.warning("lead no longer lists %s; registering again", settings.provider_id)
-                    interval = await _register(registry, signed, stop, limiter, settings.lead, metrics) or interval
+                    interval = await _register(registry, signed, stop, service, limiter, settings.lead,
+                                               metrics) or interval
                     metrics.registered.set(1)
             except grpc.aio.AioRpcError as exc:
                 failures += 1
@@ -223,8 +226,8 @@ def _lead_unreachable(exc: BaseException) -> bool:
                                                                     grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
-async def _register(registry: pb_grpc.RegistryStub, signed: pb.SignedOffer, stop: asyncio.Event, limiter: Every,
-                    lead: str, metrics: "ProviderMetrics") -> float | None:
+async def _register(registry: pb_grpc.RegistryStub, signed: pb.SignedOffer, stop: asyncio.Event,
+                    service: ProviderService, limiter: Every, lead: str, metrics: "ProviderMetrics") -> float | None:
     """Register until accepted, retrying with exponential backoff (0.2 s doubling to 5 s, tenacity)
     while the lead is unreachable; None if ``stop`` is set first (the backoff sleep wakes on it).
     A refusal (bad signature, banned key, wrong model) is permanent and raises RuntimeError."""
@@ -257,6 +260,9 @@ async def _register(registry: pb_grpc.RegistryStub, signed: pb.SignedOffer, stop
         if _lead_unreachable(exc):  # stopped while the lead was still unreachable
             return None
         raise RuntimeError(f"lead refused the offer: {exc.code().name}: {exc.details()}") from None
+    if len(reply.lead_public_key) != 32:
+        raise RuntimeError("lead answered the registration without its 32-byte session key")
+    service.lead_public_key = bytes(reply.lead_public_key)  # only this lead's session openings are served
     return max(reply.heartbeat_interval_ms / 1000.0, 0.05)
 
 

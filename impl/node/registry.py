@@ -56,13 +56,17 @@ class Registry:
     """
 
     def __init__(self, model: ModelSpec, *, heartbeat_interval_s: float = 1.0, offer_ttl_s: float = 5.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, dtype: str = "float32",
+                 lead_public_key: bytes = bytes(32)) -> None:
         self.model = model
+        self.dtype = dtype  # the compute dtype this lead verifies; offers in another are refused
+        self.lead_public_key = lead_public_key  # returned to registering providers (signs session openings)
         self.heartbeat_interval_s = heartbeat_interval_s
         self.offer_ttl_s = offer_ttl_s
         self.clock = clock
         self._entries: dict[str, RegisteredOffer] = {}
         self._banned: dict[bytes, str] = {}
+        self._banned_ids: dict[str, str] = {}  # ids a key was ejected under stay banned (rule A4)
 
     def register(self, fields: SignedFields, signature: bytes) -> None:
         """Verify and list an offer (replacing the provider's older one); refusals raise ``RegistryError``."""
@@ -72,6 +76,9 @@ class Registry:
         if fields.public_key in self._banned:
             raise RegistryError(grpc.StatusCode.PERMISSION_DENIED,
                                 f"public_key: {fingerprint(fields.public_key)} is banned ({self._banned[fields.public_key]})")
+        if fields.provider_id in self._banned_ids:
+            raise RegistryError(grpc.StatusCode.PERMISSION_DENIED,
+                                f"provider_id: {fields.provider_id!r} is banned ({self._banned_ids[fields.provider_id]})")
         if fields.protocol_version != PROTOCOL_VERSION:
             raise RegistryError(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"protocol_version: {who} speaks {fields.protocol_version}, the lead speaks {PROTOCOL_VERSION}")
@@ -82,6 +89,9 @@ class Registry:
             raise RegistryError(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"num_layers: {who} claims layers [{fields.first_layer}, {fields.end_layer}) of "
                                 f"{fields.num_layers}, the model has {self.model.num_layers}")
+        if fields.dtype != self.dtype:
+            raise RegistryError(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"dtype: {who} runs {fields.dtype or 'an unnamed dtype'}, this lead verifies {self.dtype}")
         if len(fields.provider_id.encode()) > 128:
             raise RegistryError(grpc.StatusCode.INVALID_ARGUMENT, "provider_id: longer than 128 bytes")
         try:
@@ -90,6 +100,10 @@ class Registry:
         except (InvalidOffer, ValueError) as exc:
             raise RegistryError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         self._expire()
+        same_key = [p for p, e in self._entries.items() if e.fields.public_key == fields.public_key and p != fields.provider_id]
+        if same_key:  # rule C3 is on keys: one key cannot hold two offers (and so two segments of a cohort)
+            raise RegistryError(grpc.StatusCode.ALREADY_EXISTS,
+                                f"public_key: {fingerprint(fields.public_key)} already offers as {same_key[0]!r}")
         existing = self._entries.get(fields.provider_id)
         if existing is not None:
             if existing.fields.public_key != fields.public_key:
@@ -140,11 +154,14 @@ class Registry:
         if entry is None:
             raise KeyError(f"provider_id: {provider_id!r} is not registered")
         self._banned[entry.fields.public_key] = reason
+        self._banned_ids[provider_id] = reason
         log.warning("ejected %s (%s): %s", provider_id, fingerprint(entry.fields.public_key), reason)
 
-    def ban_key(self, public_key: bytes, reason: str) -> None:
-        """Ban a key directly (and drop any offer under it)."""
+    def ban_key(self, public_key: bytes, reason: str, provider_id: str | None = None) -> None:
+        """Ban a key directly (and the id it served under, if given), dropping any offer under it."""
         self._banned[public_key] = reason
+        if provider_id is not None:
+            self._banned_ids[provider_id] = reason
         for provider_id in [p for p, e in self._entries.items() if e.fields.public_key == public_key]:
             del self._entries[provider_id]
 
@@ -172,7 +189,8 @@ class RegistryService(pb_grpc.RegistryServicer):
             await context.abort(exc.code, exc.message)
         return pb.RegisterResponse(provider_id=request.offer.provider_id,
                                    heartbeat_interval_ms=int(self.registry.heartbeat_interval_s * 1000),
-                                   offer_ttl_ms=int(self.registry.offer_ttl_s * 1000))
+                                   offer_ttl_ms=int(self.registry.offer_ttl_s * 1000),
+                                   lead_public_key=self.registry.lead_public_key)
 
     async def Heartbeat(self, request: pb.HeartbeatRequest, context: grpc.aio.ServicerContext) -> pb.HeartbeatResponse:
         try:

@@ -54,12 +54,15 @@ def providers_view(registry: Registry) -> list[dict[str, Any]]:
     return out
 
 
-def audit_view(service: Any, revealed: bool) -> dict[str, Any]:
-    """What the lead publishes about auditing: the seed commitment, p, whether it revealed, tolerance."""
+def audit_view(service: Any) -> dict[str, Any]:
+    """What the lead publishes about auditing: p and the tolerance. Seeds are per request (rule A1): a
+    request's seed commitment is in its signed session openings and commitments, and the seed itself
+    only in its record once its audits are done, so nothing here can predict a live selection."""
     if service is None:
-        return {"enabled": False, "seed_commitment": None, "p": "0", "revealed": False}
+        return {"enabled": False, "p": "0", "seeds": "none"}
     p = service.audit_p
-    return {"enabled": p > 0, "seed_commitment": service.seed_commitment.hex(), "p": f"{p.numerator}/{p.denominator}",
-            "revealed": revealed,
+    return {"enabled": p > 0, "p": f"{p.numerator}/{p.denominator}",
+            "seeds": "per request: HMAC of the lead's secret and the request id; H(seed) is signed into every "
+                     "session opening and commitment, the seed is revealed in /v1/requests/{id} after the audits",
             "tolerance": {"dtype": service.tolerance.dtype, "atol": service.tolerance.atol,
                           "rtol": service.tolerance.rtol}}

@@ -25,7 +25,7 @@ from nacl.signing import SigningKey, VerifyKey
 
 KEY_KIND = "verisplit-ed25519"
 KEY_VERSION = 1
-OFFER_DOMAIN = b"verisplit/offer/v1\x00"
+OFFER_DOMAIN = b"verisplit/offer/v2\x00"  # v2: the offer signs its compute dtype
 HEARTBEAT_DOMAIN = b"verisplit/heartbeat/v1\x00"
 
 
@@ -131,6 +131,7 @@ class SignedFields:
     endpoint: str
     kv_capacity_tokens: int
     issued_at_ms: int
+    dtype: str = "float32"  # the compute dtype the provider runs; the lead refuses any other than its own
 
 
 def offer_signing_bytes(o: SignedFields) -> bytes:
@@ -146,6 +147,7 @@ def offer_signing_bytes(o: SignedFields) -> bytes:
         struct.pack("<Q", o.price_per_work_unit),
         _text(o.endpoint),
         struct.pack("<QQ", o.kv_capacity_tokens, o.issued_at_ms),
+        _text(o.dtype),
     ])
 
 
@@ -176,6 +178,35 @@ def heartbeat_signature_valid(public_key: bytes, provider_id: str, sent_at_ms: i
     """True iff ``signature`` is the provider's signature over the heartbeat's signing bytes."""
     try:
         VerifyKey(public_key).verify(heartbeat_signing_bytes(provider_id, sent_at_ms, leaving), signature)
+    except (BadSignatureError, ValueError, TypeError, struct.error, OverflowError):
+        return False
+    return True
+
+
+SESSION_DOMAIN = b"verisplit/open-session/v1\x00"
+
+
+def session_signing_bytes(session_id: str, request_id: str, model_id: str, segment_index: int, first_layer: int,
+                          end_layer: int, max_length: int, audit_seed_commitment: bytes, dtype: str) -> bytes:
+    """Canonical bytes the lead signs when it opens a session (docs/protocol.md, "Session opening"): the
+    provider serves the session only if the signature verifies under the key of the lead it registered
+    with, and repeats ``audit_seed_commitment`` in every commitment of the request."""
+    return b"".join([
+        SESSION_DOMAIN, _text(session_id), _text(request_id), _text(model_id),
+        struct.pack("<IIII", segment_index, first_layer, end_layer, max_length),
+        _fixed("audit_seed_commitment", audit_seed_commitment, 32), _text(dtype),
+    ])
+
+
+def sign_session(key: SigningKey, **fields: object) -> bytes:
+    """The lead's 64-byte signature over ``session_signing_bytes(**fields)``."""
+    return key.sign(session_signing_bytes(**fields)).signature  # type: ignore[arg-type]
+
+
+def session_signature_valid(lead_public_key: bytes, signature: bytes, **fields: object) -> bool:
+    """True iff ``signature`` is ``lead_public_key``'s signature over the session-opening bytes."""
+    try:
+        VerifyKey(lead_public_key).verify(session_signing_bytes(**fields), signature)  # type: ignore[arg-type]
     except (BadSignatureError, ValueError, TypeError, struct.error, OverflowError):
         return False
     return True

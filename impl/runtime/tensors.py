@@ -84,3 +84,15 @@ def digest_named_tensors(tensors: "dict[str, torch.Tensor]") -> bytes:
         h.update(encoded)
         h.update(digest_tensor(tensors[name]))
     return h.digest()
+
+
+def boundary_facts(blob: bytes) -> tuple[str | None, tuple[int, ...] | None, bool]:
+    """What rule H5 (``verisplit.spec.commitment.check_boundary``) judges of received bytes: their canonical
+    header's dtype and shape (None, None when they are not a canonical tensor) and whether every element
+    is finite (integer tensors always are)."""
+    try:
+        t = from_canonical(blob)
+    except EncodingError:
+        return None, None, False
+    finite = bool(torch.isfinite(t).all()) if t.is_floating_point() else True
+    return dtype_name(t.dtype), tuple(int(d) for d in t.shape), finite
