@@ -21,7 +21,7 @@ MODEL = ModelSpec("m", 8)
 
 
 def offer(pid: str, first: int, end: int, price: int = 1) -> Offer:
-    return Offer(pid, bytes(32), first, end, price, "127.0.0.1:1")
+    return Offer(pid, pid.encode().ljust(32, b"k"), first, end, price, "127.0.0.1:1")
 
 
 def test_auto_fills_the_gap_first():

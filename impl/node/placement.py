@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from verisplit.spec.cohort import ModelSpec, NoCoverage, Offer, cohort_cost, form_cohort
+from verisplit.spec.cohort import InvalidOffer, ModelSpec, NoCoverage, Offer, cohort_cost, form_cohort
 
 log = logging.getLogger("verisplit.provider")
 
@@ -93,14 +93,18 @@ def choose_range(offers: Sequence[Offer], model: ModelSpec, price: int, length: 
         raise PlacementError(f"--layers: auto:{size} asks for {size} layers, the model has {n}")
     counts = coverage(offers, n)
     others = [o for o in offers if o.provider_id != me]
+    keys = {o.public_key for o in others}
+    own_key = bytes(32)
+    while own_key in keys:  # rule C3 is on keys: the candidate needs one of its own
+        own_key = (int.from_bytes(own_key, "big") + 1).to_bytes(32, "big")
     best: tuple[Any, ...] | None = None
     chosen: Choice | None = None
     for first in range(0, n - size + 1):
         window = counts[first:first + size]
-        candidate = Offer(me, b"\x00" * 32, first, first + size, price, "127.0.0.1:1")
+        candidate = Offer(me, own_key, first, first + size, price, "127.0.0.1:1")
         try:
             cost: float = float(cohort_cost(form_cohort([*others, candidate], model), model, [*others, candidate]))
-        except NoCoverage:
+        except (NoCoverage, InvalidOffer):
             cost = math.inf
         choice = Choice(first, first + size, sum(1 for c in window if c == 0), sum(window), cost)
         key = (-choice.uncovered, choice.coverage, choice.cost, first)
