@@ -30,6 +30,7 @@ from verisplit.spec.commitment import (
     BoundaryCommitment,
     ChainVerdict,
     StepContext,
+    NO_SEED_COMMITMENT,
     VALID,
     check_link,
     check_receipt,
@@ -92,6 +93,7 @@ class RequestObservation:
     tokens: tuple[int, ...] = ()
     error: str | None = None
     error_layer: int | None = None
+    audit_seed_commitment: bytes = NO_SEED_COMMITMENT  # what the lead signed into the sessions (rule A1)
 
 
 @dataclass(frozen=True)
@@ -122,9 +124,17 @@ class Adapter(ABC):
     auto_settles: bool = False  # True: the implementation audits and settles each request by itself
     model: ModelSpec
     templates: tuple[ProviderTemplate, ...]
-    audit_seed: bytes
+    audit_seed: bytes  # the lead's audit secret; each request's seed is request_seed(secret, request_id)
     audit_p: Fraction
     lead_id: str
+
+    def seed_for(self, request_id: str) -> bytes:
+        """The audit seed of ``request_id`` (rule A1)."""
+        return spec_audit.request_seed(self.audit_seed, request_id)
+
+    def revealed_seed(self, request_id: str) -> bytes | None:
+        """The seed the implementation revealed for a finished request (None if it revealed none)."""
+        return self.seed_for(request_id)
 
     @abstractmethod
     def config(self) -> dict[str, Any]:
@@ -354,7 +364,8 @@ class SpecAdapter(Adapter):
                                       hashlib.sha256(f"sim-weights/{first}-{end}".encode()).digest(),
                                       context.request_id, context.step, segment_index, first, end,
                                       context.first_position, context.num_positions, digest_encoded(inputs),
-                                      digest_encoded(out), b"\x00" * 32)
+                                      digest_encoded(out), b"\x00" * 32, dtype=context.dtype,
+                                      audit_seed_commitment=context.audit_seed_commitment)
         signed = sign_commitment(unsigned, key)
         return signed, out, sent_override if sent_override is not None else out
 
@@ -390,7 +401,8 @@ class SpecAdapter(Adapter):
         previous_outputs: list[bytes | None] = [None] * len(cohort.assignments)
         for step in range(max_tokens):
             feed = tokens if step == 0 else [generated[-1]]
-            context = StepContext(self.model.model_id, request_id, step, position, len(feed))
+            context = StepContext(self.model.model_id, request_id, step, position, len(feed),
+                                  audit_seed_commitment=spec_audit.seed_commitment(self.seed_for(request_id)))
             first_input = encode_tensor("int64", (len(feed),), struct.pack(f"<{len(feed)}q", *feed))
             blob = first_input
             expected_input = digest_encoded(first_input)
@@ -422,7 +434,8 @@ class SpecAdapter(Adapter):
         record.finished = True
         if not verdict.valid:
             self._fail(record, verdict.culprit or "")
-        return RequestObservation(request_id, cohort, fee, tuple(steps), verdict, tuple(generated))
+        return RequestObservation(request_id, cohort, fee, tuple(steps), verdict, tuple(generated),
+                                  audit_seed_commitment=spec_audit.seed_commitment(self.seed_for(request_id)))
 
     def _fail(self, record: _SimRequest, provider_id: str) -> None:
         record.failed.add(provider_id)
@@ -437,7 +450,7 @@ class SpecAdapter(Adapter):
         chosen = []
         for index, a in enumerate(record.cohort.assignments):
             if record.work[index] > 0 and a.provider_id not in record.failed and spec_audit.is_audited(
-                    self.audit_seed, request_id, index, self.audit_p):
+                    self.seed_for(request_id), request_id, index, self.audit_p):
                 chosen.append(index)
         return chosen
 

@@ -178,7 +178,10 @@ def replay_command(trace_path: Path, adapter_kind: str, out: Path | None) -> Non
 @click.option("--tolerance", "tolerance_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Calibration file from `verisplit calibrate` (default: calibrate now, on this checkpoint).")
 @click.option("--device", default=None, help="cpu (default) or cuda for the reference re-execution.")
-def provider_command(endpoint: str, checkpoint: Path, layers: str, tolerance_path: Path | None, device: str | None) -> None:
+@click.option("--lead-key", "lead_key_path", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Key file of the lead the provider registered with (it serves only that lead's signed session openings).")
+def provider_command(endpoint: str, checkpoint: Path, layers: str, tolerance_path: Path | None, device: str | None,
+                     lead_key_path: Path | None) -> None:
     """Protocol-level checks of any provider; prints one PASS/FAIL line per check."""
     from verisplit.conformance.external import check_provider, print_report
 
@@ -187,7 +190,16 @@ def provider_command(endpoint: str, checkpoint: Path, layers: str, tolerance_pat
         first, end = (int(x) for x in layers.split(":"))
     except ValueError:
         raise click.BadParameter(f"{layers!r} (expected A:B)", param_hint="--layers") from None
-    results = check_provider(endpoint, checkpoint, first, end, tolerance_path=tolerance_path, device=device)
+    lead_key = None
+    if lead_key_path is not None:
+        from verisplit.impl.records.keys import KeyFileError, load_key_file
+
+        try:
+            lead_key = load_key_file(lead_key_path)
+        except KeyFileError as exc:
+            raise click.ClickException(f"--lead-key: {exc}") from None
+    results = check_provider(endpoint, checkpoint, first, end, tolerance_path=tolerance_path, device=device,
+                             lead_key=lead_key)
     sys.exit(print_report(f"provider {endpoint} layers [{first}, {end})", results))
 
 

@@ -83,8 +83,11 @@ def _tolerance(checkpoint: Path, tolerance_path: Path | None, device: str | None
 
 def check_provider(endpoint: str, checkpoint: Path, first_layer: int, end_layer: int, *,
                    tolerance_path: Path | None = None, device: str | None = None, prompt_len: int = 5,
-                   decode_steps: int = 2, timeout: float = 60.0) -> list[CheckResult]:
-    """Run every provider check; never raises for a misbehaving provider (each failure is a result)."""
+                   decode_steps: int = 2, timeout: float = 60.0, lead_key: Any = None) -> list[CheckResult]:
+    """Run every provider check; never raises for a misbehaving provider (each failure is a result).
+
+    ``lead_key`` is the ``SigningKey`` of the lead the provider registered with: a provider serves only
+    session openings its lead signed (rule A1), so without it only the refusal checks can run."""
     import grpc
     import torch
 
@@ -126,10 +129,31 @@ def check_provider(endpoint: str, checkpoint: Path, first_layer: int, end_layer:
     else:
         inputs = [torch.randn((n, reference.config.hidden_size), generator=gen, dtype=torch.float32) for n in sizes]
     session, request_id = "conform-session-1", "conform-request-1"
+
+    def opening(**fields_: Any) -> Any:
+        from verisplit.impl.node.framing import open_session_request
+
+        values = dict(model_id=fields.model_id, segment_index=0, first_layer=first_layer, end_layer=end_layer,
+                      audit_seed_commitment=bytes(32), dtype=fields.dtype) | fields_
+        if lead_key is None:
+            return pb.OpenSessionRequest(**values)
+        return open_session_request(lead_key, **values)
+
     try:
-        stub.OpenSession(pb.OpenSessionRequest(session_id=session, request_id=request_id, model_id=fields.model_id,
-                                               segment_index=0, first_layer=first_layer, end_layer=end_layer,
-                                               max_length=sum(sizes) + 1), timeout=timeout)
+        stub.OpenSession(pb.OpenSessionRequest(session_id="conform-anonymous", request_id="conform-anonymous",
+                                               model_id=fields.model_id, segment_index=0, first_layer=first_layer,
+                                               end_layer=end_layer, max_length=4, audit_seed_commitment=bytes(32),
+                                               dtype=fields.dtype), timeout=timeout)
+        checks.add("session: an opening the lead did not sign is refused", False, "an unsigned opening was served")
+    except grpc.RpcError as exc:
+        checks.add("session: an opening the lead did not sign is refused", exc.code() == grpc.StatusCode.PERMISSION_DENIED,
+                   f"{exc.code().name}: {exc.details()}")
+    if lead_key is None:
+        checks.add("session: OpenSession", False, "not run: pass the key of the lead this provider registered with "
+                   "(`--lead-key FILE`); a provider serves only openings its lead signed")
+        return checks.results
+    try:
+        stub.OpenSession(opening(session_id=session, request_id=request_id, max_length=sum(sizes) + 1), timeout=timeout)
         checks.add("session: OpenSession", True)
     except grpc.RpcError as exc:
         checks.add("session: OpenSession", False, f"{exc.code().name}: {exc.details()}")
@@ -174,7 +198,7 @@ def check_provider(endpoint: str, checkpoint: Path, first_layer: int, end_layer:
         if c is None:
             sig_ok, sig_detail = False, f"step {step}: no commitment on the last chunk"
             continue
-        context = StepContext(fields.model_id, request_id, step, position, n)
+        context = StepContext(fields.model_id, request_id, step, position, n, dtype=fields.dtype)
         failure = check_link(assignment, 0, c, digest_encoded(blob), context)
         if failure is not None:
             if failure[0] in (BAD_SIGNATURE, WRONG_SIGNER):
@@ -215,9 +239,7 @@ def check_provider(endpoint: str, checkpoint: Path, first_layer: int, end_layer:
 
         def attempt() -> tuple[bool, str]:
             if open_first:
-                stub.OpenSession(pb.OpenSessionRequest(session_id=sid, request_id="conform-bad", model_id=fields.model_id,
-                                                       segment_index=0, first_layer=first_layer, end_layer=end_layer,
-                                                       max_length=8), timeout=timeout)
+                stub.OpenSession(opening(session_id=sid, request_id="conform-bad", max_length=8), timeout=timeout)
             frames_now = [pb.StepFrame(session_id=sid if f.session_id == "$" else f.session_id, step=f.step,
                                        first_position=f.first_position, num_positions=f.num_positions, input=f.input)
                           for f in frame_list]
@@ -311,7 +333,9 @@ def check_lead(url: str, *, max_tokens: int = 3, timeout: float = 120.0) -> list
                     return False, f"step {index}: first input is not the canonical encoding of the tokens fed"
                 if (step["step"], step["first_position"], step["num_positions"]) != (index, position, len(feed)):
                     return False, f"step {index}: step/positions {step['step'], step['first_position'], step['num_positions']} do not continue"
-                context = StepContext(info["model"], info["id"], index, position, len(feed))
+                context = StepContext(info["model"], info["id"], index, position, len(feed),
+                                      dtype=str(info.get("dtype") or "float32"),
+                                      audit_seed_commitment=bytes.fromhex(info.get("audit_seed_commitment") or "00" * 32))
                 verdict = check_chain(cohort, [commitment_from_dict(c) for c in step["commitments"]], first, context)
                 if not verdict.valid:
                     return False, f"step {index}: chain broken at link {verdict.link} ({verdict.culprit}): {verdict.reason}"

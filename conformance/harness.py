@@ -41,6 +41,7 @@ from verisplit.spec.protocol import (
     IllegalTransition,
     OpenRequest,
     RecordAudit,
+    RevealSeed,
     SettleRequest,
     State,
     apply,
@@ -201,7 +202,7 @@ class Harness:
             return outcome
         cohort_id = f"{request_id}/cohort"
         self._apply("run_request", FormCohort(cohort_id, obs.cohort))
-        self._apply("run_request", OpenRequest(request_id, cohort_id, obs.fee))
+        self._apply("run_request", OpenRequest(request_id, cohort_id, obs.fee, obs.audit_seed_commitment))
         self.requests[request_id] = _Req()
         served = self.requests[request_id].steps_served
         position = 0
@@ -209,7 +210,8 @@ class Harness:
         for index, step in enumerate(obs.steps):
             if not final.valid:
                 self._fail("run_request", f"implementation continued to step {step.step} after the chain broke at step {index - 1}")
-            context = StepContext(self.state.model.model_id, request_id, index, position, step.num_positions)
+            context = StepContext(self.state.model.model_id, request_id, index, position, step.num_positions,
+                                  dtype=self.state.dtype, audit_seed_commitment=obs.audit_seed_commitment)
             verdict, keep = expected_verdict(obs.cohort, step, context)
             self._apply("run_request", CommitStep(request_id, step.first_input_digest, step.num_positions, step.commitments[:keep]))
             spec_verdict = self.state.requests[request_id].chain_verdicts[-1]
@@ -270,11 +272,15 @@ class Harness:
         expected = []
         for index, a in enumerate(cohort.assignments):
             if request.work[index] > 0 and a.provider_id not in request.failed and spec_audit.is_audited(
-                    self.adapter.audit_seed, request_id, index, self.adapter.audit_p):
+                    self.adapter.seed_for(request_id), request_id, index, self.adapter.audit_p):
                 expected.append(index)
         got = sorted(v.segment_index for v in verdicts)
         if got != expected:
             self._fail("audit", f"audited segments {got}, the commit-reveal rule selects {expected}")
+        revealed = self.adapter.revealed_seed(request_id)
+        if revealed is None:
+            self._fail("audit", f"request {request_id}: no audit seed was revealed once its audits were done")
+        self._apply("audit", RevealSeed(request_id, revealed))  # must open the commitment signed before serving
         for v in verdicts:
             self._apply("audit", RecordAudit(v))
             behaviour = self.behaviour.get(v.provider_id, HONEST)

@@ -361,7 +361,8 @@ class ImplAdapter(Adapter):
                                          tuple(digest_encoded(b) for b in s.outputs)))
         info = self._lead.request_info(request_id) or {}
         self._summaries[request_id] = info
-        return RequestObservation(request_id, run.cohort, run.fee, tuple(steps), verdict, tuple(run.generated))
+        return RequestObservation(request_id, run.cohort, run.fee, tuple(steps), verdict, tuple(run.generated),
+                                  audit_seed_commitment=run.seed_commitment)
 
     def audit(self, request_id: str) -> list[AuditVerdict]:
         from verisplit.impl.audit.verifier import verdict_from_dict
@@ -370,6 +371,11 @@ class ImplAdapter(Adapter):
         if info.get("hook_errors"):
             raise ImplAdapterError(f"audit hook failed for {request_id}: {info['hook_errors']}")
         return [verdict_from_dict(a) for a in info.get("audits", []) if a.get("source") == "audit"]
+
+    def revealed_seed(self, request_id: str) -> bytes | None:
+        """The seed the lead's audit service revealed in the finished request's summary."""
+        seed = (self._summaries.get(request_id) or {}).get("audit_seed")
+        return bytes.fromhex(seed) if isinstance(seed, str) else None
 
     def chain_finding(self, request_id: str) -> dict[str, Any] | None:
         """The audit service's own chain analysis of the record (culprit, link, reason), if any."""

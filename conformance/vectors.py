@@ -32,8 +32,8 @@ KEY_DOMAIN = b"verisplit/conformance/key/v1\x00"
 VERSIONS: dict[str, int] = {
     "tensor_digest": 1,
     "encoding_reject": 1,
-    "commitment_signature": 1,
-    "chain_verdict": 1,
+    "commitment_signature": 2,  # 2: protocol v2 signing bytes (dtype, audit_seed_commitment)
+    "chain_verdict": 2,  # 2: commitments sign dtype and the audit-seed commitment; rule H5 boundary cases
     "settlement": 2,  # 2: price_by_provider added; slices split by value (price x work)
     "cohort_formation": 1,
     "audit_selection": 1,
@@ -259,7 +259,8 @@ def cohort_from_dict(data: dict[str, Any]) -> cohort.Cohort:
 def _context_dict(context: commitment.StepContext) -> dict[str, Any]:
     return {"model_id": context.model_id, "request_id": context.request_id, "step": context.step,
             "first_position": context.first_position, "num_positions": context.num_positions,
-            "protocol_version": context.protocol_version}
+            "protocol_version": context.protocol_version, "dtype": context.dtype,
+            "audit_seed_commitment": context.audit_seed_commitment.hex()}
 
 
 def _verdict_dict(verdict: commitment.ChainVerdict) -> dict[str, Any]:
@@ -336,6 +337,12 @@ def chain_verdict_vectors() -> dict[str, Any]:
     chain = list(good)
     chain[1] = resign(replace(chain[1], segment_index=2), keys["bob"])
     broken.append(("range_mismatch-segment-link1", chain))
+    chain = list(good)
+    chain[1] = resign(replace(chain[1], dtype="bfloat16"), keys["bob"])
+    broken.append(("wrong_dtype-link1", chain))
+    chain = list(good)
+    chain[2] = resign(replace(chain[2], audit_seed_commitment=fake_digest("another-seed")), keys["carol"])
+    broken.append(("wrong_request-seed-commitment-link2", chain))
     cases: list[dict[str, Any]] = []
     for name, items in broken:
         verdict = commitment.check_chain(c, items, first_input, context)
@@ -351,6 +358,19 @@ def chain_verdict_vectors() -> dict[str, Any]:
         failure = commitment.check_receipt(good[1], sent, received)
         cases.append({"name": name, "check": "receipt", "commitment": commitment.commitment_to_dict(good[1]),
                       "sent_input_digest_hex": sent.hex(), "received_output_digest_hex": received.hex(),
+                      "expected": {"ok": failure is None, "reason": None if failure is None else failure[0]}})
+    boundary_expected = commitment.boundary_spec(0, 3, "float32", 1, 8, 32)
+    boundaries = [
+        ("boundary-ok", "float32", [1, 8], True),
+        ("boundary-bad_boundary-dtype", "bfloat16", [1, 8], True),
+        ("boundary-bad_boundary-shape", "float32", [1, 9], True),
+        ("boundary-bad_boundary-nonfinite", "float32", [1, 8], False),
+        ("boundary-bad_boundary-not-a-tensor", None, None, False),
+    ]
+    for name, dtype, shape, finite in boundaries:
+        failure = commitment.check_boundary(dtype, shape, finite, boundary_expected)
+        cases.append({"name": name, "check": "boundary", "dtype": dtype, "shape": shape, "all_finite": finite,
+                      "expected_boundary": [boundary_expected[0], list(boundary_expected[1])],
                       "expected": {"ok": failure is None, "reason": None if failure is None else failure[0]}})
     return _document("chain_verdict", cases, cohort=_cohort_dict(c), context=_context_dict(context),
                      reasons=list(commitment.REASONS))

@@ -76,15 +76,15 @@ def test_external_provider_checks(pool) -> None:
     from verisplit.conformance.external import check_provider
 
     honest = pool._pool["h1"]
-    results = check_provider(honest.endpoint, pool.checkpoint, 2, 4)
+    results = check_provider(honest.endpoint, pool.checkpoint, 2, 4, lead_key=pool._session_key)
     assert all(r.passed for r in results), [r for r in results if not r.passed]
     noisy = pool._pool["c-noise"]
-    results = check_provider(noisy.endpoint, pool.checkpoint, 0, 2)
+    results = check_provider(noisy.endpoint, pool.checkpoint, 0, 2, lead_key=pool._session_key)
     failed = {r.name for r in results if not r.passed}
     assert any(name.startswith("re-execution") for name in failed), results
     wrong_key = pool._pool["c-wrong_key"]
-    failed = {r.name for r in check_provider(wrong_key.endpoint, pool.checkpoint, 0, 2) if not r.passed}
+    failed = {r.name for r in check_provider(wrong_key.endpoint, pool.checkpoint, 0, 2, lead_key=pool._session_key) if not r.passed}
     assert any(name.startswith("signatures") for name in failed)
     substitute = pool._pool["c-substitute_output"]
-    failed = {r.name for r in check_provider(substitute.endpoint, pool.checkpoint, 2, 4) if not r.passed}
+    failed = {r.name for r in check_provider(substitute.endpoint, pool.checkpoint, 2, 4, lead_key=pool._session_key) if not r.passed}
     assert any(name.startswith("receipt") for name in failed)

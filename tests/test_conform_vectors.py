@@ -75,7 +75,9 @@ def test_commitment_vectors_verify() -> None:
 def test_chain_vectors_cover_every_reason() -> None:
     doc = _load("chain_verdict")
     cohort = vectors.cohort_from_dict(doc["cohort"])
-    context = commitment.StepContext(**doc["context"])
+    fields = dict(doc["context"])
+    fields["audit_seed_commitment"] = bytes.fromhex(fields["audit_seed_commitment"])
+    context = commitment.StepContext(**fields)
     seen = set()
     for case in doc["cases"]:
         if case["check"] == "chain":
@@ -84,6 +86,11 @@ def test_chain_vectors_cover_every_reason() -> None:
             assert {"valid": verdict.valid, "link": verdict.link, "culprit": verdict.culprit,
                     "reason": verdict.reason} == case["expected"], case["name"]
             seen.add(verdict.reason)
+        elif case["check"] == "boundary":
+            expected_boundary = (case["expected_boundary"][0], tuple(case["expected_boundary"][1]))
+            failure = commitment.check_boundary(case["dtype"], case["shape"], case["all_finite"], expected_boundary)
+            assert {"ok": failure is None, "reason": None if failure is None else failure[0]} == case["expected"], case["name"]
+            seen.add(case["expected"]["reason"])
         else:
             seen.add(case["expected"]["reason"])
     assert set(commitment.REASONS) <= seen

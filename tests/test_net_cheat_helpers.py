@@ -34,6 +34,34 @@ class SignWithOtherKey(Behaviour):
         return self.other
 
 
+class Bf16Boundary(Behaviour):
+    """Launders precision: commits to (and sends) its boundary output in bfloat16 in a float32 cohort,
+    honestly signed over those bytes (caught on receipt by rule H5 as bad_boundary, blamed on it)."""
+
+    name = "test_bf16_boundary"
+
+    def output(self, step: int, inputs: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        return output.to(torch.bfloat16)
+
+
+class NanBoundary(Behaviour):
+    """Signs a boundary output holding NaN (caught by rule H5 as bad_boundary)."""
+
+    name = "test_nan_boundary"
+
+    def output(self, step: int, inputs: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        out = output.clone()
+        out.view(-1)[0] = float("nan")
+        return out
+
+
+@pytest.mark.net
+def test_boundary_launderers_change_dtype_or_finiteness() -> None:
+    out = torch.zeros(2, 3)
+    assert Bf16Boundary().output(0, torch.zeros(2), out).dtype == torch.bfloat16
+    assert torch.isnan(NanBoundary().output(0, torch.zeros(2), out)).any() and not torch.isnan(out).any()
+
+
 @pytest.mark.net
 def test_send_other_changes_only_the_sent_tensor() -> None:
     out = torch.zeros(2, 3)

@@ -34,7 +34,7 @@ from verisplit.impl.records.keys import create_key_file, load_key_file
 from verisplit.impl.runtime.loader import load_full, load_segment
 from verisplit.impl.node.procs import ProcessGroup, start_local_cohort, verisplit_command
 from verisplit.impl.runtime.tokenizer import load_tokenizer, stop_token_ids
-from verisplit.spec.audit import reveal_valid
+from verisplit.spec.audit import reveal_valid, request_seed
 from verisplit.spec.settlement import conserved, settle
 
 pytestmark = pytest.mark.net
@@ -147,7 +147,7 @@ def check_settlement(info: dict[str, Any], failed: set[str]) -> None:
 def test_honest_cohort_all_paid_ledger_verifies_and_seed_opens(net: dict[str, Any]) -> None:
     client = net["client"]
     audit = client.get("/v1/audit").json()
-    assert audit["p"] == "1/1" and audit["enabled"] and len(audit["seed_commitment"]) == 64
+    assert audit["p"] == "1/1" and audit["enabled"] and "seed_commitment" not in audit  # seeds are per request
     response, info = run_request(client)
     assert response.status_code == 200, response.text
     assert info["status"] == "completed" and info["ejected"] == [] and not info.get("errors")
@@ -159,8 +159,9 @@ def test_honest_cohort_all_paid_ledger_verifies_and_seed_opens(net: dict[str, An
                                             bytes(load_key_file(net["root"] / "keys" / "lead.key").verify_key).hex()),
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.startswith("ok"), done.stdout + done.stderr
-    revealed = client.get("/v1/audit/reveal").json()
-    assert revealed["seed"] == SEED_HEX and reveal_valid(bytes.fromhex(audit["seed_commitment"]), bytes.fromhex(SEED_HEX))
+    assert client.get("/v1/audit/reveal").status_code == 404  # no endpoint reveals seeds any more
+    seed = request_seed(bytes.fromhex(SEED_HEX), info["id"])  # the lead's secret is SEED_HEX (--audit-seed-file)
+    assert info["audit_seed"] == seed.hex() and reveal_valid(bytes.fromhex(info["audit_seed_commitment"]), seed)
 
 
 def test_provider_serves_a_strict_sub_range_of_its_offer(net: dict[str, Any]) -> None:

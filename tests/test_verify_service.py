@@ -11,7 +11,7 @@ from nacl.signing import SigningKey
 from verisplit.impl.audit.service import AuditService, analyse_chain
 from verisplit.impl.audit.calibrate import calibrate
 from verisplit.impl.records.ledger import Ledger
-from verisplit.spec.audit import Tolerance, is_audited, reveal_valid, seed_commitment
+from verisplit.spec.audit import Tolerance, is_audited, request_seed, reveal_valid, seed_commitment
 from verisplit.spec.settlement import conserved, settle
 
 from verify_helpers import NEW_TOKENS, PROMPT, RANGES, honest_modes, make_ckpt, run
@@ -59,7 +59,9 @@ def test_honest_all_paid_and_conserved(ckpt, tmp_path, tol):
     expected = settle(1001, _work_per_provider(), _unit_prices(), "lead")
     assert s["payouts"] == expected.payouts and s["refund"] == 0 and s["residual"] == expected.residual
     assert sum(s["payouts"].values()) + s["residual"] + s["refund"] == 1001
-    assert reveal_valid(bytes.fromhex(out["seed_commitment"]), service.reveal())
+    # rule A1: the request's own seed is revealed with its result and opens its commitment
+    assert reveal_valid(bytes.fromhex(out["audit_seed_commitment"]), bytes.fromhex(out["audit_seed"]))
+    assert out["audit_seed_commitment"] == service.seed_commitment_for("h1").hex()
     assert Ledger(tmp_path / "ledger.db").verify(bytes(LEAD.verify_key)).ok
 
 
@@ -103,12 +105,14 @@ def test_nothing_served_refunds_everything(ckpt, tmp_path, tol):
 def test_selection_follows_commit_reveal_rule(ckpt, tmp_path, tol):
     p = Fraction(1, 2)
     service, _ = _service(ckpt, tmp_path, tol, p=p, seed=b"q" * 32)
-    assert service.seed_commitment == seed_commitment(b"q" * 32)
     ids = [f"sel-{i}" for i in range(6)]
     for rid in ids:
+        seed = request_seed(b"q" * 32, rid)  # per request (rule A1)
+        assert service.seed_commitment_for(rid) == seed_commitment(seed)
         out = asyncio.run(service(run(ckpt, ["honest", "noise", "honest"], request_id=rid)))
         audited = sorted(a["segment_index"] for a in out["audits"])
-        assert audited == [k for k in range(3) if is_audited(b"q" * 32, rid, k, p)]
+        assert audited == [k for k in range(3) if is_audited(seed, rid, k, p)] == out["audited_segments"]
+        assert out["audit_seed"] == seed.hex()
         assert (out["ejected"] == ["p1"]) == (1 in audited)
     records = list(Ledger(tmp_path / "ledger.db").records())
     assert [r.body["request_id"] for r in records] == ids

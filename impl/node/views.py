@@ -33,6 +33,10 @@ def request_view(record: RequestRecord, offers: Sequence[Offer] = ()) -> dict[st
         "prompt_token_ids": record.extra.get("prompt_token_ids"),
         "completion_token_ids": record.extra.get("completion_token_ids"),
         "finish_reason": record.extra.get("finish_reason"),
+        "dtype": record.extra.get("dtype"),
+        # H(seed) as every provider signed it before serving; the seed itself ("audit_seed") is added
+        # by the audit service only once this request's audits are done (rule A1)
+        "audit_seed_commitment": record.extra.get("audit_seed_commitment"),
         "commitments_checked": sum(len(s.commitments) for s in record.steps) - failed_link,
         "steps": [{"step": s.step, "first_position": s.first_position, "num_positions": s.num_positions,
                    "first_input_digest": s.first_input_digest.hex(),

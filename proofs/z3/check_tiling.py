@@ -130,10 +130,10 @@ def cohort_violations_bridge() -> Iterator[Obligation]:
         values = range(-1, num_layers + 2)
         for n in range(1, 4):
             # offers reach past the model (legal), so out_of_bounds, not outside_offer, must catch end > L
-            offers = [Offer(f"p{k}", KEY, 0, num_layers + 2, 1, "e") for k in range(n)]
+            offers = [Offer(f"p{k}", bytes([k + 1]) * 32, 0, num_layers + 2, 1, "e") for k in range(n)]
             for bounds in itertools.product(values, repeat=2 * n):
                 firsts, ends = list(bounds[0::2]), list(bounds[1::2])
-                assignments = tuple(Assignment(f"p{k}", KEY, firsts[k], ends[k]) for k in range(n))
+                assignments = tuple(Assignment(f"p{k}", bytes([k + 1]) * 32, firsts[k], ends[k]) for k in range(n))
                 empty = cohort_violations(Cohort("m", assignments), model, offers) == []
                 if empty != tiles_exactly(firsts, ends, num_layers):
                     yield concrete("cohort_violations bridge", False, time.perf_counter() - start,

@@ -301,6 +301,9 @@ def simulate_request(
     StepRecord, RequestRecord = _record_types()
     ids = provider_ids or [f"p{k}" for k in range(len(segments))]
     model_id = segments[0].model_id
+    from verisplit.impl.runtime.tensors import dtype_name
+
+    cohort_dtype = dtype_name(segments[0].dtype)  # the dtype every provider declares (before any cheat runs)
     cohort = Cohort(model_id, tuple(Assignment(pid, bytes(key.verify_key), seg.first_layer, seg.end_layer)
                                     for pid, key, seg in zip(ids, keys, segments)))
     for segment, behaviour in zip(segments, behaviours):
@@ -331,7 +334,7 @@ def simulate_request(
                     request_id=request_id, step=step, segment_index=k, first_layer=segment.first_layer,
                     end_layer=segment.end_layer, first_position=first_position, num_positions=num,
                     input_digest=digest_encoded(sent_in), output_digest=digest_encoded(committed_bytes),
-                    signer=bytes(32))
+                    signer=bytes(32), dtype=cohort_dtype)
                 commitment = sign_commitment(unsigned, behaviour.signing_key(step, key))
                 commitments.append(commitment)
                 inputs.append(sent_in)
@@ -346,7 +349,7 @@ def simulate_request(
                                     outputs=outputs))
             if culprit is None:
                 verdict = check_chain(cohort, commitments, first_digest,
-                                      StepContext(model_id, request_id, step, first_position, num))
+                                      StepContext(model_id, request_id, step, first_position, num, dtype=cohort_dtype))
                 if not verdict.valid:
                     status, culprit, reason = "aborted", verdict.culprit, verdict.reason
             if status == "aborted":  # a culprit-less verdict (an unsigned extra commitment) stops it too
@@ -360,4 +363,5 @@ def simulate_request(
             segment.close_session(session)
     return RequestRecord(request_id=request_id, model_id=model_id, cohort=cohort, steps=steps, status=status,
                          culprit=culprit, reason=reason, fee=fee, prompt_tokens=len(prompt),
-                         completion_tokens=len(steps), prices={pid: 1 for pid in ids})
+                         completion_tokens=len(steps), prices={pid: 1 for pid in ids},
+                         extra={"dtype": cohort_dtype})
