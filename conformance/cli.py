@@ -205,7 +205,7 @@ def provider_command(endpoint: str, checkpoint: Path, layers: str, tolerance_pat
 
 @conform_group.command("lead")
 @click.option("--url", required=True, help="Base URL of the lead's HTTP API, e.g. http://127.0.0.1:8000.")
-@click.option("--max-tokens", default=3, show_default=True, type=click.IntRange(min=1))
+@click.option("--max-tokens", default=3, show_default=True, type=click.IntRange(min=1), help="Tokens per probe request.")
 def lead_command(url: str, max_tokens: int) -> None:
     """API and relay-rule checks of any lead; prints one PASS/FAIL line per check."""
     from verisplit.conformance.external import check_lead, print_report

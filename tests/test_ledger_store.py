@@ -143,7 +143,7 @@ def test_cli_show_verify_export(ledger_path, tmp_path):
     assert lines[2]["body"]["failed"] == ["b"]
     unwritable = tmp_path / "no-such-dir" / "export.jsonl"
     result = runner.invoke(ledger_group, ["export", "--ledger", str(ledger_path), "--out", str(unwritable)])
-    assert result.exit_code == 2 and "cannot write the export" in result.output and result.exception is not None
+    assert result.exit_code == 1 and "cannot write the export" in result.output and result.exception is not None
     assert isinstance(result.exception, SystemExit)  # a clear error, not an OSError traceback
     _edit(ledger_path, "DELETE FROM records WHERE seq = 2")
     result = runner.invoke(ledger_group, ["verify", "--ledger", str(ledger_path)])
@@ -153,10 +153,10 @@ def test_cli_show_verify_export(ledger_path, tmp_path):
 def test_cli_clear_errors(tmp_path):
     runner = CliRunner()
     result = runner.invoke(ledger_group, ["verify", "--ledger", str(tmp_path / "nope.db")])
-    assert result.exit_code == 2 and "no ledger file" in result.output
+    assert result.exit_code == 1 and "no ledger file" in result.output
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"this is not sqlite" * 100)
     result = runner.invoke(ledger_group, ["show", "--ledger", str(junk)])
-    assert result.exit_code == 2 and "error:" in result.output and "Traceback" not in result.output
-    result = runner.invoke(ledger_group, ["verify", "--ledger", str(junk), "--lead-key", "zz"])
+    assert result.exit_code == 1 and "Error:" in result.output and "Traceback" not in result.output
+    result = runner.invoke(ledger_group, ["verify", "--ledger", str(junk), "--lead-public-key", "zz"])
     assert result.exit_code == 2

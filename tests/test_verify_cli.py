@@ -68,7 +68,7 @@ def test_verifier_audit_unknown_request(ckpt, calibration, tmp_path):
     result = CliRunner().invoke(verifier_group, [
         "audit", "--checkpoint", str(ckpt), "--data-dir", str(tmp_path), "--request", "nope",
         "--calibration", str(calibration)])
-    assert result.exit_code == 2 and "no record" in result.output
+    assert result.exit_code == 1 and "no record" in result.output
 
 
 def test_verifier_seed_never_overwrites(tmp_path):
@@ -80,4 +80,4 @@ def test_verifier_seed_never_overwrites(tmp_path):
 
     assert reveal_valid(bytes.fromhex(first.output.strip()), bytes.fromhex(out.read_text().strip()))
     second = runner.invoke(verifier_group, ["seed", "--out", str(out)])
-    assert second.exit_code == 2 and "refusing" in second.output
+    assert second.exit_code == 1 and "refusing" in second.output

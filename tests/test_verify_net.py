@@ -155,7 +155,7 @@ def test_honest_cohort_all_paid_ledger_verifies_and_seed_opens(net: dict[str, An
     assert all(a["passed"] and a["source"] == "audit" and a["ratio"] <= 1 for a in info["audits"])
     check_settlement(info, set())
     assert all(v > 0 for v in info["settlement"]["payouts"].values())
-    done = subprocess.run(verisplit_command("ledger", "verify", "--ledger", str(net["ledger"]), "--lead-key",
+    done = subprocess.run(verisplit_command("ledger", "verify", "--ledger", str(net["ledger"]), "--lead-public-key",
                                             bytes(load_key_file(net["root"] / "keys" / "lead.key").verify_key).hex()),
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.startswith("ok"), done.stdout + done.stderr

@@ -45,13 +45,14 @@ def split_layers(num_layers: int, parts: int) -> list[tuple[int, int]]:
               help="Number of provider processes.")
 @click.option("--prompt", default="What is the capital of France?", show_default=True,
               help="The user message sent through the cohort (as a chat request).")
-@click.option("--max-tokens", default=24, show_default=True, type=click.IntRange(min=1))
+@click.option("--max-tokens", default=24, show_default=True, type=click.IntRange(min=1), help="Tokens to generate.")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Keep keys, logs and request records here (default: a temporary folder, removed afterwards).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where the default model is fetched and converted (default: $VERISPLIT_HOME or ~/.cache/verisplit).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Sampling seed.")
-@click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(min=0.0, max=2.0))
+@click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(min=0.0, max=2.0),
+              help="Sampling temperature (0: greedy).")
 @click.option("--audit-p", "audit_p", default="1", show_default=True,
               help="Audit probability per segment (1: every segment is re-executed; 0: no audits).")
 @click.option("--calibration", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,

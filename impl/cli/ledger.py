@@ -16,20 +16,28 @@ def _open(path: Path):  # type: ignore[no-untyped-def]
     try:
         return Ledger(path, create=False)
     except LedgerError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        raise click.ClickException(str(exc)) from None
 
 
-def _lead_key(value: str | None) -> bytes | None:
-    if value is None:
+def _lead_key(public_hex: str | None, key_file: Path | None) -> bytes | None:
+    """The expected lead public key from --lead-public-key HEX or --lead-key FILE (as ``lead serve``)."""
+    if public_hex is not None and key_file is not None:
+        raise click.UsageError("give --lead-public-key or --lead-key, not both")
+    if key_file is not None:
+        from verisplit.impl.records.keys import KeyFileError, load_key_file
+
+        try:
+            return bytes(load_key_file(key_file).verify_key)
+        except KeyFileError as exc:
+            raise click.ClickException(f"--lead-key: {exc}") from None
+    if public_hex is None:
         return None
     try:
-        key = bytes.fromhex(value.strip())
+        key = bytes.fromhex(public_hex.strip())
     except ValueError:
         key = b""
     if len(key) != 32:
-        click.echo("error: --lead-key: expected 64 hex characters (an Ed25519 public key)", err=True)
-        sys.exit(2)
+        raise click.BadParameter("expected 64 hex characters (an Ed25519 public key)", param_hint="--lead-public-key")
     return key
 
 
@@ -52,8 +60,7 @@ def show_command(path: Path) -> None:
     try:
         bodies = [(record.seq, record.body if isinstance(record.body, dict) else {}) for record in ledger.records()]
     except LedgerError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        raise click.ClickException(str(exc)) from None
     console = Console(width=200)
     console.print(_records_table(path, bodies))
     console.print(_totals_table(bodies))
@@ -128,12 +135,17 @@ def _totals_table(bodies: list[tuple[int, dict]]) -> Any:
 
 
 @ledger_group.command("verify")
-@click.option("--ledger", "path", required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--lead-key", default=None, help="Expected lead public key (hex); default: the first record's.")
-def verify_command(path: Path, lead_key: str | None) -> None:
+@click.option("--ledger", "path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The ledger database (lead-data/ledger.db); opened read-only.")
+@click.option("--lead-public-key", "lead_public_key", default=None,
+              help="Expected lead public key (64 hex characters) [default: the first record's].")
+@click.option("--lead-key", "lead_key_file", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="Expected lead key, as the key file given to `lead serve --lead-key` (its public key is used).")
+def verify_command(path: Path, lead_public_key: str | None, lead_key_file: Path | None) -> None:
     """Re-check hash chain, signatures and conservation of every record; exit 1 naming the first bad one."""
+    expected = _lead_key(lead_public_key, lead_key_file)
     ledger = _open(path)
-    report = ledger.verify(_lead_key(lead_key))
+    report = ledger.verify(expected)
     if report.ok:
         click.echo(f"ok: {report.message}")
         return
@@ -142,7 +154,8 @@ def verify_command(path: Path, lead_key: str | None) -> None:
 
 
 @ledger_group.command("export")
-@click.option("--ledger", "path", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--ledger", "path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The ledger database (lead-data/ledger.db); opened read-only.")
 @click.option("--out", "out", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="Write JSON lines here (default: stdout).")
 def export_command(path: Path, out: Path | None) -> None:
@@ -154,8 +167,7 @@ def export_command(path: Path, out: Path | None) -> None:
         lines = [json.dumps({"seq": r.seq, "body": r.body, "hash": r.hash, "signature": r.signature}, sort_keys=True)
                  for r in ledger.records()]
     except LedgerError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        raise click.ClickException(str(exc)) from None
     text = "".join(line + "\n" for line in lines)
     if out is None:
         click.echo(text, nl=False)
@@ -163,6 +175,5 @@ def export_command(path: Path, out: Path | None) -> None:
         try:
             out.write_text(text, encoding="utf-8")
         except OSError as exc:
-            click.echo(f"error: {out}: cannot write the export ({exc.strerror})", err=True)
-            sys.exit(2)
+            raise click.ClickException(f"{out}: cannot write the export ({exc.strerror})") from None
         click.echo(f"{len(lines)} records -> {out}")

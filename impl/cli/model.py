@@ -17,20 +17,23 @@ def model_group() -> None:
 
 
 @model_group.command("make-random")
-@click.option("--arch", type=click.Choice(["llama", "qwen2", "mistral"]), default="llama", show_default=True)
-@click.option("--layers", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--hidden", type=click.IntRange(min=2), default=256, show_default=True)
-@click.option("--heads", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--kv-heads", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--arch", type=click.Choice(["llama", "qwen2", "mistral"]), default="llama", show_default=True,
+              help="Model architecture (its config.json model_type).")
+@click.option("--layers", type=click.IntRange(min=1), default=8, show_default=True, help="Number of transformer layers.")
+@click.option("--hidden", type=click.IntRange(min=2), default=256, show_default=True, help="Hidden size.")
+@click.option("--heads", type=click.IntRange(min=1), default=8, show_default=True, help="Attention heads.")
+@click.option("--kv-heads", type=click.IntRange(min=1), default=4, show_default=True, help="Key/value heads (GQA).")
 @click.option("--intermediate", type=click.IntRange(min=1), default=None, help="default: ~8/3 * hidden")
 @click.option("--vocab", type=click.IntRange(min=1), default=None, help="default: 512")
-@click.option("--max-position", type=click.IntRange(min=1), default=2048, show_default=True)
-@click.option("--shards", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--tie-embeddings", is_flag=True, default=False)
-@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True)
+@click.option("--max-position", type=click.IntRange(min=1), default=2048, show_default=True, help="Context length (max_position_embeddings).")
+@click.option("--shards", type=click.IntRange(min=1), default=1, show_default=True, help="Number of safetensors shard files.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
+@click.option("--tie-embeddings", is_flag=True, default=False, help="Share the input embedding and output head weights.")
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True,
+              help="Storage dtype of the written weights.")
 @click.option("--sliding-window", type=click.IntRange(min=1), default=None, help="mistral only")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Checkpoint folder to create.")
 def make_random(arch: str, layers: int, hidden: int, heads: int, kv_heads: int, intermediate: int | None,
                 vocab: int | None, max_position: int, shards: int, seed: int, tie_embeddings: bool, dtype: str,
                 sliding_window: int | None, out_dir: Path) -> None:
@@ -93,9 +96,11 @@ def info(checkpoint_dir: Path, as_json: bool) -> None:
 
 @model_group.command("import-gguf")
 @click.argument("gguf_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
-@click.option("--shards", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Checkpoint folder to create.")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True,
+              help="Storage dtype of the converted weights.")
+@click.option("--shards", type=click.IntRange(min=1), default=1, show_default=True, help="Number of safetensors shard files.")
 @click.option("--name", default=None, help="model id for config.json (default: the GGUF's general.name)")
 def import_gguf_command(gguf_file: Path, out_dir: Path, dtype: str, shards: int, name: str | None) -> None:
     """Convert a llama.cpp GGUF file (Llama/Mistral/Qwen2 family) into a Hugging Face checkpoint folder."""

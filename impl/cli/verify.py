@@ -14,24 +14,27 @@ from pathlib import Path
 
 import click
 
+from verisplit.impl.cli.config import check_calibration, device_option, dtype_option, runtime_device, runtime_dtype
+
 
 def _fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(2)
+    """The one error style of every command: ``Error: MESSAGE`` on stderr, exit 1."""
+    raise click.ClickException(message)
 
 
 @click.command("calibrate")
 @click.option("--checkpoint", "checkpoint", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="HF checkpoint folder (the verifier's copy).")
-@click.option("--dtype", default=None, help="float32 | float16 | bfloat16 (default: fp32 on CPU, checkpoint dtype on CUDA).")
-@click.option("--device", default=None, help="cpu | cuda (default: cuda if available).")
+@dtype_option()
+@device_option()
 @click.option("--split", default=None, help="Segment ranges, e.g. '0:4,4:8' (default: two halves).")
-@click.option("--prompt-len", default=16, show_default=True, type=int)
-@click.option("--new-tokens", default=48, show_default=True, type=int)
+@click.option("--prompt-len", default=16, show_default=True, type=int, help="Prompt positions per measured request.")
+@click.option("--new-tokens", default=48, show_default=True, type=int, help="Decode steps per measured request.")
 @click.option("--seeds", default=3, show_default=True, type=int, help="Number of random token sequences.")
 @click.option("--threads", default=None, help="Comma-separated torch thread counts (default: 1 and all cores).")
 @click.option("--margin", default=4.0, show_default=True, type=float, help="Tolerance / largest honest drift.")
-@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Calibration file to write (JSON: the model id, dtype, tolerance and every measurement).")
 def calibrate_command(checkpoint: Path, dtype: str | None, device: str | None, split: str | None, prompt_len: int,
                       new_tokens: int, seeds: int, threads: str | None, margin: float, out: Path) -> None:
     """Measure honest drift (decode vs prefill, chunked prefill, thread counts) per segment and store
@@ -39,9 +42,13 @@ def calibrate_command(checkpoint: Path, dtype: str | None, device: str | None, s
     from verisplit.impl.audit.calibrate import CalibrationError, calibrate, parse_split, write_calibration
     from verisplit.impl.runtime.config import ModelConfig
 
+    dtype, device = runtime_dtype(dtype), runtime_device(device)
     try:
         config = ModelConfig.from_dir(checkpoint)
-        ranges = parse_split(split, config.num_hidden_layers) if split else None
+        try:
+            ranges = parse_split(split, config.num_hidden_layers) if split else None
+        except CalibrationError as exc:
+            raise click.BadParameter(str(exc).removeprefix("split: "), param_hint="--split") from None
         thread_counts = [int(t) for t in threads.split(",")] if threads else None
         if thread_counts is not None and any(t < 1 for t in thread_counts):
             raise CalibrationError("threads: every count must be >= 1")
@@ -88,17 +95,18 @@ def _store_root(data_dir: Path) -> Path:
 
 
 @verifier_group.command("audit")
-@click.option("--checkpoint", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--checkpoint", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="The verifier's own copy of the HF checkpoint (re-executes the audited segments).")
 @click.option("--data-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="The lead's data dir (records under DATA_DIR/requests).")
-@click.option("--request", "request_id", required=True)
+@click.option("--request", "request_id", required=True, help="Request id to audit (e.g. req-...).")
 @click.option("--segment", "segments", multiple=True, type=int, help="Segments to audit (default: all).")
 @click.option("--calibration", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Calibration file from `verisplit calibrate` (else --atol/--rtol).")
-@click.option("--atol", type=float, default=None)
-@click.option("--rtol", type=float, default=None)
-@click.option("--dtype", default=None, help="Dtype when the record does not imply one (single segment).")
-@click.option("--device", default=None)
+@click.option("--atol", type=float, default=None, help="Absolute tolerance (instead of --calibration).")
+@click.option("--rtol", type=float, default=None, help="Relative tolerance (instead of --calibration).")
+@dtype_option()
+@device_option()
 def audit_command(checkpoint: Path, data_dir: Path, request_id: str, segments: tuple[int, ...],
                   calibration: Path | None, atol: float | None, rtol: float | None, dtype: str | None,
                   device: str | None) -> None:
@@ -109,6 +117,7 @@ def audit_command(checkpoint: Path, data_dir: Path, request_id: str, segments: t
     from verisplit.impl.audit.verifier import EvidenceError, Verifier, verdict_to_dict
     from verisplit.spec.audit import Tolerance
 
+    dtype, device = runtime_dtype(dtype), runtime_device(device)
     try:
         if calibration is not None:
             tolerance = load_tolerance(calibration)
@@ -119,6 +128,8 @@ def audit_command(checkpoint: Path, data_dir: Path, request_id: str, segments: t
         if not data_dir.is_dir():
             raise ValueError(f"--data-dir: {data_dir} is not a folder")
         record = RequestStore(_store_root(data_dir)).load(request_id)
+        if calibration is not None:
+            tolerance = check_calibration(calibration, record.model_id, dtype)
         analysis = analyse_chain(record)
         verifier = Verifier(checkpoint, device=device, dtype=dtype or tolerance.dtype)
         chosen = list(segments) or list(range(len(record.cohort.assignments)))

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from verisplit.impl.node.hops import CohortError
+from verisplit.impl.node.drain import guard_tokens  # ops: shutdown cut
 from verisplit.spec.faults import RESOURCE_EXHAUSTED
 from verisplit.impl.node.lead import Lead, NoCohortError, RequestRun, SamplingParams
 from verisplit.impl.runtime.tokenizer import decode, encode, format_chat, load_tokenizer, stop_token_ids
@@ -221,7 +222,7 @@ def create_app(lead: Lead) -> FastAPI:
         """Yield (text delta, finish_reason or None); honours stop strings by truncating the text."""
         emitted = ""
         held = max((len(s) for s in stops), default=1) - 1  # chars kept back in case a stop string is forming
-        async with contextlib.aclosing(run.tokens()) as tokens:
+        async with contextlib.aclosing(guard_tokens(lead, run)) as tokens:  # ops: shutdown cut (node/drain.py)
             async for _ in tokens:
                 text = decode(tokenizer, run.generated)
                 cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)

@@ -32,13 +32,20 @@ class FramingError(ValueError):
 
 
 def grpc_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
-    """Channel/server options: explicit send and receive limits and keepalive that tolerates idle links."""
+    """Options for every channel and server (one list, so both ends agree): explicit send and receive
+    limits; keepalive that tolerates idle links (clients ping every 30 s even without calls, servers
+    accept pings as often as every 10 s, so an idle channel is never answered GOAWAY too_many_pings);
+    and no port sharing (``grpc.so_reuseport`` = 0: a second server on a used port fails to bind)."""
     return [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.min_time_between_pings_ms", 10_000),
+        ("grpc.so_reuseport", 0),
     ]
 
 

@@ -170,18 +170,21 @@ def start_local_cohort(group: ProcessGroup, checkpoint: Path, layer_ranges: Sequ
                        keys_dir: Path, data_dir: Path, prices: Sequence[int] | None = None,
                        extra_provider_args: Sequence[str] = (), timeout: float = 120.0,
                        provider_env: dict[str, str] | None = None, lead_args: Sequence[str] = (),
-                       lead_url: str | None = None) -> dict[str, Any]:
+                       lead_url: str | None = None, lead_listen: str | None = None,
+                       lead_http_listen: str | None = None) -> dict[str, Any]:
     """Start a lead and one provider per layer range on loopback; returns endpoints once all are registered.
 
     Keys are created in ``keys_dir`` (reused if present); ``lead_args`` go to ``lead serve`` and
-    ``lead_url`` (e.g. ``grpcs://...``) replaces the plain registry address given to providers. Result: ``{"http": url, "grpc": host:port,
-    "providers": [ready info...]}``.
+    ``lead_url`` (e.g. ``grpcs://...``) replaces the plain registry address given to providers;
+    ``lead_listen`` / ``lead_http_listen`` fix the lead's addresses (default: free loopback ports).
+    Result: ``{"http": url, "grpc": host:port, "providers": [ready info...], "lead": Child,
+    "provider_children": [Child...]}``.
     """
     from verisplit.impl.records.keys import create_key_file
 
     keys_dir.mkdir(parents=True, exist_ok=True)
-    lead_grpc = f"127.0.0.1:{free_port()}"
-    lead_http = f"127.0.0.1:{free_port()}"
+    lead_grpc = lead_listen or f"127.0.0.1:{free_port()}"
+    lead_http = lead_http_listen or f"127.0.0.1:{free_port()}"
     lead = group.spawn("lead", verisplit_command(
         "lead", "serve", "--listen", lead_grpc, "--http", lead_http, "--checkpoint", str(checkpoint),
         "--data-dir", str(data_dir), *lead_args))
@@ -195,6 +198,7 @@ def start_local_cohort(group: ProcessGroup, checkpoint: Path, layer_ranges: Sequ
             "provider", "serve", "--checkpoint", str(checkpoint), "--layers", f"{first}:{end}", "--key", str(key_path),
             "--listen", "127.0.0.1:0", "--lead", lead_url or lead_grpc, "--price", price, "--provider-id", f"provider-{index}",
             *extra_provider_args), extra_env=provider_env))
-    group.wait_ready([lead], timeout)
+    lead_ready = group.wait_ready([lead], timeout)["lead"]
     ready = group.wait_ready(providers, timeout)
-    return {"http": f"http://{lead_http}", "grpc": lead_grpc, "providers": [ready[p.name] for p in providers]}
+    return {"http": lead_ready.get("http", f"http://{lead_http}"), "grpc": lead_ready.get("grpc", lead_grpc),
+            "providers": [ready[p.name] for p in providers], "lead": lead, "provider_children": providers}

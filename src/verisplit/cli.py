@@ -16,8 +16,10 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
     "prove": ("verisplit.proofs_z3.runner", "prove_command", "Run every Z3 check and mutant; exit non-zero on any failure."),
     "model": ("verisplit.impl.cli.model", "model_group", "Model checkpoints: make seeded random HF checkpoints, inspect."),
     "keygen": ("verisplit.impl.cli.net", "keygen_command", "Create an Ed25519 identity file (mode 0600)."),
-    "provider": ("verisplit.impl.cli.net", "provider_group", "Run a provider that serves one layer range."),
-    "lead": ("verisplit.impl.cli.net", "lead_group", "Run the lead: registry, router, relay and HTTP API."),
+    "provider": ("verisplit.impl.cli.provider_cmd", "provider_group", "Run a provider that serves one layer range."),
+    "lead": ("verisplit.impl.cli.lead_cmd", "lead_group", "Run the lead: registry, router, relay and HTTP API."),
+    "serve-local": ("verisplit.impl.cli.local_cmd", "serve_local_command",
+                    "Start a lead and K providers on this machine in one go (logs per process)."),
     "demo": ("verisplit.impl.cli.demo", "demo_command", "Run a local 4-provider cohort on the embedded default model."),
     "verifier": ("verisplit.impl.cli.verify", "verifier_group", "Run the verifier role (audits by commit-reveal)."),
     "calibrate": ("verisplit.impl.cli.verify", "calibrate_command", "Measure honest drift and store the audit tolerance."),
@@ -42,7 +44,12 @@ class LazyGroup(click.Group):
         except ModuleNotFoundError as exc:
             missing = exc.name or "?"
             return _unavailable(cmd_name, short_help, f"needs the Python module '{missing}' ({exc})")
-        return getattr(module, attr)
+        command = getattr(module, attr)
+        try:  # every option also reads VERISPLIT_<COMMAND PATH>_<OPTION> (see impl/cli/config.py)
+            from verisplit.impl.cli.config import apply_envvars
+        except ImportError:  # pragma: no cover - a partial installation without the impl package
+            return command
+        return apply_envvars(command, f"VERISPLIT_{cmd_name}".upper().replace("-", "_"))
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, LAZY_COMMANDS[name][2]) for name in self.list_commands(ctx)]

@@ -1,0 +1,228 @@
+"""``verisplit lead serve``: registry (gRPC), router, relay, audits, settlement and the HTTP API.
+
+Both ports are bound before anything is written: a used port exits 1 naming the address and leaves
+the data folder untouched. Settings come from flags, ``VERISPLIT_LEAD_SERVE_*`` variables or the
+``[lead]`` table of ``--config``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import click
+
+from verisplit.impl.cli.config import apply_envvars, check_calibration, config_option, log_options
+from verisplit.impl.records.keys import KeyFileError, create_key_file, fingerprint, load_key_file
+
+log = logging.getLogger("verisplit.lead")
+
+
+@click.group("lead")
+def lead_group() -> None:
+    """Run the lead: registry, router, relay and HTTP API."""
+
+
+@lead_group.command("serve")
+@config_option("lead")
+@click.option("--listen", default="127.0.0.1:7000", show_default=True,
+              help="HOST:PORT for the Registry gRPC service (providers register here).")
+@click.option("--http", "http", default="127.0.0.1:8000", show_default=True,
+              help="HOST:PORT for the OpenAI-compatible HTTP API, /healthz, /readyz and /metrics.")
+@click.option("--checkpoint", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Checkpoint folder for the config, tokenizer and model id (the lead runs no layers itself; "
+                   "audits re-execute from it).")
+@click.option("--data-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Where request records (every boundary tensor of the last --retention requests), the lead key "
+                   "and the ledger are kept.")
+@click.option("--retention", default=1000, show_default=True, type=click.IntRange(min=1), help="Requests kept on disk.")
+@click.option("--heartbeat-interval", default=1.0, show_default=True, type=click.FloatRange(min=0.05),
+              help="Seconds between provider heartbeats.")
+@click.option("--offer-ttl", default=5.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Offers unheard for this long are dropped.")
+@click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Serve the registry over TLS (PEM certificate).")
+@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Private key (PEM) for --tls-cert.")
+@click.option("--tls-ca", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="CA (PEM): dial providers over TLS, verifying against it.")
+@click.option("--ledger", "ledger_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Settlement ledger (SQLite) [default: DATA_DIR/ledger.db].")
+@click.option("--lead-key", "lead_key_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Key file signing ledger records [default: DATA_DIR/lead.key, created with mode 0600 if absent].")
+@click.option("--audit-p", "audit_p", default=None,
+              help="Audit probability per (request, segment), e.g. 1/10 [default: 1/10 with --calibration; 0 without]. "
+                   "0 disables audits; settlement and the ledger still run.")
+@click.option("--audit-seed-file", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Audit seed (hex, e.g. from `verisplit verifier seed`) [default: a fresh random seed].")
+@click.option("--calibration", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Tolerance file from `verisplit calibrate` for this model; required for audits (no guessed tolerance).")
+@click.option("--no-audit", is_flag=True, help="Disable audits (same as --audit-p 0).")
+@click.option("--shutdown-grace", default=10.0, show_default=True, type=click.FloatRange(min=0.0),
+              help="Seconds in-flight requests may run on after SIGINT/SIGTERM before they are cut at their next "
+                   "token (a second signal cuts at once).")
+@click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path), default=None, hidden=True)
+@log_options
+def lead_serve(listen: str, http: str, checkpoint: Path, data_dir: Path, retention: int, heartbeat_interval: float,
+               offer_ttl: float, tls_cert: Path | None, tls_key: Path | None, tls_ca: Path | None,
+               ledger_path: Path | None, lead_key_path: Path | None, audit_p: str | None, audit_seed_file: Path | None,
+               calibration: Path | None, no_audit: bool, shutdown_grace: float, ready_file: Path | None,
+               log_format: str, verbose: bool) -> None:
+    """Serve the registry (gRPC) and the HTTP API; route and relay every request through a cohort;
+    audit, settle and record every finished request (see docs/protocol.md, "Lead auditing")."""
+    from verisplit.impl.node.framing import parse_host_port
+    from verisplit.impl.node.lead_run import LeadServeSettings, serve_lead
+    from verisplit.impl.node.ops import setup_logging
+    from verisplit.impl.node.ports import BindError
+    from verisplit.impl.runtime.config import ModelConfig
+    from verisplit.impl.runtime.errors import CheckpointError
+
+    setup_logging(log_format, verbose)
+    if (tls_cert is None) != (tls_key is None):
+        raise click.BadParameter("--tls-cert and --tls-key go together", param_hint="--tls-cert")
+    try:
+        parse_host_port(listen, "--listen")
+        http_host, http_port = parse_host_port(http, "--http")
+        config = ModelConfig.from_dir(checkpoint)
+    except (ValueError, CheckpointError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    settings = AuditSettings(ledger=ledger_path or data_dir / "ledger.db", lead_key=lead_key_path or data_dir / "lead.key",
+                             audit_p=audit_p, seed_file=audit_seed_file, calibration=calibration, no_audit=no_audit)
+    model_id = config.name_or_path or checkpoint.resolve().name
+    plan = audit_plan(settings, model_id)  # every check that reads only, before any port or file
+
+    def build() -> Any:
+        from verisplit.impl.node.lead import Lead
+
+        try:
+            lead = Lead(checkpoint, data_dir, retention=retention, tls_ca=tls_ca, heartbeat_interval_s=heartbeat_interval,
+                        offer_ttl_s=offer_ttl)
+        except (ValueError, CheckpointError, OSError) as exc:
+            raise click.ClickException(str(exc)) from None
+        attach_audit_service(lead, checkpoint, settings, plan)
+        return lead
+
+    serve = LeadServeSettings(listen=listen, http_host=http_host, http_port=http_port, tls_cert=tls_cert,
+                              tls_key=tls_key, ready_file=ready_file, grace_s=shutdown_grace)
+    try:
+        asyncio.run(serve_lead(serve, build))
+    except BindError as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"lead: {exc}") from None
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """The lead's auditing flags (see ``lead serve --help``)."""
+
+    ledger: Path
+    lead_key: Path
+    audit_p: str | None = None
+    seed_file: Path | None = None
+    calibration: Path | None = None
+    no_audit: bool = False
+
+
+def parse_fraction(text: str, param_hint: str = "--audit-p") -> Fraction:
+    """``"1/10"``, ``"0.25"`` or ``"0"`` as a Fraction in [0, 1]; anything else is a BadParameter."""
+    try:
+        value = Fraction(text.strip())
+    except (ValueError, ZeroDivisionError):
+        raise click.BadParameter(f"{text!r} is not a fraction such as 1/10 or 0.1", param_hint=param_hint) from None
+    if not 0 <= value <= 1:
+        raise click.BadParameter(f"{text!r} must lie in [0, 1]", param_hint=param_hint)
+    return value
+
+
+def read_seed_file(path: Path) -> bytes:
+    """The hex seed in ``path`` (at least 16 bytes), or a ClickException naming the problem."""
+    try:
+        seed = bytes.fromhex(path.read_text(encoding="utf-8").strip())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise click.ClickException(f"--audit-seed-file: {path} does not hold a hex seed ({exc})") from None
+    if len(seed) < 16:
+        raise click.ClickException(f"--audit-seed-file: {path} holds {len(seed)} bytes; at least 16 are needed")
+    return seed
+
+
+@dataclass(frozen=True)
+class AuditPlan:
+    """What ``audit_plan`` decided from the flags and files (nothing created yet)."""
+
+    p: Fraction
+    tolerance: Any
+    seed: bytes | None
+
+
+def audit_plan(settings: AuditSettings, model_id: str | None = None) -> AuditPlan:
+    """Check the auditing flags and read the calibration and seed (read-only).
+
+    Rules: audits need a calibrated tolerance, so ``--audit-p`` > 0 without ``--calibration`` is an
+    error, and with neither flag auditing is off (logged as a warning); a calibration measured for
+    another model is refused."""
+    from verisplit.spec.audit import Tolerance
+
+    if settings.no_audit:
+        p = Fraction(0)
+    elif settings.audit_p is not None:
+        p = parse_fraction(settings.audit_p)
+    else:
+        p = Fraction(1, 10) if settings.calibration is not None else Fraction(0)
+    if p > 0 and settings.calibration is None:
+        raise click.BadParameter("auditing needs a calibrated tolerance: pass --calibration FILE (from `verisplit "
+                                 "calibrate`) or --no-audit", param_hint="--calibration")
+    if settings.calibration is not None and p > 0:
+        if model_id is not None:
+            tolerance = check_calibration(settings.calibration, model_id)
+        else:
+            from verisplit.impl.audit.calibrate import CalibrationError, load_tolerance
+
+            try:
+                tolerance = load_tolerance(settings.calibration)
+            except CalibrationError as exc:
+                raise click.ClickException(f"--calibration: {exc}") from None
+    else:
+        tolerance = Tolerance("none", 0.0, 0.0)  # never used: no segment is selected at p = 0
+    seed = read_seed_file(settings.seed_file) if settings.seed_file is not None else None
+    return AuditPlan(p, tolerance, seed)
+
+
+def attach_audit_service(lead: Any, checkpoint: Path, settings: AuditSettings, plan: AuditPlan | None = None) -> Any:
+    """Build the ``AuditService`` for ``lead`` from ``settings`` and attach it; returns it. Settlement
+    and the signed ledger run in every case. The lead key is loaded, or created (mode 0600) when absent."""
+    from verisplit.impl.audit.service import AuditService
+
+    plan = plan or audit_plan(settings, lead.model_id)
+    if settings.calibration is None and not settings.no_audit and settings.audit_p is None:
+        log.warning("AUDITS DISABLED: no --calibration file was given (a tolerance is never guessed); "
+                    "settlement and the ledger still run. Run `verisplit calibrate` and pass --calibration.")
+    try:
+        if settings.lead_key.exists():
+            key = load_key_file(settings.lead_key)
+        else:
+            settings.lead_key.parent.mkdir(parents=True, exist_ok=True)
+            key = create_key_file(settings.lead_key)
+            log.info("created lead key %s (%s)", settings.lead_key, fingerprint(bytes(key.verify_key)))
+    except (KeyFileError, OSError) as exc:
+        raise click.ClickException(f"--lead-key: {exc}") from None
+    try:
+        settings.ledger.parent.mkdir(parents=True, exist_ok=True)
+        service = AuditService(checkpoint, settings.ledger, key, plan.p, plan.seed, plan.tolerance, lead.registry.eject,
+                               lead_id=f"lead-{fingerprint(bytes(key.verify_key)).split(':')[1][:12]}",
+                               ban_key=lead.registry.ban_key)
+    except (ValueError, OSError) as exc:
+        raise click.ClickException(f"--ledger: {exc}") from None
+    lead.use_session_key(key)  # one lead identity: it signs session openings and the ledger
+    lead.attach_audit(service)
+    p = plan.p
+    log.info("audit: p = %s, per-request seeds (committed in each session opening), ledger %s, lead key %s",
+             f"{p.numerator}/{p.denominator}", settings.ledger, fingerprint(bytes(key.verify_key)))
+    return service
+
+
+apply_envvars(lead_group, "VERISPLIT_LEAD")
