@@ -6,7 +6,9 @@ import Verisplit.Spec.Settlement
 import Verisplit.Spec.Deterrence
 import Verisplit.Spec.Commitment
 import Verisplit.Spec.Cohort
+import Verisplit.Spec.Escrow
 import Verisplit.Thm.Settlement
 import Verisplit.Thm.Deterrence
 import Verisplit.Thm.Commitment
 import Verisplit.Thm.Cohort
+import Verisplit.Thm.Escrow
