@@ -7,13 +7,24 @@ receipt failure, if any), ``payouts``, ``residual``, ``refund``, ``failed``, ``l
 ``lead_public_key`` and ``prev_hash``. ``hash = SHA-256(RECORD_DOMAIN || body)``; the lead signs
 ``hash`` with Ed25519. A signed head (count, last hash) in the ``meta`` table pins the tail.
 
+Escrow (body version 3, ``verisplit.spec.escrow``): ``escrow.terms`` are the franchise settings the
+lead used (base audit p, probation M, window V, forfeit destination); ``escrow.members`` is, per key of
+the cohort, its probation state before the request (``served_before``, the ``audit_p`` its segment was
+audited at), its payout (held), what vested and what was forfeited (each with the request it was earned
+on) and what it holds afterwards. The caller supplies the terms; ``append`` computes the members with
+the spec's ``settle_escrow`` from the escrow state replayed from the earlier records. Records of
+versions 1-2 predate escrow: replayed as window 0 (their payouts vested when paid), they count as served
+requests for probation.
+
 Invariants:
 - Append-only: the API has no update or delete; an append validates everything (conservation,
   agreement with the spec's ``settle``, canonical encodability) before its single transaction, so
   bad input raises ``LedgerError`` and leaves the file unchanged.
 - ``verify`` re-checks, in ``seq`` order, numbering, the hash chain, every hash and signature,
-  conservation and the spec settlement of every record, then the signed head; it reports the first
-  bad record and never writes.
+  conservation and the spec settlement of every record, the escrow figures of every record against
+  the spec's escrow replayed from the records before it, then the signed head and the escrow totals
+  (held + vested + forfeited == paid, per key and in total); it reports the first bad record (naming
+  a tampered escrow figure) and never writes.
 """
 
 from __future__ import annotations
@@ -24,18 +35,21 @@ import sqlite3
 import struct
 import time
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
+from verisplit.spec.escrow import (EscrowMember, EscrowTerms, InvalidEscrowInput, KeyAccount, MemberEscrow,
+                                   book_totals, settle_escrow, validate_terms)
 from verisplit.spec.settlement import Settlement, SettlementError, settle
 
 RECORD_DOMAIN = b"verisplit/ledger-record/v1\x00"
 HEAD_DOMAIN = b"verisplit/ledger-head/v1\x00"
 GENESIS_HASH = "00" * 32
-LEDGER_VERSION = 2  # 2: per-provider prices and values, recorded_at_ms (1: settled by work alone)
+LEDGER_VERSION = 3  # 3: escrow (terms, members); 2: per-provider prices and values, recorded_at_ms; 1: work alone
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -70,6 +84,7 @@ class VerifyReport:
     bad_seq: int | None = None
     bad_request_id: str | None = None
     message: str = ""
+    escrow: dict[str, Any] | None = None  # on success: escrow totals, {"total": {...}, "keys": {key: {...}}}
 
 
 def canonical_json(obj: Any) -> str:
@@ -88,12 +103,14 @@ def head_bytes(count: int, last_hash: str) -> bytes:
 def settlement_body(*, request_id: str, model_id: str, cohort: Any, work: Mapping[str, int],
                     settlement: Settlement, prices: Mapping[str, int], audits: list[dict[str, Any]],
                     chain: dict[str, Any] | None = None, extra: Mapping[str, Any] | None = None,
-                    recorded_at_ms: int | None = None) -> dict[str, Any]:
-    """The body of a ledger record (without seq, prev_hash, lead_public_key, which ``append`` sets).
+                    recorded_at_ms: int | None = None, escrow_terms: EscrowTerms | None = None) -> dict[str, Any]:
+    """The body of a ledger record (without seq, prev_hash, lead_public_key and the escrow members,
+    which ``append`` sets).
 
     Per provider it holds the layers (``cohort``), the work units served (``work``), the price per
     work unit offered (``prices``), the value ``price x work`` the fee was split by (``values``) and
-    the payout; ``recorded_at_ms`` is the lead's wall clock when it settled."""
+    the payout; ``recorded_at_ms`` is the lead's wall clock when it settled; ``escrow.terms`` the
+    franchise settings in force (default: no probation, window 0, so payouts vest at once)."""
     body: dict[str, Any] = {
         "version": LEDGER_VERSION,
         "request_id": request_id,
@@ -115,7 +132,150 @@ def settlement_body(*, request_id: str, model_id: str, cohort: Any, work: Mappin
     }
     if extra:
         body["extra"] = dict(extra)
+    body["escrow"] = {"terms": terms_to_json(escrow_terms if escrow_terms is not None else EscrowTerms())}
     return body
+
+
+# ---- escrow (body version 3) ---------------------------------------------------------------------------
+
+def _fraction_text(value: Fraction) -> str:
+    return f"{value.numerator}/{value.denominator}"
+
+
+def terms_to_json(terms: EscrowTerms) -> dict[str, Any]:
+    return {"audit_p": _fraction_text(Fraction(terms.audit_p)), "probation_requests": terms.probation_requests,
+            "escrow_window": terms.escrow_window, "forfeit_to": terms.forfeit_to}
+
+
+def _parse_fraction(text: Any, name: str) -> Fraction:
+    if not isinstance(text, str):
+        raise LedgerError(f"record field '{name}': expected a fraction such as '1/10', got {text!r}")
+    try:
+        return Fraction(text)
+    except (ValueError, ZeroDivisionError):
+        raise LedgerError(f"record field '{name}': {text!r} is not a fraction") from None
+
+
+def terms_of(body: Mapping[str, Any]) -> EscrowTerms:
+    """The escrow terms of a record: its ``escrow.terms`` (version 3), or window 0 and no probation for
+    versions 1-2 (which paid out at once). Malformed terms raise ``LedgerError`` naming the field."""
+    if body.get("version", 1) < 3 and "escrow" not in body:
+        return EscrowTerms()
+    escrow = body.get("escrow")
+    if not isinstance(escrow, dict) or not isinstance(escrow.get("terms"), dict):
+        raise LedgerError("record field 'escrow.terms': missing (version 3 records carry the escrow terms)")
+    raw = escrow["terms"]
+    if set(raw) != {"audit_p", "probation_requests", "escrow_window", "forfeit_to"}:
+        raise LedgerError(f"record field 'escrow.terms': keys {sorted(raw)} are not the documented ones")
+    for name in ("probation_requests", "escrow_window"):
+        if isinstance(raw[name], bool) or not isinstance(raw[name], int):
+            raise LedgerError(f"record field 'escrow.terms.{name}': expected int, got {raw[name]!r}")
+    terms = EscrowTerms(_parse_fraction(raw["audit_p"], "escrow.terms.audit_p"), raw["probation_requests"],
+                        raw["escrow_window"], raw["forfeit_to"])
+    try:
+        return validate_terms(terms)
+    except InvalidEscrowInput as exc:
+        raise LedgerError(f"record field 'escrow.terms': {exc}") from None
+
+
+def escrow_members_of(body: Mapping[str, Any]) -> list[EscrowMember]:
+    """The cohort members of a record as the escrow sees them: provider id, key, work, payout, failed."""
+    out = []
+    failed = set(body.get("failed") or [])
+    for index, entry in enumerate(body.get("cohort") or []):
+        if not isinstance(entry, dict) or not isinstance(entry.get("provider_id"), str) \
+                or not isinstance(entry.get("public_key"), str):
+            raise LedgerError(f"record field 'cohort[{index}]': needs provider_id and public_key strings")
+        pid = entry["provider_id"]
+        out.append(EscrowMember(pid, entry["public_key"], body["work"].get(pid, 0), body["payouts"].get(pid, 0),
+                                pid in failed))
+    return out
+
+
+def member_to_json(member: MemberEscrow) -> dict[str, Any]:
+    return {"public_key": member.public_key, "provider_ids": list(member.provider_ids),
+            "served_before": member.served_before, "audit_p": _fraction_text(member.audit_p),
+            "payout": member.payout, "failed": member.failed, "held_after": member.held_after,
+            "vested": [{"request_id": m.request_id, "amount": m.amount} for m in member.vested],
+            "forfeited": [{"request_id": m.request_id, "amount": m.amount} for m in member.forfeited]}
+
+
+def escrow_step_of(book: Mapping[str, KeyAccount], body: Mapping[str, Any]) -> tuple[dict[str, KeyAccount], list[dict[str, Any]]]:
+    """The spec's ``settle_escrow`` applied to one (already ``check_body``-valid) record: the book after
+    it and the members' escrow as JSON. Raises ``LedgerError`` on malformed terms or cohort."""
+    terms = terms_of(body)
+    try:
+        outcome = settle_escrow(book, str(body["request_id"]), escrow_members_of(body), terms)
+    except InvalidEscrowInput as exc:
+        raise LedgerError(f"record {body.get('request_id')!r}: escrow: {exc}") from None
+    return outcome.book, [member_to_json(m) for m in outcome.members]
+
+
+def _escrow_difference(recorded: Any, expected: list[dict[str, Any]]) -> str:
+    """The first escrow figure in ``recorded`` that differs from ``expected``, named."""
+    if not isinstance(recorded, list):
+        return f"escrow field 'members': expected a list, got {type(recorded).__name__}"
+    if len(recorded) != len(expected):
+        return f"escrow field 'members': {len(recorded)} members recorded, the spec's escrow has {len(expected)}"
+    for index, (got, want) in enumerate(zip(recorded, expected)):
+        if not isinstance(got, dict):
+            return f"escrow field 'members[{index}]': expected an object"
+        who = f"{','.join(want['provider_ids'])} (key {want['public_key'][:16]}...)"
+        for name in ("public_key", "provider_ids", "served_before", "audit_p", "payout", "failed", "held_after",
+                     "vested", "forfeited"):
+            if got.get(name) != want[name]:
+                return (f"escrow field '{name}' of {who}: recorded {got.get(name)!r}, the spec's escrow transition "
+                        f"gives {want[name]!r}")
+        extra = sorted(set(got) - set(want))
+        if extra:
+            return f"escrow field 'members[{index}]': unexpected keys {extra}"
+    return ""
+
+
+class EscrowTally:
+    """Escrow totals from the recorded figures alone (paid = payouts, vested / forfeited = the recorded
+    movements, held = the last recorded ``held_after``), per key; version 1-2 payouts count as vested."""
+
+    def __init__(self) -> None:
+        self.keys: dict[str, dict[str, int]] = {}
+
+    def _row(self, key: str) -> dict[str, int]:
+        return self.keys.setdefault(key, {"held": 0, "vested": 0, "forfeited": 0, "paid": 0})
+
+    def add(self, body: Mapping[str, Any]) -> None:
+        escrow = body.get("escrow")
+        if body.get("version", 1) < 3 and not isinstance(escrow, dict):
+            for member in escrow_members_of(body):
+                row = self._row(member.public_key)
+                row["paid"] += member.payout
+                row["vested"] += member.payout
+            return
+        for member in escrow["members"]:
+            row = self._row(member["public_key"])
+            row["paid"] += member["payout"]
+            row["vested"] += sum(m["amount"] for m in member["vested"])
+            row["forfeited"] += sum(m["amount"] for m in member["forfeited"])
+            row["held"] = member["held_after"]
+
+    def problem(self) -> str:
+        for key, row in sorted(self.keys.items()):
+            if row["held"] + row["vested"] + row["forfeited"] != row["paid"]:
+                return (f"escrow totals of key {key[:16]}...: held {row['held']} + vested {row['vested']} + forfeited "
+                        f"{row['forfeited']} != paid {row['paid']}")
+        total = self.total()
+        if total["held"] + total["vested"] + total["forfeited"] != total["paid"]:
+            return "escrow totals: held + vested + forfeited != paid"
+        return ""
+
+    def total(self) -> dict[str, int]:
+        out = {"held": 0, "vested": 0, "forfeited": 0, "paid": 0}
+        for row in self.keys.values():
+            for name in out:
+                out[name] += row[name]
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        return {"total": self.total(), "keys": {k: dict(v) for k, v in sorted(self.keys.items())}}
 
 
 def check_body(body: Mapping[str, Any]) -> None:
@@ -183,6 +343,8 @@ class Ledger:
                 self._require_tables()
         except sqlite3.DatabaseError as exc:
             raise LedgerError(f"{self.path}: not a readable ledger ({exc})") from None
+        self._book: dict[str, KeyAccount] = {}
+        self._book_seq = 0  # the escrow book above is the state after this record
 
     def _require_tables(self) -> None:
         names = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -205,6 +367,12 @@ class Ledger:
         check_body(body)
         if "seq" in body or "prev_hash" in body or "lead_public_key" in body:
             raise LedgerError("record: seq, prev_hash and lead_public_key are set by the ledger, not the caller")
+        if body.get("version") != LEDGER_VERSION:
+            raise LedgerError(f"record field 'version': new records are version {LEDGER_VERSION}, got {body.get('version')!r}")
+        escrow = body.get("escrow")
+        if not isinstance(escrow, dict) or set(escrow) != {"terms"}:
+            raise LedgerError("record field 'escrow': pass only the terms (settlement_body); the ledger computes the members")
+        terms_of(body)
         public = bytes(signing_key.verify_key).hex()
         try:
             self._db.execute("BEGIN IMMEDIATE")
@@ -213,7 +381,10 @@ class Ledger:
                 seq, prev = (1, GENESIS_HASH) if row is None else (row[0] + 1, row[1])
                 if self._db.execute("SELECT 1 FROM records WHERE request_id = ?", (body["request_id"],)).fetchone():
                     raise LedgerError(f"record: request {body['request_id']!r} is already settled in the ledger")
-                full = dict(body, seq=seq, prev_hash=prev, lead_public_key=public)
+                book = self._synced_book(seq - 1)
+                new_book, members = escrow_step_of(book, body)
+                full = dict(body, seq=seq, prev_hash=prev, lead_public_key=public,
+                            escrow={"terms": dict(escrow["terms"]), "members": members})
                 try:
                     text = canonical_json(full)
                 except (TypeError, ValueError) as exc:
@@ -232,7 +403,46 @@ class Ledger:
                 raise
         except sqlite3.DatabaseError as exc:
             raise LedgerError(f"{self.path}: write failed ({exc})") from None
+        self._book, self._book_seq = new_book, seq
         return LedgerRecord(seq, full, digest, signature)
+
+    # --- escrow state ----------------------------------------------------------------------------
+    def _synced_book(self, last_seq: int) -> dict[str, KeyAccount]:
+        """The escrow book after record ``last_seq`` (the file's last), replayed from the records with the
+        spec's ``settle_escrow`` unless the cached one is already there."""
+        if self._book_seq != last_seq:
+            book: dict[str, KeyAccount] = {}
+            count = 0
+            for record in self.records():
+                if not isinstance(record.body, dict):
+                    raise LedgerError(f"record seq {record.seq}: body is not a JSON object")
+                try:
+                    check_body(record.body)
+                except LedgerError as exc:
+                    raise LedgerError(f"record seq {record.seq}: cannot replay the escrow ({exc})") from None
+                book, _ = escrow_step_of(book, record.body)
+                count = record.seq
+            if count != last_seq:
+                raise LedgerError(f"{self.path}: changed while replaying the escrow")
+            self._book, self._book_seq = book, count
+        return self._book
+
+    def escrow_book(self) -> dict[str, KeyAccount]:
+        """Every key's escrow account (public key hex -> ``KeyAccount``) after the last record: held
+        window, served requests, paid / vested / forfeited totals. Replayed from the file when another
+        writer appended. Raises ``LedgerError`` if a record cannot be replayed."""
+        try:
+            row = self._db.execute("SELECT MAX(seq) FROM records").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"{self.path}: unreadable ({exc})") from None
+        return dict(self._synced_book(row[0] or 0))
+
+    def escrow_totals(self) -> dict[str, Any]:
+        """``{"total": {held, vested, forfeited, paid}, "keys": {key: {...}}}`` from the spec's replay."""
+        book = self.escrow_book()
+        keys = {k: {"held": a.held, "vested": a.vested, "forfeited": a.forfeited, "paid": a.paid, "served": a.served}
+                for k, a in sorted(book.items())}
+        return {"total": book_totals(book), "keys": keys}
 
     # --- reading ---------------------------------------------------------------------------
     def records(self) -> Iterator[LedgerRecord]:
@@ -266,6 +476,8 @@ class Ledger:
         expected_key = lead_public_key.hex() if lead_public_key is not None else None
         prev = GENESIS_HASH
         count = 0
+        book: dict[str, KeyAccount] = {}
+        tally = EscrowTally()
         for index, (seq, request_id, text, digest, signature) in enumerate(rows, start=1):
             def bad(why: str) -> VerifyReport:
                 return VerifyReport(False, count, seq, request_id, f"record seq {seq} (request {request_id!r}): {why}")
@@ -299,14 +511,22 @@ class Ledger:
                 return bad("lead signature does not verify")
             try:
                 check_body(body)
+                book, members = escrow_step_of(book, body)
             except LedgerError as exc:
                 return bad(str(exc))
+            if body.get("version", 1) >= 3 or "escrow" in body:
+                escrow = body.get("escrow")
+                recorded = escrow.get("members") if isinstance(escrow, dict) else None
+                difference = _escrow_difference(recorded, members)
+                if difference:
+                    return bad(difference)
+            tally.add(body)
             prev = digest
             count += 1
         if head_row is None:
             if rows:
                 return VerifyReport(False, count, None, None, "head: signed head is missing")
-            return VerifyReport(True, 0, message="empty ledger")
+            return VerifyReport(True, 0, message="empty ledger", escrow=tally.summary())
         try:
             head = json.loads(head_row[0])
             head_count, head_hash, head_sig = int(head["count"]), str(head["hash"]), str(head["signature"])
@@ -319,7 +539,13 @@ class Ledger:
         if expected_key is None or not _is_hex(head_hash, 32) or not _signature_ok(
                 expected_key, head_bytes(head_count, head_hash), head_sig):
             return VerifyReport(False, count, None, None, "head: signature does not verify")
-        return VerifyReport(True, count, message=f"{count} records verified")
+        problem = tally.problem()
+        if problem:
+            return VerifyReport(False, count, None, None, problem)
+        total = tally.total()
+        return VerifyReport(True, count, message=f"{count} records verified; escrow: held {total['held']} + vested "
+                                                 f"{total['vested']} + forfeited {total['forfeited']} = paid {total['paid']}",
+                            escrow=tally.summary())
 
 
 def _is_hex(text: object, nbytes: int) -> bool:
