@@ -60,9 +60,9 @@ def freshAccount (v : Nat) : Account :=
   { window := zeros v, vested := 0, forfeited := 0, paid := 0 }
 
 /-- A history of requests, each `(payout, failed)`, applied in order. -/
-def run : Account → List (Nat × Bool) → Account
+def runHistory : Account → List (Nat × Bool) → Account
   | a, [] => a
-  | a, s :: rest => run (accountStep a s.1 s.2) rest
+  | a, s :: rest => runHistory (accountStep a s.1 s.2) rest
 
 /-- The window after requests with payouts `xs` and no failure. -/
 def runWindow : List Nat → List Nat → List Nat

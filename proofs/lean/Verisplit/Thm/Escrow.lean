@@ -115,7 +115,7 @@ theorem accountStep_conserves (a : Account) (x : Nat) (f : Bool) (h : conserved 
     omega
 
 /-- Rule E3 for every history (all N): conservation is preserved by any sequence of requests. -/
-theorem run_conserves : ∀ (steps : List (Nat × Bool)) (a : Account), conserved a → conserved (run a steps) := by
+theorem run_conserves : ∀ (steps : List (Nat × Bool)) (a : Account), conserved a → conserved (runHistory a steps) := by
   intro steps
   induction steps with
   | nil =>
@@ -123,11 +123,11 @@ theorem run_conserves : ∀ (steps : List (Nat × Bool)) (a : Account), conserve
     exact h
   | cons s rest ih =>
     intro a h
-    show conserved (run (accountStep a s.1 s.2) rest)
+    show conserved (runHistory (accountStep a s.1 s.2) rest)
     exact ih (accountStep a s.1 s.2) (accountStep_conserves a s.1 s.2 h)
 
 /-- A fresh key conserves after any history, for any window length: held + vested + forfeited = paid. -/
-theorem fresh_conserves (v : Nat) (steps : List (Nat × Bool)) : conserved (run (freshAccount v) steps) := by
+theorem fresh_conserves (v : Nat) (steps : List (Nat × Bool)) : conserved (runHistory (freshAccount v) steps) := by
   apply run_conserves
   show sumList (zeros v) + 0 + 0 = 0
   have hz := sumList_zeros v
@@ -153,7 +153,7 @@ theorem runWindow_eq : ∀ (xs w : List Nat), runWindow w xs = List.drop xs.leng
 
 /-- `run` without failures moves the window exactly as `runWindow`. -/
 theorem run_noFail_window : ∀ (xs : List Nat) (a : Account),
-    (run a (xs.map (fun x => (x, false)))).window = runWindow a.window xs := by
+    (runHistory a (xs.map (fun x => (x, false)))).window = runWindow a.window xs := by
   intro xs
   induction xs with
   | nil =>
@@ -167,7 +167,7 @@ theorem run_noFail_window : ∀ (xs : List Nat) (a : Account),
 `len(window)` entries of `window ++ xs` (a fresh key: the last V payouts, zero-padded), so no payout
 vests before V later requests. -/
 theorem runNoFail_window (xs : List Nat) (a : Account) :
-    (run a (xs.map (fun x => (x, false)))).window = List.drop xs.length (a.window ++ xs) :=
+    (runHistory a (xs.map (fun x => (x, false)))).window = List.drop xs.length (a.window ++ xs) :=
   (run_noFail_window xs a).trans (runWindow_eq xs a.window)
 
 /-- Rule P1: during probation (`served < M`) the audit probability is 1. -/
