@@ -226,8 +226,6 @@ def analyse(net: dict[str, Any], infos: list[dict[str, Any]], cost_fractions: li
     """Figures of one run, from the verified ledger (escrow per key) and the cheat log."""
     import subprocess
 
-    from nacl.signing import SigningKey  # noqa: F401 - keys module needs nacl anyway
-
     from verisplit.impl.node.procs import verisplit_command
     from verisplit.impl.records.keys import load_key_file
     from verisplit.impl.records.ledger import Ledger

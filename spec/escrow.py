@@ -32,7 +32,7 @@ Bad input raises ``InvalidEscrowInput`` (a ValueError) naming the field.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Mapping, Sequence
 

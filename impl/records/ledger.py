@@ -7,14 +7,10 @@ receipt failure, if any), ``payouts``, ``residual``, ``refund``, ``failed``, ``l
 ``lead_public_key`` and ``prev_hash``. ``hash = SHA-256(RECORD_DOMAIN || body)``; the lead signs
 ``hash`` with Ed25519. A signed head (count, last hash) in the ``meta`` table pins the tail.
 
-Escrow (body version 3, ``verisplit.spec.escrow``): ``escrow.terms`` are the franchise settings the
-lead used (base audit p, probation M, window V, forfeit destination); ``escrow.members`` is, per key of
-the cohort, its probation state before the request (``served_before``, the ``audit_p`` its segment was
-audited at), its payout (held), what vested and what was forfeited (each with the request it was earned
-on) and what it holds afterwards. The caller supplies the terms; ``append`` computes the members with
-the spec's ``settle_escrow`` from the escrow state replayed from the earlier records. Records of
-versions 1-2 predate escrow: replayed as window 0 (their payouts vested when paid), they count as served
-requests for probation.
+Escrow (version 3, layout in ``ledger_escrow``): the caller supplies ``escrow.terms`` (base audit p,
+probation M, window V, forfeit destination); ``append`` computes ``escrow.members`` (per key: probation
+state, payout held, vested, forfeited, held afterwards) with the spec's ``settle_escrow`` from the state
+the earlier records left. Versions 1-2 are still read (replayed as window 0: paid out at once).
 
 Invariants:
 - Append-only: the API has no update or delete; an append validates everything (conservation,
@@ -35,15 +31,15 @@ import sqlite3
 import struct
 import time
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
-from verisplit.spec.escrow import (EscrowMember, EscrowTerms, InvalidEscrowInput, KeyAccount, MemberEscrow,
-                                   book_totals, settle_escrow, validate_terms)
+from verisplit.impl.records.ledger_escrow import (EscrowTally, LedgerError, escrow_step_of, record_problem, replay,
+                                                  terms_of, terms_to_json, totals_view)
+from verisplit.spec.escrow import EscrowTerms, KeyAccount
 from verisplit.spec.settlement import Settlement, SettlementError, settle
 
 RECORD_DOMAIN = b"verisplit/ledger-record/v1\x00"
@@ -63,9 +59,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
-class LedgerError(ValueError):
-    """Bad ledger input or an unreadable ledger file; the message names the field or the file."""
-
+__all__ = ["LedgerError"]  # defined in ledger_escrow (shared by the escrow codec), raised by everything here
 
 @dataclass(frozen=True)
 class LedgerRecord:
@@ -134,148 +128,6 @@ def settlement_body(*, request_id: str, model_id: str, cohort: Any, work: Mappin
         body["extra"] = dict(extra)
     body["escrow"] = {"terms": terms_to_json(escrow_terms if escrow_terms is not None else EscrowTerms())}
     return body
-
-
-# ---- escrow (body version 3) ---------------------------------------------------------------------------
-
-def _fraction_text(value: Fraction) -> str:
-    return f"{value.numerator}/{value.denominator}"
-
-
-def terms_to_json(terms: EscrowTerms) -> dict[str, Any]:
-    return {"audit_p": _fraction_text(Fraction(terms.audit_p)), "probation_requests": terms.probation_requests,
-            "escrow_window": terms.escrow_window, "forfeit_to": terms.forfeit_to}
-
-
-def _parse_fraction(text: Any, name: str) -> Fraction:
-    if not isinstance(text, str):
-        raise LedgerError(f"record field '{name}': expected a fraction such as '1/10', got {text!r}")
-    try:
-        return Fraction(text)
-    except (ValueError, ZeroDivisionError):
-        raise LedgerError(f"record field '{name}': {text!r} is not a fraction") from None
-
-
-def terms_of(body: Mapping[str, Any]) -> EscrowTerms:
-    """The escrow terms of a record: its ``escrow.terms`` (version 3), or window 0 and no probation for
-    versions 1-2 (which paid out at once). Malformed terms raise ``LedgerError`` naming the field."""
-    if body.get("version", 1) < 3 and "escrow" not in body:
-        return EscrowTerms()
-    escrow = body.get("escrow")
-    if not isinstance(escrow, dict) or not isinstance(escrow.get("terms"), dict):
-        raise LedgerError("record field 'escrow.terms': missing (version 3 records carry the escrow terms)")
-    raw = escrow["terms"]
-    if set(raw) != {"audit_p", "probation_requests", "escrow_window", "forfeit_to"}:
-        raise LedgerError(f"record field 'escrow.terms': keys {sorted(raw)} are not the documented ones")
-    for name in ("probation_requests", "escrow_window"):
-        if isinstance(raw[name], bool) or not isinstance(raw[name], int):
-            raise LedgerError(f"record field 'escrow.terms.{name}': expected int, got {raw[name]!r}")
-    terms = EscrowTerms(_parse_fraction(raw["audit_p"], "escrow.terms.audit_p"), raw["probation_requests"],
-                        raw["escrow_window"], raw["forfeit_to"])
-    try:
-        return validate_terms(terms)
-    except InvalidEscrowInput as exc:
-        raise LedgerError(f"record field 'escrow.terms': {exc}") from None
-
-
-def escrow_members_of(body: Mapping[str, Any]) -> list[EscrowMember]:
-    """The cohort members of a record as the escrow sees them: provider id, key, work, payout, failed."""
-    out = []
-    failed = set(body.get("failed") or [])
-    for index, entry in enumerate(body.get("cohort") or []):
-        if not isinstance(entry, dict) or not isinstance(entry.get("provider_id"), str) \
-                or not isinstance(entry.get("public_key"), str):
-            raise LedgerError(f"record field 'cohort[{index}]': needs provider_id and public_key strings")
-        pid = entry["provider_id"]
-        out.append(EscrowMember(pid, entry["public_key"], body["work"].get(pid, 0), body["payouts"].get(pid, 0),
-                                pid in failed))
-    return out
-
-
-def member_to_json(member: MemberEscrow) -> dict[str, Any]:
-    return {"public_key": member.public_key, "provider_ids": list(member.provider_ids),
-            "served_before": member.served_before, "audit_p": _fraction_text(member.audit_p),
-            "payout": member.payout, "failed": member.failed, "held_after": member.held_after,
-            "vested": [{"request_id": m.request_id, "amount": m.amount} for m in member.vested],
-            "forfeited": [{"request_id": m.request_id, "amount": m.amount} for m in member.forfeited]}
-
-
-def escrow_step_of(book: Mapping[str, KeyAccount], body: Mapping[str, Any]) -> tuple[dict[str, KeyAccount], list[dict[str, Any]]]:
-    """The spec's ``settle_escrow`` applied to one (already ``check_body``-valid) record: the book after
-    it and the members' escrow as JSON. Raises ``LedgerError`` on malformed terms or cohort."""
-    terms = terms_of(body)
-    try:
-        outcome = settle_escrow(book, str(body["request_id"]), escrow_members_of(body), terms)
-    except InvalidEscrowInput as exc:
-        raise LedgerError(f"record {body.get('request_id')!r}: escrow: {exc}") from None
-    return outcome.book, [member_to_json(m) for m in outcome.members]
-
-
-def _escrow_difference(recorded: Any, expected: list[dict[str, Any]]) -> str:
-    """The first escrow figure in ``recorded`` that differs from ``expected``, named."""
-    if not isinstance(recorded, list):
-        return f"escrow field 'members': expected a list, got {type(recorded).__name__}"
-    if len(recorded) != len(expected):
-        return f"escrow field 'members': {len(recorded)} members recorded, the spec's escrow has {len(expected)}"
-    for index, (got, want) in enumerate(zip(recorded, expected)):
-        if not isinstance(got, dict):
-            return f"escrow field 'members[{index}]': expected an object"
-        who = f"{','.join(want['provider_ids'])} (key {want['public_key'][:16]}...)"
-        for name in ("public_key", "provider_ids", "served_before", "audit_p", "payout", "failed", "held_after",
-                     "vested", "forfeited"):
-            if got.get(name) != want[name]:
-                return (f"escrow field '{name}' of {who}: recorded {got.get(name)!r}, the spec's escrow transition "
-                        f"gives {want[name]!r}")
-        extra = sorted(set(got) - set(want))
-        if extra:
-            return f"escrow field 'members[{index}]': unexpected keys {extra}"
-    return ""
-
-
-class EscrowTally:
-    """Escrow totals from the recorded figures alone (paid = payouts, vested / forfeited = the recorded
-    movements, held = the last recorded ``held_after``), per key; version 1-2 payouts count as vested."""
-
-    def __init__(self) -> None:
-        self.keys: dict[str, dict[str, int]] = {}
-
-    def _row(self, key: str) -> dict[str, int]:
-        return self.keys.setdefault(key, {"held": 0, "vested": 0, "forfeited": 0, "paid": 0})
-
-    def add(self, body: Mapping[str, Any]) -> None:
-        escrow = body.get("escrow")
-        if body.get("version", 1) < 3 and not isinstance(escrow, dict):
-            for member in escrow_members_of(body):
-                row = self._row(member.public_key)
-                row["paid"] += member.payout
-                row["vested"] += member.payout
-            return
-        for member in escrow["members"]:
-            row = self._row(member["public_key"])
-            row["paid"] += member["payout"]
-            row["vested"] += sum(m["amount"] for m in member["vested"])
-            row["forfeited"] += sum(m["amount"] for m in member["forfeited"])
-            row["held"] = member["held_after"]
-
-    def problem(self) -> str:
-        for key, row in sorted(self.keys.items()):
-            if row["held"] + row["vested"] + row["forfeited"] != row["paid"]:
-                return (f"escrow totals of key {key[:16]}...: held {row['held']} + vested {row['vested']} + forfeited "
-                        f"{row['forfeited']} != paid {row['paid']}")
-        total = self.total()
-        if total["held"] + total["vested"] + total["forfeited"] != total["paid"]:
-            return "escrow totals: held + vested + forfeited != paid"
-        return ""
-
-    def total(self) -> dict[str, int]:
-        out = {"held": 0, "vested": 0, "forfeited": 0, "paid": 0}
-        for row in self.keys.values():
-            for name in out:
-                out[name] += row[name]
-        return out
-
-    def summary(self) -> dict[str, Any]:
-        return {"total": self.total(), "keys": {k: dict(v) for k, v in sorted(self.keys.items())}}
 
 
 def check_body(body: Mapping[str, Any]) -> None:
@@ -411,17 +263,7 @@ class Ledger:
         """The escrow book after record ``last_seq`` (the file's last), replayed from the records with the
         spec's ``settle_escrow`` unless the cached one is already there."""
         if self._book_seq != last_seq:
-            book: dict[str, KeyAccount] = {}
-            count = 0
-            for record in self.records():
-                if not isinstance(record.body, dict):
-                    raise LedgerError(f"record seq {record.seq}: body is not a JSON object")
-                try:
-                    check_body(record.body)
-                except LedgerError as exc:
-                    raise LedgerError(f"record seq {record.seq}: cannot replay the escrow ({exc})") from None
-                book, _ = escrow_step_of(book, record.body)
-                count = record.seq
+            book, count = replay(self.records(), check_body)
             if count != last_seq:
                 raise LedgerError(f"{self.path}: changed while replaying the escrow")
             self._book, self._book_seq = book, count
@@ -438,11 +280,8 @@ class Ledger:
         return dict(self._synced_book(row[0] or 0))
 
     def escrow_totals(self) -> dict[str, Any]:
-        """``{"total": {held, vested, forfeited, paid}, "keys": {key: {...}}}`` from the spec's replay."""
-        book = self.escrow_book()
-        keys = {k: {"held": a.held, "vested": a.vested, "forfeited": a.forfeited, "paid": a.paid, "served": a.served}
-                for k, a in sorted(book.items())}
-        return {"total": book_totals(book), "keys": keys}
+        """``{"total": {held, vested, forfeited, paid}, "keys": {key: {..., served}}}`` from the spec's replay."""
+        return totals_view(self.escrow_book())
 
     # --- reading ---------------------------------------------------------------------------
     def records(self) -> Iterator[LedgerRecord]:
@@ -514,12 +353,8 @@ class Ledger:
                 book, members = escrow_step_of(book, body)
             except LedgerError as exc:
                 return bad(str(exc))
-            if body.get("version", 1) >= 3 or "escrow" in body:
-                escrow = body.get("escrow")
-                recorded = escrow.get("members") if isinstance(escrow, dict) else None
-                difference = _escrow_difference(recorded, members)
-                if difference:
-                    return bad(difference)
+            if record_problem(body, members):
+                return bad(record_problem(body, members))
             tally.add(body)
             prev = digest
             count += 1
@@ -539,13 +374,9 @@ class Ledger:
         if expected_key is None or not _is_hex(head_hash, 32) or not _signature_ok(
                 expected_key, head_bytes(head_count, head_hash), head_sig):
             return VerifyReport(False, count, None, None, "head: signature does not verify")
-        problem = tally.problem()
-        if problem:
-            return VerifyReport(False, count, None, None, problem)
-        total = tally.total()
-        return VerifyReport(True, count, message=f"{count} records verified; escrow: held {total['held']} + vested "
-                                                 f"{total['vested']} + forfeited {total['forfeited']} = paid {total['paid']}",
-                            escrow=tally.summary())
+        if tally.problem():
+            return VerifyReport(False, count, None, None, tally.problem())
+        return VerifyReport(True, count, message=tally.message(count), escrow=tally.summary())
 
 
 def _is_hex(text: object, nbytes: int) -> bool:
