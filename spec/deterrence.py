@@ -7,6 +7,10 @@ model's cost, so the whole-model condition ``p*F >= C`` implies every shard's (r
 shard has a larger margin (rule D2). Values may be ints, Fractions or Z3 terms (pass ``p*F`` named as
 one term, ``expected_loss``, to keep Z3 queries linear). Any other argument type (float, bool, str,
 None, ...) raises ``InvalidDeterrenceInput`` (a ValueError) naming the argument.
+
+Here F is a parameter. In an open network a key is free, so nothing makes F real; ``spec/escrow.py``
+does (probation for new keys, a vesting escrow of each key's payouts) and puts the escrow exposure in
+place of F: ``escrow_expected_loss``, ``franchise_margin`` and ``check_deterrence_config`` there.
 """
 
 from __future__ import annotations

@@ -3,10 +3,11 @@
 For a finished ``RequestRecord`` it (1) re-derives each step's verdict with the spec's
 ``check_exchanged_chain`` (H1-H4) on the recorded bytes, counting work units only for valid
 links (layer work x positions, exactly as ``verisplit.spec.protocol`` does); (2) audits each
-segment selected by the commit-reveal rule ``is_audited(seed, request_id, k, p)`` over the steps
-it served validly; (3) settles with the spec's ``settle`` (failed = chain culprit + failed audits;
+segment selected by the commit-reveal rule ``is_audited(seed, request_id, k, p_k)`` over the steps
+it served validly, p_k being 1 while segment k's key is on probation (``impl/audit/franchise.py``); (3) settles with the spec's ``settle`` (failed = chain culprit + failed audits;
 full refund when nothing was served, as ``expected_settlement``); (4) appends one signed ledger
-record; (5) ejects every failed provider (if it already left the registry, its key is banned all the
+record (whose escrow section holds each key's payout, vests what its window releases and forfeits
+what a failed key held); (5) ejects every failed provider (if it already left the registry, its key is banned all the
 same); (6) returns a JSON-ready summary. Aborts that are no protocol failure (outages, ``verisplit.spec.faults``) credit the accepted links and blame nobody.
 
 Invariants: only providers with a failing verdict (chain or audit) are ejected or forfeit; the
@@ -29,6 +30,7 @@ from nacl.signing import SigningKey
 
 from verisplit.impl.runtime.config import ModelConfig
 from verisplit.impl.records.ledger import Ledger, LedgerError, settlement_body
+from verisplit.impl.audit.franchise import Franchise, probabilities_text
 from verisplit.impl.audit.verifier import EvidenceError, Verifier, record_context, verdict_to_dict
 from verisplit.spec.audit import AuditVerdict, Tolerance, is_audited, request_seed, seed_commitment
 from verisplit.impl.runtime.tensors import boundary_facts
@@ -150,7 +152,8 @@ class AuditService:
                  eject: Callable[[str, str], None], *, lead_id: str = "lead",
                  device: str | None = None, dtype: str | None = None,
                  layer_work: Sequence[int] | None = None, verifier: Verifier | None = None,
-                 ban_key: Callable[[bytes, str], None] | None = None) -> None:
+                 ban_key: Callable[[bytes, str], None] | None = None,
+                 probation_requests: int = 0, escrow_window: int = 0) -> None:
         p = Fraction(audit_p)
         if not 0 <= p <= 1:
             raise ValueError(f"audit_p: must be in [0, 1], got {audit_p}")
@@ -172,16 +175,20 @@ class AuditService:
         config = ModelConfig.from_dir(checkpoint_dir)
         self.sizes = (config.hidden_size, config.vocab_size)  # for rule H5 on recorded outputs
         self.ledger = Ledger(ledger_path)
+        # Franchise (issue 11, impl/audit/franchise.py): probation probabilities per key, escrow terms.
+        self.franchise = Franchise(p, probation_requests, escrow_window)
         self._lock = threading.Lock()
 
     def seed_commitment_for(self, request_id: str) -> bytes:
         """H(seed) of ``request_id``: sent in its signed session openings before the first step."""
         return seed_commitment(request_seed(self._secret, request_id))
 
-    def selected(self, request_id: str, segments: int) -> list[int]:
-        """The segments rule A2 selects under the request's own seed."""
+    def selected(self, request_id: str, segments: int, probabilities: Sequence[Fraction] | None = None) -> list[int]:
+        """The segments rule A2 selects under the request's own seed (rule A1); segment k at
+        ``probabilities[k]`` (probation, rule P1) if given, else at the operator's p."""
         seed = request_seed(self._secret, request_id)
-        return [k for k in range(segments) if is_audited(seed, request_id, k, self.audit_p)]
+        return [k for k in range(segments)
+                if is_audited(seed, request_id, k, self.audit_p if probabilities is None else probabilities[k])]
 
     async def __call__(self, record: Any) -> dict[str, Any]:
         """Audit, settle and record ``record`` (audits in a worker thread), then eject the failed."""
@@ -223,7 +230,15 @@ class AuditService:
                 reason += f" ({analysis.detail})"
             verdicts.append(("chain", AuditVerdict(record.request_id, analysis.link, analysis.culprit, False,
                                                    math.inf, math.inf, reason)))
-        for index in self.selected(record.request_id, len(assignments)):
+        # -- franchise: per-segment audit probability from the key's history (probation, P1) --
+        try:
+            probabilities = self.franchise.segment_probabilities(record.cohort, self.ledger.escrow_book())
+        except LedgerError as exc:  # history unreadable: audit every segment
+            errors.append(f"franchise: {exc}; auditing every segment")
+            probabilities = [Fraction(1)] * len(assignments)
+        # -- end franchise --
+        audited_segments = self.selected(record.request_id, len(assignments), probabilities)
+        for index in audited_segments:
             if index == analysis.link or analysis.valid_steps[index] == 0:
                 continue
             try:
@@ -249,15 +264,19 @@ class AuditService:
                                extra={"audit_seed_commitment": seed_commitment(seed).hex(), "audit_seed": seed.hex(),
                                       "audit_p": str(self.audit_p),
                                       "tolerance": {"dtype": self.tolerance.dtype, "atol": self.tolerance.atol,
-                                                    "rtol": self.tolerance.rtol}})
+                                                    "rtol": self.tolerance.rtol}},
+                               escrow_terms=self.franchise.terms())
         ledger_seq: int | None = None
+        escrow: dict[str, Any] | None = None
         try:
-            ledger_seq = self.ledger.append(body, self.lead_signing_key).seq
+            appended = self.ledger.append(body, self.lead_signing_key)
+            ledger_seq = appended.seq
+            escrow = dict(self.franchise.summary(appended.body), audit_p=probabilities_text(probabilities))
         except LedgerError as exc:
             errors.append(f"ledger: {exc}")
         summary = {"audits": audits, "settlement": dict(settlement_to_dict(settlement), work=dict(analysis.work), prices=prices),
                    "ejected": sorted(failed), "audit_seed_commitment": seed_commitment(seed).hex(),
                    # the reveal (rule A1): only now, with the chain final and the audits done
-                   "audit_seed": seed.hex(), "audited_segments": self.selected(record.request_id, len(assignments)),
-                   "ledger_seq": ledger_seq, "errors": errors}
+                   "audit_seed": seed.hex(), "audited_segments": audited_segments,
+                   "ledger_seq": ledger_seq, "escrow": escrow, "errors": errors}
         return summary, failed

@@ -7,13 +7,20 @@ receipt failure, if any), ``payouts``, ``residual``, ``refund``, ``failed``, ``l
 ``lead_public_key`` and ``prev_hash``. ``hash = SHA-256(RECORD_DOMAIN || body)``; the lead signs
 ``hash`` with Ed25519. A signed head (count, last hash) in the ``meta`` table pins the tail.
 
+Escrow (version 3, layout in ``ledger_escrow``): the caller supplies ``escrow.terms`` (base audit p,
+probation M, window V, forfeit destination); ``append`` computes ``escrow.members`` (per key: probation
+state, payout held, vested, forfeited, held afterwards) with the spec's ``settle_escrow`` from the state
+the earlier records left. Versions 1-2 are still read (replayed as window 0: paid out at once).
+
 Invariants:
 - Append-only: the API has no update or delete; an append validates everything (conservation,
   agreement with the spec's ``settle``, canonical encodability) before its single transaction, so
   bad input raises ``LedgerError`` and leaves the file unchanged.
 - ``verify`` re-checks, in ``seq`` order, numbering, the hash chain, every hash and signature,
-  conservation and the spec settlement of every record, then the signed head; it reports the first
-  bad record and never writes.
+  conservation and the spec settlement of every record, the escrow figures of every record against
+  the spec's escrow replayed from the records before it, then the signed head and the escrow totals
+  (held + vested + forfeited == paid, per key and in total); it reports the first bad record (naming
+  a tampered escrow figure) and never writes.
 """
 
 from __future__ import annotations
@@ -30,12 +37,15 @@ from typing import Any, Iterator, Mapping
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
+from verisplit.impl.records.ledger_escrow import (EscrowTally, LedgerError, escrow_step_of, record_problem, replay,
+                                                  terms_of, terms_to_json, totals_view)
+from verisplit.spec.escrow import EscrowTerms, KeyAccount
 from verisplit.spec.settlement import Settlement, SettlementError, settle
 
 RECORD_DOMAIN = b"verisplit/ledger-record/v1\x00"
 HEAD_DOMAIN = b"verisplit/ledger-head/v1\x00"
 GENESIS_HASH = "00" * 32
-LEDGER_VERSION = 2  # 2: per-provider prices and values, recorded_at_ms (1: settled by work alone)
+LEDGER_VERSION = 3  # 3: escrow (terms, members); 2: per-provider prices and values, recorded_at_ms; 1: work alone
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -49,9 +59,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
-class LedgerError(ValueError):
-    """Bad ledger input or an unreadable ledger file; the message names the field or the file."""
-
+__all__ = ["LedgerError"]  # defined in ledger_escrow (shared by the escrow codec), raised by everything here
 
 @dataclass(frozen=True)
 class LedgerRecord:
@@ -70,6 +78,7 @@ class VerifyReport:
     bad_seq: int | None = None
     bad_request_id: str | None = None
     message: str = ""
+    escrow: dict[str, Any] | None = None  # on success: escrow totals, {"total": {...}, "keys": {key: {...}}}
 
 
 def canonical_json(obj: Any) -> str:
@@ -88,12 +97,14 @@ def head_bytes(count: int, last_hash: str) -> bytes:
 def settlement_body(*, request_id: str, model_id: str, cohort: Any, work: Mapping[str, int],
                     settlement: Settlement, prices: Mapping[str, int], audits: list[dict[str, Any]],
                     chain: dict[str, Any] | None = None, extra: Mapping[str, Any] | None = None,
-                    recorded_at_ms: int | None = None) -> dict[str, Any]:
-    """The body of a ledger record (without seq, prev_hash, lead_public_key, which ``append`` sets).
+                    recorded_at_ms: int | None = None, escrow_terms: EscrowTerms | None = None) -> dict[str, Any]:
+    """The body of a ledger record (without seq, prev_hash, lead_public_key and the escrow members,
+    which ``append`` sets).
 
     Per provider it holds the layers (``cohort``), the work units served (``work``), the price per
     work unit offered (``prices``), the value ``price x work`` the fee was split by (``values``) and
-    the payout; ``recorded_at_ms`` is the lead's wall clock when it settled."""
+    the payout; ``recorded_at_ms`` is the lead's wall clock when it settled; ``escrow.terms`` the
+    franchise settings in force (default: no probation, window 0, so payouts vest at once)."""
     body: dict[str, Any] = {
         "version": LEDGER_VERSION,
         "request_id": request_id,
@@ -115,6 +126,7 @@ def settlement_body(*, request_id: str, model_id: str, cohort: Any, work: Mappin
     }
     if extra:
         body["extra"] = dict(extra)
+    body["escrow"] = {"terms": terms_to_json(escrow_terms if escrow_terms is not None else EscrowTerms())}
     return body
 
 
@@ -183,6 +195,8 @@ class Ledger:
                 self._require_tables()
         except sqlite3.DatabaseError as exc:
             raise LedgerError(f"{self.path}: not a readable ledger ({exc})") from None
+        self._book: dict[str, KeyAccount] = {}
+        self._book_seq = 0  # the escrow book above is the state after this record
 
     def _require_tables(self) -> None:
         names = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -205,6 +219,12 @@ class Ledger:
         check_body(body)
         if "seq" in body or "prev_hash" in body or "lead_public_key" in body:
             raise LedgerError("record: seq, prev_hash and lead_public_key are set by the ledger, not the caller")
+        if body.get("version") != LEDGER_VERSION:
+            raise LedgerError(f"record field 'version': new records are version {LEDGER_VERSION}, got {body.get('version')!r}")
+        escrow = body.get("escrow")
+        if not isinstance(escrow, dict) or set(escrow) != {"terms"}:
+            raise LedgerError("record field 'escrow': pass only the terms (settlement_body); the ledger computes the members")
+        terms_of(body)
         public = bytes(signing_key.verify_key).hex()
         try:
             self._db.execute("BEGIN IMMEDIATE")
@@ -213,7 +233,10 @@ class Ledger:
                 seq, prev = (1, GENESIS_HASH) if row is None else (row[0] + 1, row[1])
                 if self._db.execute("SELECT 1 FROM records WHERE request_id = ?", (body["request_id"],)).fetchone():
                     raise LedgerError(f"record: request {body['request_id']!r} is already settled in the ledger")
-                full = dict(body, seq=seq, prev_hash=prev, lead_public_key=public)
+                book = self._synced_book(seq - 1)
+                new_book, members = escrow_step_of(book, body)
+                full = dict(body, seq=seq, prev_hash=prev, lead_public_key=public,
+                            escrow={"terms": dict(escrow["terms"]), "members": members})
                 try:
                     text = canonical_json(full)
                 except (TypeError, ValueError) as exc:
@@ -232,7 +255,33 @@ class Ledger:
                 raise
         except sqlite3.DatabaseError as exc:
             raise LedgerError(f"{self.path}: write failed ({exc})") from None
+        self._book, self._book_seq = new_book, seq
         return LedgerRecord(seq, full, digest, signature)
+
+    # --- escrow state ----------------------------------------------------------------------------
+    def _synced_book(self, last_seq: int) -> dict[str, KeyAccount]:
+        """The escrow book after record ``last_seq`` (the file's last), replayed from the records with the
+        spec's ``settle_escrow`` unless the cached one is already there."""
+        if self._book_seq != last_seq:
+            book, count = replay(self.records(), check_body)
+            if count != last_seq:
+                raise LedgerError(f"{self.path}: changed while replaying the escrow")
+            self._book, self._book_seq = book, count
+        return self._book
+
+    def escrow_book(self) -> dict[str, KeyAccount]:
+        """Every key's escrow account (public key hex -> ``KeyAccount``) after the last record: held
+        window, served requests, paid / vested / forfeited totals. Replayed from the file when another
+        writer appended. Raises ``LedgerError`` if a record cannot be replayed."""
+        try:
+            row = self._db.execute("SELECT MAX(seq) FROM records").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"{self.path}: unreadable ({exc})") from None
+        return dict(self._synced_book(row[0] or 0))
+
+    def escrow_totals(self) -> dict[str, Any]:
+        """``{"total": {held, vested, forfeited, paid}, "keys": {key: {..., served}}}`` from the spec's replay."""
+        return totals_view(self.escrow_book())
 
     # --- reading ---------------------------------------------------------------------------
     def records(self) -> Iterator[LedgerRecord]:
@@ -266,6 +315,8 @@ class Ledger:
         expected_key = lead_public_key.hex() if lead_public_key is not None else None
         prev = GENESIS_HASH
         count = 0
+        book: dict[str, KeyAccount] = {}
+        tally = EscrowTally()
         for index, (seq, request_id, text, digest, signature) in enumerate(rows, start=1):
             def bad(why: str) -> VerifyReport:
                 return VerifyReport(False, count, seq, request_id, f"record seq {seq} (request {request_id!r}): {why}")
@@ -299,14 +350,18 @@ class Ledger:
                 return bad("lead signature does not verify")
             try:
                 check_body(body)
+                book, members = escrow_step_of(book, body)
             except LedgerError as exc:
                 return bad(str(exc))
+            if record_problem(body, members):
+                return bad(record_problem(body, members))
+            tally.add(body)
             prev = digest
             count += 1
         if head_row is None:
             if rows:
                 return VerifyReport(False, count, None, None, "head: signed head is missing")
-            return VerifyReport(True, 0, message="empty ledger")
+            return VerifyReport(True, 0, message="empty ledger", escrow=tally.summary())
         try:
             head = json.loads(head_row[0])
             head_count, head_hash, head_sig = int(head["count"]), str(head["hash"]), str(head["signature"])
@@ -319,7 +374,9 @@ class Ledger:
         if expected_key is None or not _is_hex(head_hash, 32) or not _signature_ok(
                 expected_key, head_bytes(head_count, head_hash), head_sig):
             return VerifyReport(False, count, None, None, "head: signature does not verify")
-        return VerifyReport(True, count, message=f"{count} records verified")
+        if tally.problem():
+            return VerifyReport(False, count, None, None, tally.problem())
+        return VerifyReport(True, count, message=tally.message(count), escrow=tally.summary())
 
 
 def _is_hex(text: object, nbytes: int) -> bool:

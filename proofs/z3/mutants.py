@@ -30,6 +30,7 @@ from verisplit.spec import audit as spec_audit
 from verisplit.spec import cohort as spec_cohort
 from verisplit.spec import commitment as spec_commitment
 from verisplit.spec import deterrence as spec_deterrence
+from verisplit.spec import escrow as spec_escrow
 from verisplit.spec import settlement as spec_settlement
 from verisplit.spec.arith import all_of, fdiv, ite, negate
 
@@ -332,11 +333,98 @@ def commitment_always_fresh(revealed: Any, commitment: Any) -> bool:
     return True
 
 
+# ---- escrow and probation (the franchise engineer's rows) --------------------------------------------
+
+_ORIG_ESCROW_STEP = spec_escrow.escrow_step
+_ORIG_RESIZE = spec_escrow.resize_window
+_ORIG_MEMBER_STEP = spec_escrow.member_step
+
+
+def escrow_forfeit_drops_held(window: Sequence[Any], payout: Any, failed: Any) -> Any:
+    new_window, vested_now, forfeited_now = _ORIG_ESCROW_STEP(window, payout, failed)
+    return new_window, vested_now, ite(failed, payout, forfeited_now)
+
+
+def window_total_skips_newest(window: Sequence[Any]) -> Any:
+    total: Any = 0
+    for amount in list(window)[:-1]:
+        total = total + amount
+    return total
+
+
+def resize_loses_released(window: Sequence[Any], size: int) -> Any:
+    resized, _ = _ORIG_RESIZE(window, size)
+    return resized, 0
+
+
+def escrow_vests_one_early(window: Sequence[Any], payout: Any, failed: Any) -> Any:
+    if not window:
+        return _ORIG_ESCROW_STEP(window, payout, failed)
+    held = spec_escrow.window_total(window)
+    shifted = list(window) + [payout]
+    vested_now = ite(failed, 0, shifted[0] + shifted[1])
+    new_window = [ite(failed, 0, a) for a in shifted[2:]] + [0]
+    return new_window, vested_now, ite(failed, held + payout, 0)
+
+
+def escrow_vests_immediately(window: Sequence[Any], payout: Any, failed: Any) -> Any:
+    held = spec_escrow.window_total(window)
+    return [ite(failed, 0, a) for a in window], ite(failed, 0, payout), ite(failed, held + payout, 0)
+
+
+def escrow_no_forfeit_on_failure(window: Sequence[Any], payout: Any, failed: Any) -> Any:
+    return _ORIG_ESCROW_STEP(window, payout, False)
+
+
+def escrow_forfeit_keeps_window(window: Sequence[Any], payout: Any, failed: Any) -> Any:
+    new_window, vested_now, forfeited_now = _ORIG_ESCROW_STEP(window, payout, failed)
+    return [ite(failed, a, b) for a, b in zip(window, new_window)], vested_now, forfeited_now
+
+
+def probation_uses_p(p: Any, served: Any, probation_requests: Any) -> Any:
+    return p
+
+
+def probation_one_short(p: Any, served: Any, probation_requests: Any) -> Any:
+    return ite(served + 1 < probation_requests, 1, p)
+
+
+def member_step_failure_counts_served(account: Any, request_id: str, payout: int, failed: bool, window: int) -> Any:
+    after, vested, forfeited = _ORIG_MEMBER_STEP(account, request_id, payout, failed, window)
+    if failed:
+        from dataclasses import replace
+
+        after = replace(after, served=after.served + 1)
+    return after, vested, forfeited
+
+
+def member_step_vested_names_newest(account: Any, request_id: str, payout: int, failed: bool, window: int) -> Any:
+    after, vested, forfeited = _ORIG_MEMBER_STEP(account, request_id, payout, failed, window)
+    return after, tuple(spec_escrow.Movement(request_id, m.amount) for m in vested), forfeited
+
+
+def loss_ignores_escrow(p: Any, held: Any, payout: Any) -> Any:
+    return p * payout
+
+
+def loss_subtracts_payout(p: Any, held: Any, payout: Any) -> Any:
+    return p * (held - payout)
+
+
+def exposure_ignores_probation(probation_requests: Any, escrow_window: Any) -> Any:
+    return escrow_window + 1
+
+
+def exposure_without_payout(probation_requests: Any, escrow_window: Any) -> Any:
+    return ite(probation_requests < escrow_window, probation_requests, escrow_window)
+
+
 C = "verisplit.spec.cohort"
 H = "verisplit.spec.commitment"
 A = "verisplit.spec.audit"
 D = "verisplit.spec.deterrence"
 S = "verisplit.spec.settlement"
+E = "verisplit.spec.escrow"
 
 MUTANTS: list[Mutant] = [
     # tiling_iff
@@ -458,6 +546,43 @@ MUTANTS: list[Mutant] = [
            "any seed is accepted as the reveal"),
     Mutant("seed_rule", "reuses_revealed_seed", f"{A}:commitment_fresh", commitment_always_fresh,
            "a lead reuses a revealed seed for a new request"),
+    # escrow and probation (the franchise engineer owns these rows)
+    Mutant("escrow_conservation", "forfeit_drops_held", f"{E}:escrow_step", escrow_forfeit_drops_held,
+           "a failure empties the window but records only the payout as forfeited"),
+    Mutant("escrow_conservation", "total_skips_newest", f"{E}:window_total", window_total_skips_newest,
+           "off by one: the held total misses the newest slot"),
+    Mutant("escrow_conservation", "resize_loses_released", f"{E}:resize_window", resize_loses_released,
+           "a shrinking window drops its oldest amounts instead of vesting them"),
+    Mutant("escrow_vesting", "vests_one_early", f"{E}:escrow_step", escrow_vests_one_early,
+           "vesting releases too early: after V-1 later requests"),
+    Mutant("escrow_vesting", "vests_immediately", f"{E}:escrow_step", escrow_vests_immediately,
+           "the payout vests at once and the held window never moves"),
+    Mutant("escrow_forfeit", "no_forfeit_on_failure", f"{E}:escrow_step", escrow_no_forfeit_on_failure,
+           "escrow not forfeited on ejection: a failed request steps the window like a served one"),
+    Mutant("escrow_forfeit", "forfeit_keeps_window", f"{E}:escrow_step", escrow_forfeit_keeps_window,
+           "the held amounts are counted as forfeited but stay in the window"),
+    Mutant("probation_full_audit", "uses_p", f"{E}:audit_probability", probation_uses_p,
+           "probation that does not use p = 1: new keys audited at the operator's p"),
+    Mutant("probation_full_audit", "one_short", f"{E}:audit_probability", probation_one_short,
+           "off by one: the M-th probation request is audited at p"),
+    Mutant("escrow_book_concrete", "failure_counts_served", f"{E}:member_step", member_step_failure_counts_served,
+           "a failed request counts as served (probation and vesting advance on it)"),
+    Mutant("escrow_book_concrete", "vested_names_newest", f"{E}:member_step", member_step_vested_names_newest,
+           "a vested amount is recorded against the current request, not the one it was earned on"),
+    Mutant("escrow_expected_loss_bound", "ignores_escrow", f"{E}:escrow_expected_loss", loss_ignores_escrow,
+           "the expected loss counts only the request's payout, not the escrow held"),
+    Mutant("escrow_expected_loss_bound", "subtracts_payout", f"{E}:escrow_expected_loss", loss_subtracts_payout,
+           "wrong operator: p*(E - x) instead of p*(E + x)"),
+    Mutant("escrow_shard_corollary", "exposure_ignores_probation", f"{E}:exposure_requests", exposure_ignores_probation,
+           "a probation shorter than the window is ignored: V + 1 requests assumed held"),
+    Mutant("escrow_shard_corollary", "exposure_without_payout", f"{E}:exposure_requests", exposure_without_payout,
+           "off by one: the cheated request's own payout is not counted"),
+    Mutant("escrow_shard_corollary", "ignores_escrow", f"{E}:escrow_expected_loss", loss_ignores_escrow,
+           "the expected loss counts only the request's payout"),
+    Mutant("deterrence_config_concrete", "exposure_ignores_probation", f"{E}:exposure_requests",
+           exposure_ignores_probation, "a short probation passes the check though little is held when p drops"),
+    Mutant("deterrence_config_concrete", "exposure_without_payout", f"{E}:exposure_requests", exposure_without_payout,
+           "off by one: configurations that deter exactly are refused"),
 ]
 
 

@@ -21,7 +21,8 @@ import click
 from verisplit.proofs_z3.core import ASSUMPTIONS, CHECKS, Assumption, Check, CheckResult, Kind, Status, run_check
 
 # One module per property; importing them fills the registry.
-MODULES = ("check_settlement", "check_deterrence", "check_chain", "check_tiling", "check_audit", "check_soundness")
+MODULES = ("check_settlement", "check_deterrence", "check_chain", "check_tiling", "check_audit", "check_soundness",
+           "check_escrow")
 
 
 def load_checks() -> dict[str, Check]:
