@@ -25,7 +25,6 @@ held, vested, forfeited per key) after ``ledger verify`` passed.
 Usage:
     python bench/franchise.py [--requests 200] [--p 1/10] [--probation 20] [--window 10] [--docs]
 Child processes (started by the bench and by tests/test_franchise_net.py):
-    python bench/franchise.py lead --probation-requests M --escrow-window V LEAD_SERVE_OPTIONS...
     python bench/franchise.py sybil MODE --key-dir DIR --id-prefix NAME PROVIDER_SERVE_OPTIONS...
 The ``lead`` launcher is ``verisplit lead serve`` with the audit service given probation and window
 (until ``lead serve`` takes them as flags).
@@ -86,27 +85,6 @@ class PatientSkipLayer(Behaviour):
             original(session_id, max_length)
 
         segment.open_session = open_session
-
-
-def lead_main(argv: list[str]) -> None:
-    """``verisplit lead serve`` whose AuditService gets ``--probation-requests`` and ``--escrow-window``."""
-    parser = argparse.ArgumentParser(prog="franchise.py lead")
-    parser.add_argument("--probation-requests", type=int, required=True)
-    parser.add_argument("--escrow-window", type=int, required=True)
-    known, rest = parser.parse_known_args(argv)
-    import verisplit.impl.audit.service as service_module
-    from verisplit.impl.cli.net import lead_serve
-
-    base = service_module.AuditService
-
-    class FranchiseAuditService(base):  # type: ignore[misc, valid-type]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            kwargs.setdefault("probation_requests", known.probation_requests)
-            kwargs.setdefault("escrow_window", known.escrow_window)
-            super().__init__(*args, **kwargs)
-
-    service_module.AuditService = FranchiseAuditService  # attach_audit_service imports it at call time
-    lead_serve.main(args=rest, prog_name="franchise.py lead")
 
 
 def sybil_main(argv: list[str]) -> None:
@@ -175,12 +153,13 @@ def start_net(root: Path, group: Any, checkpoint: Path, calibration: Path, *, p:
     keys.mkdir(parents=True, exist_ok=True)
     (root / "seed.hex").write_text("5e" * 32 + "\n", encoding="utf-8")
     grpc_addr, http_addr = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-    lead = group.spawn("lead", [sys.executable, str(Path(__file__).resolve()), "lead", "--probation-requests",
-                                str(probation), "--escrow-window", str(window), "--listen", grpc_addr, "--http", http_addr,
+    lead = group.spawn("lead", verisplit_command("lead", "serve", "--probation-requests",
+                                str(probation), "--escrow-window", str(window), "--allow-undeterred",
+                                "--listen", grpc_addr, "--http", http_addr,
                                 "--checkpoint", str(checkpoint), "--data-dir", str(root / "lead"), "--audit-p",
                                 f"{p.numerator}/{p.denominator}", "--calibration", str(calibration), "--audit-seed-file",
                                 str(root / "seed.hex"), "--lead-key", str(keys / "lead.key"), "--heartbeat-interval",
-                                str(heartbeat), "--offer-ttl", "3"])
+                                str(heartbeat), "--offer-ttl", "3"))
     group.wait_ready([lead], 150)
     honest = []
     for name, layers in (("honest-lower", "0:2"), ("honest-upper", UPPER)):
@@ -347,9 +326,6 @@ def write_docs(text: str) -> None:
 
 
 def main(argv: list[str]) -> None:
-    if argv and argv[0] == "lead":
-        lead_main(argv[1:])
-        return
     if argv and argv[0] == "sybil":
         sybil_main(argv[1:])
         return

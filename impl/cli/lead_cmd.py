@@ -62,6 +62,15 @@ def lead_group() -> None:
 @click.option("--calibration", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Tolerance file from `verisplit calibrate` for this model; required for audits (no guessed tolerance).")
 @click.option("--no-audit", is_flag=True, help="Disable audits (same as --audit-p 0).")
+@click.option("--probation-requests", default=None, type=click.IntRange(min=0),
+              help="A new key's segments are audited at p = 1 for its first N served requests (rule P1) "
+                   "[default: 20 when auditing].")
+@click.option("--escrow-window", default=None, type=click.IntRange(min=0),
+              help="Payouts vest only after the key serves N later requests; ejection forfeits the unvested "
+                   "(rule E1) [default: 10 when auditing].")
+@click.option("--allow-undeterred", is_flag=True,
+              help="Start even when p, probation and escrow do not deter cheating (for measurements such as "
+                   "bench/franchise.py's baseline; logged as a warning).")
 @click.option("--shutdown-grace", default=10.0, show_default=True, type=click.FloatRange(min=0.0),
               help="Seconds in-flight requests may run on after SIGINT/SIGTERM before they are cut at their next "
                    "token (a second signal cuts at once).")
@@ -70,8 +79,8 @@ def lead_group() -> None:
 def lead_serve(listen: str, http: str, checkpoint: Path, data_dir: Path, retention: int, heartbeat_interval: float,
                offer_ttl: float, tls_cert: Path | None, tls_key: Path | None, tls_ca: Path | None,
                ledger_path: Path | None, lead_key_path: Path | None, audit_p: str | None, audit_seed_file: Path | None,
-               calibration: Path | None, no_audit: bool, shutdown_grace: float, ready_file: Path | None,
-               log_format: str, verbose: bool) -> None:
+               calibration: Path | None, no_audit: bool, probation_requests: int | None, escrow_window: int | None,
+               allow_undeterred: bool, shutdown_grace: float, ready_file: Path | None, log_format: str, verbose: bool) -> None:
     """Serve the registry (gRPC) and the HTTP API; route and relay every request through a cohort;
     audit, settle and record every finished request (see docs/protocol.md, "Lead auditing")."""
     from verisplit.impl.node.framing import parse_host_port
@@ -91,7 +100,9 @@ def lead_serve(listen: str, http: str, checkpoint: Path, data_dir: Path, retenti
     except (ValueError, CheckpointError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
     settings = AuditSettings(ledger=ledger_path or data_dir / "ledger.db", lead_key=lead_key_path or data_dir / "lead.key",
-                             audit_p=audit_p, seed_file=audit_seed_file, calibration=calibration, no_audit=no_audit)
+                             audit_p=audit_p, seed_file=audit_seed_file, calibration=calibration, no_audit=no_audit,
+                             probation_requests=probation_requests, escrow_window=escrow_window,
+                             allow_undeterred=allow_undeterred)
     model_id = config.name_or_path or checkpoint.resolve().name
     plan = audit_plan(settings, model_id)  # every check that reads only, before any port or file
 
@@ -126,6 +137,9 @@ class AuditSettings:
     seed_file: Path | None = None
     calibration: Path | None = None
     no_audit: bool = False
+    probation_requests: int | None = None
+    escrow_window: int | None = None
+    allow_undeterred: bool = False
 
 
 def parse_fraction(text: str, param_hint: str = "--audit-p") -> Fraction:
@@ -157,6 +171,8 @@ class AuditPlan:
     p: Fraction
     tolerance: Any
     seed: bytes | None
+    probation_requests: int = 0
+    escrow_window: int = 0
 
 
 def audit_plan(settings: AuditSettings, model_id: str | None = None) -> AuditPlan:
@@ -189,7 +205,33 @@ def audit_plan(settings: AuditSettings, model_id: str | None = None) -> AuditPla
     else:
         tolerance = Tolerance("none", 0.0, 0.0)  # never used: no segment is selected at p = 0
     seed = read_seed_file(settings.seed_file) if settings.seed_file is not None else None
-    return AuditPlan(p, tolerance, seed)
+    probation, window = franchise_terms(settings, p)
+    return AuditPlan(p, tolerance, seed, probation, window)
+
+
+def franchise_terms(settings: AuditSettings, p: Fraction) -> tuple[int, int]:
+    """Probation and escrow window for ``p`` (defaults when auditing, 0 without audits), refused with the
+    numbers when they do not deter every cheat kind of the spec's cost model (``check_deterrence_config``)."""
+    from verisplit.impl.audit.franchise import DeterrenceError, check_startup, describe
+    from verisplit.spec.escrow import DEFAULT_ESCROW_WINDOW, DEFAULT_PROBATION_REQUESTS
+
+    if p == 0:
+        if settings.probation_requests or settings.escrow_window:
+            log.warning("franchise: --probation-requests/--escrow-window have no effect without audits")
+        return 0, 0
+    probation = DEFAULT_PROBATION_REQUESTS if settings.probation_requests is None else settings.probation_requests
+    window = DEFAULT_ESCROW_WINDOW if settings.escrow_window is None else settings.escrow_window
+    try:
+        report = check_startup(p, probation, window)
+    except DeterrenceError as exc:
+        if not settings.allow_undeterred:
+            raise click.ClickException(f"this configuration does not deter cheating: {exc}") from None
+        log.warning("franchise: --allow-undeterred: %s", exc)
+        return probation, window
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--escrow-window") from None
+    log.info(describe(report))
+    return probation, window
 
 
 def attach_audit_service(lead: Any, checkpoint: Path, settings: AuditSettings, plan: AuditPlan | None = None) -> Any:
@@ -214,7 +256,8 @@ def attach_audit_service(lead: Any, checkpoint: Path, settings: AuditSettings, p
         settings.ledger.parent.mkdir(parents=True, exist_ok=True)
         service = AuditService(checkpoint, settings.ledger, key, plan.p, plan.seed, plan.tolerance, lead.registry.eject,
                                lead_id=f"lead-{fingerprint(bytes(key.verify_key)).split(':')[1][:12]}",
-                               ban_key=lead.registry.ban_key)
+                               ban_key=lead.registry.ban_key, probation_requests=plan.probation_requests,
+                               escrow_window=plan.escrow_window)
     except (ValueError, OSError) as exc:
         raise click.ClickException(f"--ledger: {exc}") from None
     lead.use_session_key(key)  # one lead identity: it signs session openings and the ledger
