@@ -38,9 +38,11 @@ from verisplit.spec.commitment import (
 )
 from verisplit.spec.threats import CAUGHT_BY, CHEATS_FROM_STEP  # the threat catalogue's single table
 from verisplit.spec.encoding import decode_tensor, digest_encoded, encode_tensor
+from verisplit.spec.faults import UNAVAILABLE
 from verisplit.spec.settlement import Settlement, billable_positions, settle
 
 HONEST = "honest"
+OUTAGE = "outage"  # not a cheat: the provider goes away at its second step (spec/faults.py: an outage)
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,7 @@ class RequestObservation:
     error: str | None = None
     error_layer: int | None = None
     audit_seed_commitment: bytes = NO_SEED_COMMITMENT  # what the lead signed into the sessions (rule A1)
+    outage: str | None = None  # the outage reason when the last step was cut by a provider going away
 
 
 @dataclass(frozen=True)
@@ -397,6 +400,7 @@ class SpecAdapter(Adapter):
         generated: list[int] = []
         steps: list[StepObservation] = []
         verdict = VALID
+        outage: str | None = None
         position = 0
         previous_outputs: list[bytes | None] = [None] * len(cohort.assignments)
         for step in range(max_tokens):
@@ -408,6 +412,10 @@ class SpecAdapter(Adapter):
             expected_input = digest_encoded(first_input)
             commitments, sent, received, step_inputs, step_outputs = [], [], [], [], []
             for index, a in enumerate(cohort.assignments):
+                if self._behaviour.get(a.provider_id) == OUTAGE and step >= 1:
+                    outage = UNAVAILABLE
+                    verdict = ChainVerdict(False, index, a.provider_id, UNAVAILABLE, "the provider went away")
+                    break
                 c, committed, wire = self._provider_step(a.provider_id, index, a.first_layer, a.end_layer, blob, context,
                                                          previous_outputs[index])
                 commitments.append(c)
@@ -432,10 +440,11 @@ class SpecAdapter(Adapter):
             generated.append(next_token(blob, seed, step))
             position += len(feed)
         record.finished = True
-        if not verdict.valid:
+        if not verdict.valid and outage is None:  # an outage blames nobody (spec/faults.py)
             self._fail(record, verdict.culprit or "")
         return RequestObservation(request_id, cohort, fee, tuple(steps), verdict, tuple(generated),
-                                  audit_seed_commitment=spec_audit.seed_commitment(self.seed_for(request_id)))
+                                  audit_seed_commitment=spec_audit.seed_commitment(self.seed_for(request_id)),
+                                  outage=outage)
 
     def _fail(self, record: _SimRequest, provider_id: str) -> None:
         record.failed.add(provider_id)
@@ -503,6 +512,8 @@ def default_spec_templates(num_layers: int, seed: int = 7) -> tuple[ProviderTemp
     for behaviour in CAUGHT_BY:
         first, end = rng.choice(segments + [(0, num_layers)])
         templates.append(ProviderTemplate(f"c-{behaviour}", first, end, behaviour))
+    first, end = rng.choice(segments)
+    templates.append(ProviderTemplate("o-outage", first, end, OUTAGE))  # goes away mid-request: blames nobody
     return tuple(templates)
 
 

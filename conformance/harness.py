@@ -28,7 +28,7 @@ from verisplit.conformance.traces import (
 )
 from verisplit.spec import audit as spec_audit
 from verisplit.spec.cohort import Cohort, NoCoverage, Offer, cohort_violations, form_cohort
-from verisplit.spec.commitment import VALID, ChainVerdict, StepContext, check_chain, check_exchanged_chain
+from verisplit.spec.commitment import MISSING_LINK, VALID, ChainVerdict, StepContext, check_exchanged_chain
 from verisplit.spec.protocol import (
     ABORTED,
     COMPLETED,
@@ -61,16 +61,12 @@ class _Req:
     audited: bool = False
 
 
-def expected_verdict(cohort: Cohort, observation: Any, context: StepContext) -> tuple[ChainVerdict, int]:
+def expected_verdict(cohort: Cohort, observation: Any, context: StepContext) -> ChainVerdict:
     """The lead's required verdict on one observed step: the spec's ``check_exchanged_chain`` (H1-H4)
-    against the digests of the bytes actually exchanged. Returns the verdict and how many commitments
-    the spec's ``CommitStep`` should see (all, or those before an H4 failure, so that the spec blames
-    the same link as ``missing_link``)."""
-    chain_only = check_chain(cohort, observation.commitments, observation.first_input_digest, context)
-    verdict = check_exchanged_chain(cohort, observation.commitments, observation.first_input_digest,
-                                    observation.sent_digests, observation.received_digests, context)
-    receipt_failed = not verdict.valid and not _same_verdict(verdict, chain_only)
-    return verdict, (verdict.link or 0) if receipt_failed else len(observation.commitments)
+    against the digests of the bytes actually exchanged (the spec's ``CommitStep`` gets the same
+    digests, so the receipt rule H4 is the spec's, not the harness's)."""
+    return check_exchanged_chain(cohort, observation.commitments, observation.first_input_digest,
+                                 observation.sent_digests, observation.received_digests, context)
 
 
 def _same_verdict(a: ChainVerdict, b: ChainVerdict) -> bool:
@@ -212,8 +208,11 @@ class Harness:
                 self._fail("run_request", f"implementation continued to step {step.step} after the chain broke at step {index - 1}")
             context = StepContext(self.state.model.model_id, request_id, index, position, step.num_positions,
                                   dtype=self.state.dtype, audit_seed_commitment=obs.audit_seed_commitment)
-            verdict, keep = expected_verdict(obs.cohort, step, context)
-            self._apply("run_request", CommitStep(request_id, step.first_input_digest, step.num_positions, step.commitments[:keep]))
+            verdict = expected_verdict(obs.cohort, step, context)
+            outage = obs.outage if index == len(obs.steps) - 1 else None
+            self._apply("run_request", CommitStep(request_id, step.first_input_digest, step.num_positions,
+                                                  tuple(step.commitments), tuple(step.sent_digests),
+                                                  tuple(step.received_digests), outage))
             spec_verdict = self.state.requests[request_id].chain_verdicts[-1]
             if (spec_verdict.valid, spec_verdict.link, spec_verdict.culprit) != (verdict.valid, verdict.link, verdict.culprit):
                 self._fail("run_request", f"internal: spec verdict {spec_verdict} disagrees with the harness's {verdict}")
@@ -223,7 +222,16 @@ class Harness:
             self._oracle_step(obs.cohort, index, verdict)
             final = verdict
             position += step.num_positions
-        if not _same_verdict(final, obs.verdict):
+        if obs.outage is not None:
+            # An outage: the implementation names who went away and why; the spec sees the missing link
+            # there and fails nobody (CommitStep's outage), so nobody may be docked or ejected for it.
+            if (obs.verdict.valid, obs.verdict.link, obs.verdict.reason) != (False, final.link, obs.outage) \
+                    or final.reason != MISSING_LINK:
+                self._fail("run_request", f"outage verdict {chain_verdict_to_dict(obs.verdict)} does not match the "
+                                          f"missing link {chain_verdict_to_dict(final)}")
+            if self.state.requests[request_id].failed:
+                self._fail("run_request", f"an outage failed {sorted(self.state.requests[request_id].failed)}")
+        elif not _same_verdict(final, obs.verdict):
             self._fail("run_request", f"implementation's verdict {chain_verdict_to_dict(obs.verdict)} != required "
                                       f"{chain_verdict_to_dict(final)}")
         if final.valid:
@@ -233,7 +241,7 @@ class Harness:
         if getattr(self.adapter, "auto_settles", False):
             # The implementation audits, settles and ejects on its own right after each request.
             finding = getattr(self.adapter, "chain_finding", lambda _rid: None)(request_id)
-            required = None if final.valid else {"culprit": final.culprit, "link": final.link}
+            required = None if final.valid or obs.outage is not None else {"culprit": final.culprit, "link": final.link}
             if finding != required:
                 self._fail("run_request", f"the audit service's chain finding {finding} != the required {required}")
             outcome["audit"] = self._audit(request_id)

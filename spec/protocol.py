@@ -13,8 +13,9 @@ from typing import Mapping, Sequence, Union
 from verisplit.spec.audit import AuditVerdict, Registry, commitment_fresh, eject, reveal_valid
 from verisplit.spec.cohort import (Cohort, InvalidModel, ModelSpec, NoCoverage, Offer, form_cohort, segment_work,
                                    validate_offer)
-from verisplit.spec.commitment import (NO_SEED_COMMITMENT, BoundaryCommitment, ChainVerdict, InvalidChainInput, StepContext,
-                                       check_chain)
+from verisplit.spec.commitment import (MISSING_LINK, NO_SEED_COMMITMENT, BoundaryCommitment, ChainVerdict, InvalidChainInput,
+                                       StepContext, check_exchanged_chain)
+from verisplit.spec.faults import is_outage
 from verisplit.spec.settlement import Settlement, settle
 
 OPEN, ABORTED, COMPLETED, SETTLED = "open", "aborted", "completed", "settled"
@@ -83,12 +84,20 @@ class OpenRequest:
 
 @dataclass(frozen=True)
 class CommitStep:
-    """One step's commitments as received by the lead, with the digest of the first input it sent."""
+    """One step's commitments as received by the lead, with the digest of the first input it sent.
+
+    ``sent_digests[k]`` / ``received_digests[k]`` are the digests of the bytes the lead sent to and got
+    from link k (rule H4 is checked on every link they cover); ``outage`` is the spec's outage reason
+    (``spec/faults.py``) when the step was cut because a provider went away without breaking a signed
+    rule: then the links before it earn their work and nobody is failed."""
 
     request_id: str
     first_input_digest: bytes
     num_positions: int
     commitments: tuple[BoundaryCommitment, ...]
+    sent_digests: tuple[bytes, ...] = ()
+    received_digests: tuple[bytes, ...] = ()
+    outage: str | None = None
 
 
 @dataclass(frozen=True)
@@ -213,11 +222,16 @@ def _commit_step(state: State, event: CommitStep) -> State:
     cohort = state.cohorts[request.cohort_id]
     context = StepContext(state.model.model_id, request.request_id, request.steps, request.positions, event.num_positions,
                           dtype=state.dtype, audit_seed_commitment=request.seed_commitment)
+    if event.outage is not None and not is_outage(event.outage):
+        raise IllegalTransition(f"outage: {event.outage!r} is not an outage reason (spec/faults.py)")
     try:
-        verdict = check_chain(cohort, event.commitments, event.first_input_digest, context)
+        verdict = check_exchanged_chain(cohort, event.commitments, event.first_input_digest, event.sent_digests,
+                                        event.received_digests, context)
     except InvalidChainInput as exc:
         raise IllegalTransition(str(exc)) from None
     good_links = len(cohort.assignments) if verdict.valid else verdict.link or 0
+    cut_by_outage = (event.outage is not None and not verdict.valid and verdict.reason == MISSING_LINK
+                     and verdict.link == len(event.commitments))
     work = list(request.work)
     for index in range(good_links):
         a = cohort.assignments[index]
@@ -225,9 +239,10 @@ def _commit_step(state: State, event: CommitStep) -> State:
     updated = replace(request, work=tuple(work), chain_verdicts=request.chain_verdicts + (verdict,))
     if verdict.valid:
         updated = replace(updated, steps=request.steps + 1, positions=request.positions + event.num_positions)
-    elif verdict.culprit is None:
-        # An extra commitment no cohort member validly signed: the step is broken, but no provider is
-        # provably at fault, so the request aborts and nobody is marked failed (or can be ejected).
+    elif verdict.culprit is None or cut_by_outage:
+        # An extra commitment no cohort member validly signed, or a step cut by an outage (the missing
+        # link's provider went away without breaking a signed rule): the step is broken, but no
+        # provider is provably at fault, so the request aborts and nobody is marked failed or ejected.
         updated = replace(updated, status=ABORTED)
     else:
         updated = replace(updated, status=ABORTED, failed=request.failed | {verdict.culprit})

@@ -93,6 +93,16 @@ class PriciestRouter(SpecAdapter):
         return super().run_request(request_id, prompt_len, max_tokens, seed)
 
 
+class EjectsOnOutage(SpecAdapter):
+    """Mutant: a provider that went away (an outage, no signed rule broken) is failed and ejected."""
+
+    def run_request(self, request_id, prompt_len, max_tokens, seed):  # type: ignore[override]
+        obs = super().run_request(request_id, prompt_len, max_tokens, seed)
+        if obs.outage is not None and obs.verdict.culprit:
+            self._fail(self._requests[request_id], obs.verdict.culprit)
+        return obs
+
+
 @pytest.mark.parametrize("mutant", [PaysFailedLead, BlindVerifier, EjectsWholeCohort, WrongCulpritLead, PriciestRouter])
 def test_mutant_is_caught_and_the_shrunk_trace_replays(mutant, tmp_path) -> None:
     with pytest.raises(Divergence):
@@ -129,3 +139,24 @@ def test_trace_errors_are_clear(tmp_path) -> None:
         Trace.load(bad)
     with pytest.raises(TraceError, match="no such file"):
         Trace.load(tmp_path / "missing.json")
+
+
+def test_an_outage_blames_nobody_and_the_mutant_lead_that_ejects_on_it_diverges() -> None:
+    """Rule (spec/faults.py): a provider that goes away mid-request breaks no signed rule, so the spec
+    fails nobody; the links before it earn their work."""
+    for adapter, diverges in ((SpecAdapter(audit_p=Fraction(0)), False), (EjectsOnOutage(audit_p=Fraction(0)), True)):
+        harness = Harness(adapter)
+        outage = next(t for t in harness.templates.values() if t.behaviour == "outage")
+        for t in harness.templates.values():
+            if t.behaviour == "honest" and t.name.startswith("h") and t.name != "hfull":
+                harness.add_offer(t.name, 5)
+        harness.add_offer(outage.name, 0)  # cheapest for its range: the router picks it
+        if diverges:
+            with pytest.raises(Divergence):
+                harness.run_request(3, 3, 0)
+                harness.settle(harness.unaudited_requests()[0])
+            continue
+        harness.run_request(3, 3, 0)
+        request = next(iter(harness.state.requests.values()))
+        assert request.status == "aborted" and request.failed == frozenset()
+        assert outage.name in harness.registered_ids()
