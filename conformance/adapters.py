@@ -38,10 +38,12 @@ from verisplit.spec.commitment import (
 )
 from verisplit.spec.threats import CAUGHT_BY, CHEATS_FROM_STEP  # the threat catalogue's single table
 from verisplit.spec.encoding import decode_tensor, digest_encoded, encode_tensor
+from verisplit.spec.escrow import EscrowMember, EscrowTerms, KeyAccount, settle_escrow
 from verisplit.spec.faults import UNAVAILABLE
 from verisplit.spec.settlement import Settlement, billable_positions, settle
 
 HONEST = "honest"
+SPEC_ESCROW_WINDOW = 3  # the simulated lead holds each key's last 3 payouts
 OUTAGE = "outage"  # not a cheat: the provider goes away at its second step (spec/faults.py: an outage)
 
 
@@ -138,6 +140,15 @@ class Adapter(ABC):
     def revealed_seed(self, request_id: str) -> bytes | None:
         """The seed the implementation revealed for a finished request (None if it revealed none)."""
         return self.seed_for(request_id)
+
+    # Escrow (rules E1-E5): the terms the implementation runs with, and its escrow book after the last
+    # settlement (public key hex -> ``KeyAccount``). The harness replays the spec's ``settle_escrow``
+    # over the spec's settlements and compares. Probation stays 0 here (it changes audit selection,
+    # which tests/test_franchise_net.py checks on real processes).
+    escrow_terms: EscrowTerms | None = None
+
+    def escrow_book(self) -> dict[str, KeyAccount]:
+        return {}
 
     @abstractmethod
     def config(self) -> dict[str, Any]:
@@ -297,6 +308,11 @@ class SpecAdapter(Adapter):
         self._requests: dict[str, _SimRequest] = {}
         self._ledger: list[Settlement] = []
         self._failures: set[str] = set()
+        self._escrow: dict[str, KeyAccount] = {}
+        self.escrow_terms = EscrowTerms(self.audit_p, 0, SPEC_ESCROW_WINDOW)
+
+    def escrow_book(self) -> dict[str, KeyAccount]:
+        return dict(self._escrow)
 
     def public_key(self, name: str) -> bytes:
         return bytes(sim_key(name).verify_key)
@@ -492,6 +508,9 @@ class SpecAdapter(Adapter):
         failed = frozenset(record.failed & set(work_by_provider))
         result = settle(record.fee, work_by_provider, record.prices, self.lead_id, failed)  # S0: no value, full refund
         self._ledger.append(result)
+        members = [EscrowMember(a.provider_id, a.public_key.hex(), w, result.payouts[a.provider_id], a.provider_id in failed)
+                   for a, w in zip(record.cohort.assignments, record.work)]
+        self._escrow = settle_escrow(self._escrow, request_id, members, self.escrow_terms).book
         return result
 
 

@@ -29,6 +29,7 @@ from verisplit.conformance.traces import (
 from verisplit.spec import audit as spec_audit
 from verisplit.spec.cohort import Cohort, NoCoverage, Offer, cohort_violations, form_cohort
 from verisplit.spec.commitment import MISSING_LINK, VALID, ChainVerdict, StepContext, check_exchanged_chain
+from verisplit.spec.escrow import EscrowMember, settle_escrow
 from verisplit.spec.protocol import (
     ABORTED,
     COMPLETED,
@@ -86,6 +87,7 @@ class Harness:
         self.behaviour: dict[str, str] = {}
         self.trace = trace if trace is not None else Trace.new(adapter.config())
         self.requests: dict[str, _Req] = {}
+        self.escrow: dict[str, Any] = {}  # the spec's escrow book, replayed over the spec's settlements
         self.ejected: set[str] = set()
         self._counter = 0
         self.namespace = adapter.request_namespace() if namespace is None else namespace
@@ -321,7 +323,29 @@ class Harness:
             if self.behaviour.get(provider_id, HONEST) == HONEST and provider_id in spec.failed:
                 self._fail("settle", f"honest provider '{provider_id}' marked failed in '{request_id}'")
         self._apply("settle", SettleRequest(request_id, self.adapter.lead_id, claimed))
+        self._check_escrow(request_id, spec)
         return outcome
+
+    def _check_escrow(self, request_id: str, spec: Any) -> None:
+        """Rules E1-E5: the implementation's escrow book equals the spec's ``settle_escrow`` replayed over
+        the spec's settlements (per key: held window total, vested, forfeited, paid, served)."""
+        terms = getattr(self.adapter, "escrow_terms", None)
+        if terms is None:
+            return
+        request = self.state.requests[request_id]
+        cohort = self.state.cohorts[request.cohort_id]
+        members = [EscrowMember(a.provider_id, a.public_key.hex(), w, spec.payouts[a.provider_id], a.provider_id in spec.failed)
+                   for a, w in zip(cohort.assignments, request.work)]
+        self.escrow = settle_escrow(self.escrow, request_id, members, terms).book
+        got = self.adapter.escrow_book()
+
+        def view(book: Any) -> dict[str, tuple[int, int, int, int, int]]:
+            return {k: (acc.held, acc.vested, acc.forfeited, acc.paid, acc.served) for k, acc in book.items()
+                    if acc.paid or acc.served or acc.forfeited}
+
+        if view(got) != view(self.escrow):
+            self._fail("settle", f"escrow after '{request_id}' (held, vested, forfeited, paid, served per key) "
+                                 f"{view(got)} != the spec's {view(self.escrow)}")
 
     def eject(self, provider_id: str) -> dict[str, Any]:
         """Ask for an ejection: the implementation must accept exactly when the spec has evidence."""

@@ -39,6 +39,8 @@ from typing import Any, Coroutine, TypeVar
 
 from nacl.signing import SigningKey
 
+from verisplit.spec.escrow import EscrowTerms
+
 from verisplit.conformance.adapters import (
     Adapter,
     EjectResult,
@@ -90,6 +92,9 @@ def cheatkit_root() -> Path:
     raise ImplAdapterError("the cheating providers come from the test-only cheat catalogue (tests/cheatkit in a "
                            "source checkout), which the installed distribution does not ship: run from a source "
                            "checkout or set VERISPLIT_CHEATKIT to the folder that holds cheatkit/")
+
+
+IMPL_ESCROW_WINDOW = 3  # the lead holds each key's last 3 payouts (probation 0: selection unchanged)
 
 
 class ImplAdapterError(RuntimeError):
@@ -251,7 +256,8 @@ class ImplAdapter(Adapter):
         lead = Lead(self.checkpoint, data, offer_ttl_s=1e9, step_timeout_s=60.0, session_key=self._session_key)
         service = AuditService(self.checkpoint, data / "ledger.sqlite", self._lead_key, self.audit_p, self.audit_seed,
                                self.tolerance, lead.registry.eject, lead_id=self.lead_id, device=self.device,
-                               verifier=self.verifier)
+                               verifier=self.verifier, probation_requests=0, escrow_window=IMPL_ESCROW_WINDOW)
+        self.escrow_terms = EscrowTerms(self.audit_p, 0, IMPL_ESCROW_WINDOW)
         lead.attach_audit(service)
         self._lead, self._service = lead, service
         self._summaries: dict[str, dict[str, Any]] = {}
@@ -371,6 +377,10 @@ class ImplAdapter(Adapter):
         if info.get("hook_errors"):
             raise ImplAdapterError(f"audit hook failed for {request_id}: {info['hook_errors']}")
         return [verdict_from_dict(a) for a in info.get("audits", []) if a.get("source") == "audit"]
+
+    def escrow_book(self) -> dict[str, Any]:
+        """The lead's escrow book as its ledger records it (replayed by ``Ledger.escrow_book``)."""
+        return self._service.ledger.escrow_book()
 
     def revealed_seed(self, request_id: str) -> bytes | None:
         """The seed the lead's audit service revealed in the finished request's summary."""

@@ -160,3 +160,25 @@ def test_an_outage_blames_nobody_and_the_mutant_lead_that_ejects_on_it_diverges(
         request = next(iter(harness.state.requests.values()))
         assert request.status == "aborted" and request.failed == frozenset()
         assert outage.name in harness.registered_ids()
+
+
+class EscrowNeverForfeits(SpecAdapter):
+    """Mutant: a failed key keeps its held escrow (escrow that is not forfeited on ejection)."""
+
+    def settle(self, request_id):  # type: ignore[override]
+        from verisplit.spec.escrow import EscrowMember, settle_escrow
+
+        record = self._requests[request_id]
+        result = super().settle(request_id)
+        before = getattr(self, "_book_before", {})
+        members = [EscrowMember(a.provider_id, a.public_key.hex(), w, result.payouts[a.provider_id], False)
+                   for a, w in zip(record.cohort.assignments, record.work)]
+        self._escrow = settle_escrow(before, request_id, members, self.escrow_terms).book  # failures ignored
+        self._book_before = dict(self._escrow)
+        return result
+
+
+def test_escrow_is_checked_against_the_spec_and_the_no_forfeit_mutant_diverges(tmp_path) -> None:
+    run_machine(SpecAdapter(), PROFILES["spec"], tmp_path / "ok")  # the correct adapter conforms, escrow included
+    with pytest.raises(Divergence, match="escrow"):
+        run_machine(EscrowNeverForfeits(), PROFILES["spec"], tmp_path / "mutant")
