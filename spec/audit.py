@@ -70,7 +70,13 @@ def request_seed(secret: bytes, request_id: str) -> bytes:
 
 def commitment_fresh(revealed: frozenset[bytes], commitment: bytes) -> bool:
     """Rule A1: a seed commitment may open a request only if its seed was never revealed (a revealed
-    seed is never used again). Z3: ``seed_rule`` (TESTED, proofs/z3/check_soundness.py)."""
+    seed is never used again). ``revealed`` must be a set or frozenset and ``commitment`` 32 bytes
+    (``InvalidAuditInput``). Z3: ``seed_rule`` (TESTED, proofs/z3/check_soundness.py)."""
+    if not isinstance(revealed, (set, frozenset)):
+        raise InvalidAuditInput(f"revealed: must be a set of seed commitments, got {type(revealed).__name__}")
+    require_bytes(commitment, "commitment", InvalidAuditInput)
+    if len(commitment) != 32:
+        raise InvalidAuditInput(f"commitment: must be 32 bytes, got {len(commitment)}")
     return commitment not in revealed
 
 

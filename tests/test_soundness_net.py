@@ -47,7 +47,10 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                                         max_position=128, seed=31)
     calibration = write_calibration(calibrate(checkpoint, dtype="float32", device="cpu", split=[(0, 2), (2, 4)],
                                               prompt_len=8, new_tokens=8, seeds=(0, 1)), root / "calibration.json")
-    lead_args = ["--audit-p", "1/2", "--calibration", str(calibration), "--lead-key", str(root / "keys" / "lead.key")]
+    # probation 1 (the least that deters at p = 1/2): these tests are about seeds and boundaries;
+    # tests/test_franchise_net.py covers probation
+    lead_args = ["--audit-p", "1/2", "--calibration", str(calibration), "--lead-key", str(root / "keys" / "lead.key"),
+                 "--probation-requests", "1"]
     with ProcessGroup(root / "logs") as group:
         info = start_local_cohort(group, checkpoint, [(0, 2), (2, 4)], keys_dir=root / "keys", data_dir=root / "lead",
                                   prices=[5, 5], lead_args=lead_args, extra_provider_args=["--dtype", "float32"])
@@ -88,7 +91,9 @@ def test_no_public_endpoint_reveals_a_live_audit_seed(net: dict[str, Any]) -> No
         assert reveal_valid(commitment, seed)
         signed = {c["audit_seed_commitment"] for s in info["steps"] for c in s["commitments"]}
         assert signed == {commitment.hex()}
-        selected = [k for k in range(2) if is_audited(seed, request_id, k, Fraction(1, 2))]
+        per_segment_p = [Fraction(q) for q in info["escrow"]["audit_p"]]  # 1 on a key's first request, then 1/2
+        assert set(per_segment_p) <= {Fraction(1), Fraction(1, 2)}
+        selected = [k for k in range(2) if is_audited(seed, request_id, k, per_segment_p[k])]
         assert sorted(a["segment_index"] for a in info["audits"] if a["source"] == "audit") == selected
         assert info["audited_segments"] == selected
         selections.append(tuple(selected))
