@@ -1,15 +1,18 @@
 """OpenAI-compatible HTTP API of the lead (FastAPI).
 
-Endpoints: ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions`` (``stream``
-gives server-sent events ending in ``data: [DONE]``), ``GET /v1/requests/{id}`` (cohort,
-commitments, status, culprit, fee, and once the audit hook ran: ``audits``, ``settlement``, ``ejected``,
-``ledger_seq``), ``GET /v1/cohort``, ``GET /v1/providers``, ``GET /v1/audit`` (p, probation and tolerance; no endpoint
-reveals a live request's audit seed: it appears in ``/v1/requests/{id}`` only once the request's audits
-are done), ``GET /healthz``.
+Endpoints: ``GET /v1/models`` (and ``/v1/models/{id}``; with ``context_length``), ``POST /v1/completions``,
+``POST /v1/chat/completions`` (``stream`` gives server-sent events ending in ``data: [DONE]``;
+``stream_options.include_usage`` adds one last chunk with empty ``choices`` and the usage),
+``GET /v1/requests/{id}`` (cohort, commitments, status, culprit, fee, and once the audit hook ran:
+``audits``, ``settlement``, ``ejected``, ``ledger_seq``), ``GET /v1/cohort``, ``GET /v1/providers``,
+``GET /v1/audit`` (p, probation and tolerance; no endpoint reveals a live request's audit seed: it
+appears in ``/v1/requests/{id}`` only once the request's audits are done), ``GET /healthz``.
 
 Invariants: every error is OpenAI-shaped ``{"error": {"message", "type", "param", "code"}}`` (a
-broken link adds ``culprit``, ``reason`` and ``request_id``); bad input is a 4xx naming the field;
-every completion names its request id in ``id`` and in the ``X-Verisplit-Request-Id`` header.
+broken link adds ``culprit``, ``reason`` and ``request_id``); bad input is a 4xx naming the field,
+and a parameter that cannot be honoured is refused, never ignored (``api_models``); logprobs come
+from the logits the lead sampled from (``api_logprobs``); every completion names its request id in
+``id`` and in the ``X-Verisplit-Request-Id`` header.
 """
 
 from __future__ import annotations
@@ -19,63 +22,28 @@ import json
 import logging
 import os
 import time
-from typing import Any, AsyncIterator, Literal
+from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from verisplit.impl.node.hops import CohortError
+from verisplit.impl.node.api_logprobs import (TokenBytes, TokenLogprob, chat_logprobs, completion_logprobs,
+                                             last_row_logits, token_logprob)
+from verisplit.impl.node.api_models import (APIError, ChatBody, CompletionBody, SamplingBody, completion_budget,
+                                           invalid, normalize_messages, refuse_unsupported)
 from verisplit.impl.node.drain import guard_tokens  # ops: shutdown cut
-from verisplit.spec.faults import RESOURCE_EXHAUSTED
+from verisplit.impl.node.hops import CohortError
 from verisplit.impl.node.lead import Lead, NoCohortError, RequestRun, SamplingParams
 from verisplit.impl.runtime.tokenizer import decode, encode, format_chat, load_tokenizer, stop_token_ids
+from verisplit.spec.faults import RESOURCE_EXHAUSTED
+
+__all__ = ["APIError", "create_app", "REQUEST_ID_HEADER"]
 
 REQUEST_ID_HEADER = "X-Verisplit-Request-Id"
 MAX_STOP_SEQUENCES = 4
-
-
-class SamplingBody(BaseModel):
-    """Fields shared by both completion endpoints (OpenAI names, defaults and bounds)."""
-
-    model_config = ConfigDict(extra="allow")
-    model: str | None = None
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    stream: bool = False
-    n: int = 1
-
-
-class CompletionBody(SamplingBody):
-    prompt: str | list[int] | list[str]
-    max_tokens: int | None = Field(default=16, ge=1)
-
-
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    role: Literal["system", "user", "assistant"]
-    content: str
-
-
-class ChatBody(SamplingBody):
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-
-
-class APIError(Exception):
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None, extra: dict[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
-        self.extra = extra or {}
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code, **self.extra}}
+DEFAULT_COMPLETION_TOKENS = 16  # legacy completions' OpenAI default; chat defaults to all that fits
 
 
 def cohort_error(exc: CohortError, request_id: str) -> APIError:
@@ -85,11 +53,24 @@ def cohort_error(exc: CohortError, request_id: str) -> APIError:
                     {"culprit": exc.culprit, "reason": exc.reason, "link": exc.link, "request_id": request_id})
 
 
+class Job:
+    """One accepted request: the lead's run plus what the response needs (stops, logprobs, shape)."""
+
+    def __init__(self, run: RequestRun, body: SamplingBody, stops: list[str], chat: bool, top: int | None,
+                 prompt_chars: int) -> None:
+        self.run, self.body, self.stops, self.chat = run, body, stops, chat
+        self.top = top  # None: no logprobs; else how many alternatives per token
+        self.prompt_chars = prompt_chars
+
+
 def create_app(lead: Lead) -> FastAPI:
     """The HTTP app bound to ``lead`` (which must run on the same event loop as the server)."""
     app = FastAPI(title="verisplit lead", version="1")
     tokenizer = load_tokenizer(lead.checkpoint)
+    token_bytes = TokenBytes(tokenizer)
     eos_ids = tuple(stop_token_ids(tokenizer, checkpoint_dir=lead.checkpoint))
+    context_length = lead.config.max_position_embeddings
+    vocab = lead.config.vocab_size
     created = int(time.time())
 
     @app.exception_handler(APIError)
@@ -104,7 +85,9 @@ def create_app(lead: Lead) -> FastAPI:
             offset = first.get("loc", ("body", "?"))[-1]
             return JSONResponse(APIError(400, f"body: not valid JSON ({detail or 'decode error'} at character "
                                               f"{offset})", code="invalid_json").body(), status_code=400)
-        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        # drop "body" and pydantic's union-branch names (e.g. "str", "list[int]") from the location
+        loc = [str(p) for p in first.get("loc", ()) if p != "body" and not (isinstance(p, str) and
+                                                                            ("[" in p or p in ("str", "int")))]
         param = ".".join(loc) or None
         return JSONResponse(APIError(400, f"{param or 'body'}: {first.get('msg')}", param=param,
                                      code="invalid_value").body(), status_code=400)
@@ -125,10 +108,19 @@ def create_app(lead: Lead) -> FastAPI:
     async def healthz() -> dict[str, Any]:
         return {"ok": True, "model": lead.model_id, "providers": len(lead.registry.entries())}
 
+    def model_card() -> dict[str, Any]:
+        return {"id": lead.model_id, "object": "model", "created": created, "owned_by": "verisplit",
+                "context_length": context_length, "max_model_len": context_length,
+                "num_layers": lead.model_spec.num_layers}
+
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": lead.model_id, "object": "model", "created": created,
-                                            "owned_by": "verisplit", "num_layers": lead.model_spec.num_layers}]}
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str) -> dict[str, Any]:
+        check_model(model_id)
+        return model_card()
 
     @app.get("/v1/providers")
     async def providers() -> dict[str, Any]:
@@ -168,68 +160,94 @@ def create_app(lead: Lead) -> FastAPI:
     def stops_of(stop: str | list[str] | None) -> list[str]:
         items = [stop] if isinstance(stop, str) else list(stop or [])
         if len(items) > MAX_STOP_SEQUENCES:
-            raise APIError(400, f"stop: at most {MAX_STOP_SEQUENCES} sequences", param="stop", code="invalid_value")
+            raise invalid("stop", f"at most {MAX_STOP_SEQUENCES} sequences")
         if any(not s for s in items):
-            raise APIError(400, "stop: sequences must be non-empty", param="stop", code="invalid_value")
+            raise invalid("stop", "sequences must be non-empty")
         return items
 
-    def begin(prompt_ids: list[int], max_tokens: int, body: CompletionBody | ChatBody) -> RequestRun:
-        if body.n != 1:
-            raise APIError(400, "n: only n=1 is supported", param="n", code="invalid_value")
+    def begin(prompt_ids: list[int], max_tokens: int, body: SamplingBody) -> RequestRun:
         seed = body.seed if body.seed is not None else int.from_bytes(os.urandom(4), "little")
-        params = SamplingParams(max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p, seed=seed,
-                                stop_token_ids=eos_ids)
+        params = SamplingParams(max_tokens=max_tokens, temperature=1.0 if body.temperature is None else body.temperature,
+                                top_p=1.0 if body.top_p is None else body.top_p, seed=seed, stop_token_ids=eos_ids)
         try:
             return lead.start(prompt_ids, params)
         except ValueError as exc:
-            param = str(exc).split(":", 1)[0]
-            raise APIError(400, str(exc), param=param, code="invalid_value") from None
+            raise invalid(str(exc).split(":", 1)[0], str(exc).split(":", 1)[-1].strip()) from None
         except NoCohortError as exc:
             raise APIError(503, f"no cohort: {exc}", "service_unavailable", None, "no_cohort") from None
 
+    def prompt_ids_of(prompt: Any) -> list[int]:
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+            prompt = prompt[0]  # a batch of one
+        elif isinstance(prompt, list) and prompt and not all(isinstance(p, int) for p in prompt):
+            raise invalid("prompt", "only one prompt per request is supported", "unsupported_value")
+        ids = [int(p) for p in prompt] if isinstance(prompt, list) else encode(tokenizer, prompt)
+        if not ids:
+            raise invalid("prompt", "must not be empty")
+        return ids
+
     @app.post("/v1/completions")
     async def completions(body: CompletionBody) -> Any:
+        refuse_unsupported(body)
         check_model(body.model)
-        if isinstance(body.prompt, list) and body.prompt and all(isinstance(p, int) for p in body.prompt):
-            prompt_ids = [int(p) for p in body.prompt]
-        elif isinstance(body.prompt, list):
-            if not body.prompt:
-                raise APIError(400, "prompt: must not be empty", param="prompt", code="invalid_value")
-            if len(body.prompt) != 1:
-                raise APIError(400, "prompt: only one prompt per request is supported", param="prompt", code="invalid_value")
-            prompt_ids = encode(tokenizer, str(body.prompt[0]))
-        else:
-            prompt_ids = encode(tokenizer, body.prompt)
-        if not prompt_ids:
-            raise APIError(400, "prompt: must not be empty", param="prompt", code="invalid_value")
+        prompt_ids = prompt_ids_of(body.prompt)
         stops = stops_of(body.stop)
-        run = begin(prompt_ids, body.max_tokens or 16, body)
-        return await respond(run, stops, body.stream, chat=False)
+        budget = completion_budget(len(prompt_ids), context_length, body.max_tokens, "max_tokens", "prompt",
+                                   DEFAULT_COMPLETION_TOKENS)
+        prompt_chars = len(decode(tokenizer, prompt_ids)) if body.logprobs is not None else 0
+        job = Job(begin(prompt_ids, budget, body), body, stops, False, body.logprobs, prompt_chars)
+        return await respond(job)
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatBody) -> Any:
+        refuse_unsupported(body)
         check_model(body.model)
+        if body.top_logprobs is not None and not body.logprobs:
+            raise invalid("top_logprobs", "requires logprobs to be true")
+        messages = normalize_messages(body.messages)
         try:
-            text = format_chat([m.model_dump() for m in body.messages], checkpoint_dir=lead.checkpoint)
+            text = format_chat(messages, checkpoint_dir=lead.checkpoint)
         except ValueError as exc:  # the template's raise_exception (e.g. roles out of order)
             raise APIError(400, f"messages: {exc}", "invalid_request_error", "messages", None) from None
         prompt_ids = encode(tokenizer, text)
         stops = stops_of(body.stop)
-        run = begin(prompt_ids, body.max_completion_tokens or body.max_tokens or 64, body)
-        return await respond(run, stops, body.stream, chat=True)
+        requested, name = ((body.max_completion_tokens, "max_completion_tokens") if body.max_completion_tokens is not None
+                           else (body.max_tokens, "max_tokens"))
+        budget = completion_budget(len(prompt_ids), context_length, requested, name, "messages", None)
+        top = (body.top_logprobs or 0) if body.logprobs else None
+        return await respond(Job(begin(prompt_ids, budget, body), body, stops, True, top, 0))
 
-    async def generate(run: RequestRun, stops: list[str]) -> AsyncIterator[tuple[str, str | None]]:
-        """Yield (text delta, finish_reason or None); honours stop strings by truncating the text."""
-        emitted = ""
+    def logprob_at(job: Job, index: int, token: int, start: int) -> TokenLogprob:
+        # the lead appends step ``index``'s record (with the logits bytes) before it yields token ``index``
+        row = last_row_logits(job.run.steps[index].outputs[-1], vocab)
+        return token_logprob(row, token, job.top or 0, start)
+
+    async def generate(job: Job) -> AsyncIterator[tuple[str, list[TokenLogprob]]]:
+        """Yield (text delta, logprobs of the tokens that delta completes); stop strings truncate the
+        text, and a token whose text starts at or after the cut is not reported (special tokens, e.g.
+        the eos token, are: their text is empty, their ``token`` the marker)."""
+        run, stops = job.run, job.stops
+        emitted, before = "", ""
+        pending: list[TokenLogprob] = []
         held = max((len(s) for s in stops), default=1) - 1  # chars kept back in case a stop string is forming
+
+        def take(upto: int) -> list[TokenLogprob]:
+            nonlocal pending
+            ready = [e for e in pending if e.start < upto]
+            pending = [e for e in pending if e.start >= upto]
+            return ready
+
         async with contextlib.aclosing(guard_tokens(lead, run)) as tokens:  # ops: shutdown cut (node/drain.py)
-            async for _ in tokens:
+            async for token in tokens:
+                if job.top is not None:
+                    pending.append(logprob_at(job, len(run.generated) - 1, token, len(before)))
                 text = decode(tokenizer, run.generated)
+                before = text
                 cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
                 if cut >= 0:
-                    delta = text[len(emitted):cut]
-                    if delta:
-                        yield delta, None
+                    delta, ready = text[len(emitted):cut], take(cut)
+                    if delta or ready:
+                        yield delta, ready
                     run.finish_reason = "stop"
                     return
                 safe = len(text) - held if stops else len(text)
@@ -238,66 +256,81 @@ def create_app(lead: Lead) -> FastAPI:
                 if safe > len(emitted) and text.startswith(emitted):
                     delta = text[len(emitted):safe]
                     emitted = text[:safe]
-                    yield delta, None
+                    yield delta, take(len(emitted))
         text = decode(tokenizer, run.generated)
-        if len(text) > len(emitted) and text.startswith(emitted):
-            yield text[len(emitted):], None
+        delta = text[len(emitted):] if len(text) > len(emitted) and text.startswith(emitted) else ""
+        ready, pending = pending, []  # every token but those of a cut stop string (so also the eos token)
+        if delta or ready:
+            yield delta, ready
 
     def usage(run: RequestRun) -> dict[str, int]:
         return {"prompt_tokens": len(run.prompt_ids), "completion_tokens": len(run.generated),
                 "total_tokens": len(run.prompt_ids) + len(run.generated)}
 
-    def chunk(run: RequestRun, delta: str | None, finish: str | None, chat: bool, role: bool = False) -> dict[str, Any]:
-        if chat:
-            d: dict[str, Any] = {}
-            if role:
-                d["role"] = "assistant"
+    def logprobs_of(job: Job, entries: list[TokenLogprob]) -> dict[str, Any] | None:
+        if job.top is None:
+            return None
+        return chat_logprobs(entries, token_bytes) if job.chat else completion_logprobs(entries, token_bytes,
+                                                                                        job.prompt_chars)
+
+    def envelope(job: Job, choices: list[dict[str, Any]], streamed: bool) -> dict[str, Any]:
+        kind = ("chat.completion.chunk" if streamed else "chat.completion") if job.chat else "text_completion"
+        out = {"id": job.run.request_id, "object": kind, "created": int(time.time()), "model": lead.model_id,
+               "system_fingerprint": None, "choices": choices, "verisplit": {"request_id": job.run.request_id}}
+        if streamed and job.body.include_usage:
+            out["usage"] = None  # OpenAI: every chunk but the last carries "usage": null
+        return out
+
+    def chunk(job: Job, delta: str | None, finish: str | None, entries: list[TokenLogprob],
+              role: bool = False) -> dict[str, Any]:
+        lp = logprobs_of(job, entries) if entries else None
+        if job.chat:
+            d: dict[str, Any] = {"role": "assistant"} if role else {}
             if delta is not None:
                 d["content"] = delta
-            choice: dict[str, Any] = {"index": 0, "delta": d, "finish_reason": finish, "logprobs": None}
-            obj = "chat.completion.chunk"
+            choice: dict[str, Any] = {"index": 0, "delta": d, "finish_reason": finish, "logprobs": lp}
         else:
-            choice = {"index": 0, "text": delta or "", "finish_reason": finish, "logprobs": None}
-            obj = "text_completion"
-        return {"id": run.request_id, "object": obj, "created": int(time.time()), "model": lead.model_id,
-                "choices": [choice], "verisplit": {"request_id": run.request_id}}
+            choice = {"index": 0, "text": delta or "", "finish_reason": finish, "logprobs": lp}
+        return envelope(job, [choice], streamed=True)
 
-    async def respond(run: RequestRun, stops: list[str], stream: bool, chat: bool) -> Any:
+    async def respond(job: Job) -> Any:
+        run = job.run
         headers = {REQUEST_ID_HEADER: run.request_id}
-        if not stream:
+        if not job.body.streaming:
             parts: list[str] = []
+            entries: list[TokenLogprob] = []
             try:
-                async for delta, _ in generate(run, stops):
+                async for delta, ready in generate(job):
                     parts.append(delta)
+                    entries += ready
             except CohortError as exc:
                 err = cohort_error(exc, run.request_id)
                 return JSONResponse(err.body(), status_code=err.status, headers=headers)
             text = "".join(parts)
-            choice: dict[str, Any]
-            if chat:
-                choice = {"index": 0, "message": {"role": "assistant", "content": text},
-                          "finish_reason": run.finish_reason, "logprobs": None}
+            choice: dict[str, Any] = {"index": 0, "finish_reason": run.finish_reason, "logprobs": logprobs_of(job, entries)}
+            if job.chat:
+                choice["message"] = {"role": "assistant", "content": text, "refusal": None}
             else:
-                choice = {"index": 0, "text": text, "finish_reason": run.finish_reason, "logprobs": None}
-            body = {"id": run.request_id, "object": "chat.completion" if chat else "text_completion",
-                    "created": int(time.time()), "model": lead.model_id, "choices": [choice], "usage": usage(run),
-                    "verisplit": {"request_id": run.request_id, "fee": run.fee,
-                                  "commitments_checked": sum(len(s.commitments) for s in run.steps),
-                                  "completion_token_ids": run.generated}}
+                choice["text"] = text
+            body = envelope(job, [choice], streamed=False)
+            body["usage"] = usage(run)
+            body["verisplit"].update(fee=run.fee, commitments_checked=sum(len(s.commitments) for s in run.steps),
+                                     completion_token_ids=run.generated)
             return JSONResponse(body, headers=headers)
 
         async def events() -> AsyncIterator[bytes]:
-            first = True
             try:
-                if chat:
-                    yield _sse(chunk(run, "", None, chat, role=True))
-                    first = False
-                async for delta, _ in generate(run, stops):
-                    yield _sse(chunk(run, delta, None, chat, role=first and chat))
-                final = chunk(run, None if chat else "", run.finish_reason, chat)
-                final["usage"] = usage(run)
+                if job.chat:
+                    yield _sse(chunk(job, "", None, [], role=True))
+                async for delta, ready in generate(job):
+                    yield _sse(chunk(job, delta, None, ready))
+                final = chunk(job, None if job.chat else "", run.finish_reason, [])
                 final["verisplit"]["fee"] = run.fee
                 yield _sse(final)
+                if job.body.include_usage:
+                    last = envelope(job, [], streamed=True)
+                    last["usage"] = usage(run)
+                    yield _sse(last)
             except CohortError as exc:
                 yield _sse(cohort_error(exc, run.request_id).body())
             yield b"data: [DONE]\n\n"
