@@ -274,6 +274,34 @@ def test_default_chat_max_tokens_is_what_fits_the_context(cohort: dict[str, Any]
     assert answer.usage.completion_tokens == CONTEXT - answer.usage.prompt_tokens
 
 
+def test_default_chat_max_tokens_stays_within_the_providers_kv_capacity(tmp_path: Path, cohort: dict[str, Any]) -> None:
+    # one provider for all 4 layers: 4 layers x 2 kv heads x 16 dims x fp32 x (K, V) = 1 KiB per token
+    with ProcessGroup(tmp_path / "logs") as group:
+        info = start_local_cohort(group, cohort["checkpoint"], [(0, 4)], keys_dir=tmp_path / "keys",
+                                  data_dir=tmp_path / "lead", extra_provider_args=["--kv-budget-mb", "0.06"])
+        capacity = httpx.get(info["http"] + "/v1/providers").json()["data"][0]["kv_capacity_tokens"]
+        assert capacity < CONTEXT
+        client = openai.OpenAI(base_url=info["http"] + "/v1", api_key="unused", max_retries=0)
+        answer = client.chat.completions.create(model=cohort["model_id"], messages=MESSAGES, temperature=0)
+        assert answer.choices[0].finish_reason == "length" and answer.usage.total_tokens == capacity
+
+
+def test_stop_strings_cut_the_text_and_its_logprobs(cohort: dict[str, Any]) -> None:
+    client, model = cohort["client"], cohort["model_id"]
+    prompt = "The quick brown fox"
+    whole = client.completions.create(model=model, prompt=prompt, max_tokens=10, temperature=0).choices[0].text
+    k = next(i for i in range(3, len(whole)) if whole[i] not in "\ufffd" and whole.find(whole[i]) == i)
+    cut = client.completions.create(model=model, prompt=prompt, max_tokens=10, temperature=0, stop=whole[k],
+                                    logprobs=1).choices[0]
+    assert cut.text == whole[:k] and cut.finish_reason == "stop"
+    assert all(offset < len(prompt) + k for offset in cut.logprobs.text_offset)
+    streamed = client.completions.create(model=model, prompt=prompt, max_tokens=10, temperature=0, stop=whole[k],
+                                         logprobs=1, stream=True)
+    chunks = [c.choices[0] for c in streamed if c.choices]
+    assert "".join(c.text for c in chunks) == whole[:k]
+    assert sum((c.logprobs.tokens for c in chunks if c.logprobs), []) == cut.logprobs.tokens
+
+
 def test_every_error_is_openai_shaped(cohort: dict[str, Any]) -> None:
     http = cohort["http_client"]
     for path, body in [("/v1/chat/completions", {"messages": []}),

@@ -176,6 +176,16 @@ def create_app(lead: Lead) -> FastAPI:
         except NoCohortError as exc:
             raise APIError(503, f"no cohort: {exc}", "service_unavailable", None, "no_cohort") from None
 
+    def cohort_kv_capacity() -> int | None:
+        """The smallest ``kv_capacity_tokens`` offered by the providers of the cohort a request gets now."""
+        try:
+            formed, _ = lead.route()
+        except NoCohortError:
+            return None  # ``begin`` reports it
+        entries = [lead.registry.get(a.provider_id) for a in formed.assignments]
+        capacities = [e.fields.kv_capacity_tokens for e in entries if e is not None]
+        return min(capacities) if capacities else None
+
     def prompt_ids_of(prompt: Any) -> list[int]:
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
             prompt = prompt[0]  # a batch of one
@@ -214,6 +224,10 @@ def create_app(lead: Lead) -> FastAPI:
         requested, name = ((body.max_completion_tokens, "max_completion_tokens") if body.max_completion_tokens is not None
                            else (body.max_tokens, "max_tokens"))
         budget = completion_budget(len(prompt_ids), context_length, requested, name, "messages", None)
+        if requested is None:  # "what fits": also within the KV capacity every provider of the cohort offers
+            capacity = cohort_kv_capacity()
+            if capacity is not None and 1 <= capacity - len(prompt_ids) < budget:
+                budget = capacity - len(prompt_ids)
         top = (body.top_logprobs or 0) if body.logprobs else None
         return await respond(Job(begin(prompt_ids, budget, body), body, stops, True, top, 0))
 
