@@ -2,7 +2,7 @@
 
 The lead's request record keeps, per step, the bytes of every hop's output; the last hop's output of
 step ``i`` is the canonical fp32 logits tensor ``[positions, vocab]`` the lead decoded and sampled
-token ``i`` from (its frame was checked on receipt, ``Lead._check_shape``). Its last row gives
+token ``i`` from (rule H5 checked its dtype and shape on receipt, ``Lead._check_boundary``). Its last row gives
 ``log_softmax(logits)``: the model's own distribution (before temperature / top_p, as vLLM's default
 ``raw_logprobs``), in float64, with ``-inf`` reported as ``-9999.0`` (JSON has no infinities).
 
