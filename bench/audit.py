@@ -454,6 +454,15 @@ def real_report(checkpoint: Path, quick: bool, machine: str, command: str) -> st
                                                                 "inf" if math.isinf(ratio) else f"{ratio:.3g}"))
         caught = CAUGHT_BY.get(mode, "audit")
         lines.append(f"| {mode} | {caught} | " + " | ".join(cells) + " |")
+    missed = [r for r in results if r["table"]["noise"]["hits"] < r["table"]["noise"]["trials"]]
+    if missed:
+        lines += ["", "The catalogue's `noise` (64 eps of the compute dtype, also the inner cheat of `sometimes`) "
+                  "stays inside this model's honest drift in " + ", ".join(
+                      f"{r['dtype']} (real-text drift {r['text_cal']['max_eps']:.3g} eps)" for r in missed)
+                  + ": no tolerance that passes honest audits can flag it (it perturbs the outputs less than honest "
+                  "re-execution does); the same noise at the tolerance's scale is caught (`noise@tolerance`: "
+                  + ", ".join(f"{r['dtype']} {r['table']['noise@tolerance']['hits']}/{r['table']['noise@tolerance']['trials']}"
+                              for r in results) + ")."]
     lines += ["", f"Honest false positives: every segment of {honest} honest requests per dtype (prompts: "
               f"{len(QUESTIONS)} questions x {len(SYSTEMS)} system messages in the model's chat template, and prose "
               f"windows of 16-40 tokens from {', '.join(PROSE_FILES)}; greedy, {new_tokens[1]} generated tokens; threads "
