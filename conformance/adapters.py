@@ -38,7 +38,7 @@ from verisplit.spec.commitment import (
 )
 from verisplit.spec.threats import CAUGHT_BY, CHEATS_FROM_STEP  # the threat catalogue's single table
 from verisplit.spec.encoding import decode_tensor, digest_encoded, encode_tensor
-from verisplit.spec.escrow import EscrowMember, EscrowTerms, KeyAccount, settle_escrow
+from verisplit.spec.escrow import EscrowTerms, KeyAccount, cohort_members, settle_escrow
 from verisplit.spec.faults import UNAVAILABLE
 from verisplit.spec.settlement import Settlement, billable_positions, settle
 
@@ -508,8 +508,7 @@ class SpecAdapter(Adapter):
         failed = frozenset(record.failed & set(work_by_provider))
         result = settle(record.fee, work_by_provider, record.prices, self.lead_id, failed)  # S0: no value, full refund
         self._ledger.append(result)
-        members = [EscrowMember(a.provider_id, a.public_key.hex(), w, result.payouts[a.provider_id], a.provider_id in failed)
-                   for a, w in zip(record.cohort.assignments, record.work)]
+        members = cohort_members(record.cohort, record.work, result.payouts, failed)
         self._escrow = settle_escrow(self._escrow, request_id, members, self.escrow_terms).book
         return result
 

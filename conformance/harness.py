@@ -29,7 +29,7 @@ from verisplit.conformance.traces import (
 from verisplit.spec import audit as spec_audit
 from verisplit.spec.cohort import Cohort, NoCoverage, Offer, cohort_violations, form_cohort
 from verisplit.spec.commitment import MISSING_LINK, VALID, ChainVerdict, StepContext, check_exchanged_chain
-from verisplit.spec.escrow import EscrowMember, settle_escrow
+from verisplit.spec.escrow import cohort_members, settle_escrow
 from verisplit.spec.protocol import (
     ABORTED,
     COMPLETED,
@@ -334,8 +334,7 @@ class Harness:
             return
         request = self.state.requests[request_id]
         cohort = self.state.cohorts[request.cohort_id]
-        members = [EscrowMember(a.provider_id, a.public_key.hex(), w, spec.payouts[a.provider_id], a.provider_id in spec.failed)
-                   for a, w in zip(cohort.assignments, request.work)]
+        members = cohort_members(cohort, request.work, spec.payouts, spec.failed)
         self.escrow = settle_escrow(self.escrow, request_id, members, terms).book
         got = self.adapter.escrow_book()
 

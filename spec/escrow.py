@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, Mapping, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 from verisplit.spec.arith import is_symbolic, ite
 from verisplit.spec.validation import require_int, require_probability, require_sequence, require_str
@@ -256,6 +256,14 @@ def member_step(account: KeyAccount, request_id: str, payout: int, failed: bool,
     after = KeyAccount(window=tuple(new_window), sources=new_sources, served=account.served + 1,
                        paid=paid, vested=vested_total, forfeited=forfeited_total)
     return after, tuple(vested), ()
+
+
+def cohort_members(cohort: Any, work: Sequence[int], payouts: Mapping[str, int],
+                   failed: Collection[str]) -> list[EscrowMember]:
+    """The ``EscrowMember`` of each cohort assignment, in cohort order: its provider id, its key (hex),
+    the work it served (``work[k]`` for segment k), its payout and whether it failed."""
+    return [EscrowMember(a.provider_id, a.public_key.hex(), w, payouts[a.provider_id], a.provider_id in failed)
+            for a, w in zip(cohort.assignments, work)]
 
 
 def settle_escrow(book: Mapping[str, KeyAccount], request_id: str, members: Sequence[EscrowMember],

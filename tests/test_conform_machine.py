@@ -166,13 +166,12 @@ class EscrowNeverForfeits(SpecAdapter):
     """Mutant: a failed key keeps its held escrow (escrow that is not forfeited on ejection)."""
 
     def settle(self, request_id):  # type: ignore[override]
-        from verisplit.spec.escrow import EscrowMember, settle_escrow
+        from verisplit.spec.escrow import cohort_members, settle_escrow
 
         record = self._requests[request_id]
         result = super().settle(request_id)
         before = getattr(self, "_book_before", {})
-        members = [EscrowMember(a.provider_id, a.public_key.hex(), w, result.payouts[a.provider_id], False)
-                   for a, w in zip(record.cohort.assignments, record.work)]
+        members = cohort_members(record.cohort, record.work, result.payouts, ())  # nobody failed: no forfeits
         self._escrow = settle_escrow(before, request_id, members, self.escrow_terms).book  # failures ignored
         self._book_before = dict(self._escrow)
         return result

@@ -5,7 +5,6 @@ and the ledger record (prices, values, payouts, timestamp) verifies and shows pe
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
@@ -17,6 +16,7 @@ from verisplit.impl.node.procs import ProcessGroup, start_local_cohort, verispli
 from verisplit.impl.records.ledger import Ledger
 from verisplit.impl.runtime.checkpoint import make_random_checkpoint
 from verisplit.spec.settlement import billable_positions
+from verify_helpers import wait_settled
 
 pytestmark = pytest.mark.net
 
@@ -36,13 +36,7 @@ def test_each_provider_is_paid_its_own_price(tmp_path: Path) -> None:
         with httpx.Client(base_url=info["http"], timeout=120) as client:
             reply = client.post("/v1/completions", json={"prompt": "mixed prices", "max_tokens": 6, "temperature": 0})
             assert reply.status_code == 200, reply.text
-            request_id = reply.json()["id"]
-            record = client.get(f"/v1/requests/{request_id}").json()
-            for _ in range(100):
-                if record.get("pending_hooks", 1) == 0 and "settlement" in record:
-                    break
-                time.sleep(0.1)
-                record = client.get(f"/v1/requests/{request_id}").json()
+            record = wait_settled(client, reply.json()["id"])
     usage = record["usage"]
     positions = billable_positions(usage["prompt_tokens"], usage["completion_tokens"])
     assert positions > 0 and record["status"] == "completed"

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import re
-import time
 from fractions import Fraction
 from typing import Any, Iterator
 
@@ -25,19 +24,10 @@ from verisplit.impl.node.procs import ProcessGroup, start_local_cohort, verispli
 from verisplit.impl.records.keys import create_key_file
 from verisplit.impl.runtime.checkpoint import make_random_checkpoint
 from verisplit.spec.audit import is_audited, reveal_valid
+from verify_helpers import wait_settled
 
 pytestmark = pytest.mark.net
 HEX32 = re.compile(r"\b[0-9a-f]{64}\b")
-
-
-def _settled(client: httpx.Client, request_id: str, timeout: float = 60.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        info = client.get(f"/v1/requests/{request_id}").json()
-        if "settlement" in info and not info.get("pending_hooks"):
-            return info
-        assert time.monotonic() < deadline, info
-        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +72,7 @@ def test_no_public_endpoint_reveals_a_live_audit_seed(net: dict[str, Any]) -> No
                 if line is None or line.strip() == "data: [DONE]":
                     break
         assert seen_while_live, "the request was never observed live"
-        info = _settled(client, request_id)
+        info = wait_settled(client, request_id)
         commitment = bytes.fromhex(info["audit_seed_commitment"])
         candidates = {m for text in seen_while_live for m in HEX32.findall(text)}
         assert not any(reveal_valid(commitment, bytes.fromhex(c)) for c in candidates)
@@ -126,7 +116,7 @@ def test_a_laundered_boundary_is_blamed_on_its_signer_and_routed_around(net: dic
     assert reply.status_code == 502, reply.text
     error = reply.json()["error"]
     assert (error["culprit"], error["reason"], error["link"]) == (name, "bad_boundary", 0)
-    info = _settled(client, error["request_id"])
+    info = wait_settled(client, error["request_id"])
     assert name in info["ejected"] and info["settlement"]["payouts"].get(name, 0) == 0
     assert name + "-skip" not in info["ejected"]  # the receiver is never blamed for what it was sent
     listed = {p["provider_id"] for p in client.get("/v1/providers").json()["data"]}
@@ -136,7 +126,7 @@ def test_a_laundered_boundary_is_blamed_on_its_signer_and_routed_around(net: dic
     for attempt in range(12):
         reply = client.post("/v1/completions", json={"prompt": f"after {attempt}", "max_tokens": 3, "temperature": 0})
         assert reply.status_code == 200, reply.text
-        info = _settled(client, reply.json()["id"])
+        info = wait_settled(client, reply.json()["id"])
         assert set(info["ejected"]) <= {name + "-skip"}
         if name + "-skip" in info["ejected"]:
             break

@@ -245,6 +245,14 @@ def test_every_public_function_is_exercised() -> None:
     covered = {"audit_probability", "window_total", "escrow_step", "account_step", "resize_window", "validate_terms",
                "open_account", "member_step", "settle_escrow", "account_conserved", "book_totals", "savings_fraction",
                "escrow_expected_loss", "escrow_margin", "exposure_requests", "franchise_margin", "deterrence_report",
-               "check_deterrence_config"}
+               "check_deterrence_config", "cohort_members"}
     assert public == covered
     assert FORFEIT_TO == "client_refund"
+
+
+def test_cohort_members_follow_the_cohort_and_name_failures() -> None:
+    from verisplit.spec.cohort import Assignment, Cohort
+
+    cohort = Cohort("m", (Assignment("a", b"\x01" * 32, 0, 1), Assignment("b", b"\x02" * 32, 1, 2)))
+    members = escrow.cohort_members(cohort, [3, 4], {"a": 6, "b": 0}, {"b"})
+    assert members == [EscrowMember("a", "01" * 32, 3, 6, False), EscrowMember("b", "02" * 32, 4, 0, True)]

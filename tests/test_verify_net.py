@@ -35,6 +35,7 @@ from verisplit.impl.runtime.loader import load_full, load_segment
 from verisplit.impl.node.procs import ProcessGroup, start_local_cohort, verisplit_command
 from verisplit.impl.runtime.tokenizer import load_tokenizer, stop_token_ids
 from verisplit.spec.audit import reveal_valid, request_seed
+from verify_helpers import wait_settled
 from verisplit.spec.settlement import conserved, settle
 
 pytestmark = pytest.mark.net
@@ -111,14 +112,7 @@ def cohort_of(client: httpx.Client) -> list[tuple[str, int, int]]:
 def run_request(client: httpx.Client) -> tuple[httpx.Response, dict[str, Any]]:
     """One greedy completion; returns the response and the request info once the audit hook finished."""
     response = client.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": MAX_TOKENS, "temperature": 0})
-    request_id = response.headers["x-verisplit-request-id"]
-    deadline = time.monotonic() + 60
-    while True:
-        info = client.get(f"/v1/requests/{request_id}").json()
-        if "settlement" in info and not info.get("pending_hooks"):
-            return response, info
-        assert time.monotonic() < deadline, f"audit hook did not finish: {info}"
-        time.sleep(0.1)
+    return response, wait_settled(client, response.headers["x-verisplit-request-id"])
 
 
 def expected_work(info: dict[str, Any]) -> dict[str, int]:

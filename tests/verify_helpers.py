@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from nacl.signing import SigningKey
@@ -39,3 +41,14 @@ def honest_modes() -> list[str]:
 
 def prompt_for(seed: int) -> list[int]:
     return torch.randint(0, 512, (9 + seed % 5,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def wait_settled(client: Any, request_id: str, timeout: float = 60.0) -> dict[str, Any]:
+    """``GET /v1/requests/{id}`` once the lead's post-request hooks (audit, settlement) are done."""
+    deadline = time.monotonic() + timeout
+    while True:
+        info = client.get(f"/v1/requests/{request_id}").json()
+        if "settlement" in info and not info.get("pending_hooks"):
+            return info
+        assert time.monotonic() < deadline, f"audit hook did not finish: {info}"
+        time.sleep(0.1)

@@ -37,7 +37,7 @@ from verisplit.impl.node.views import audit_view, providers_view, request_view
 from verisplit.impl.records.requests import RecordError, RequestRecord, RequestStore, StepRecord
 from verisplit.impl.runtime.config import ModelConfig
 from verisplit.impl.runtime.generate import sample_next
-from verisplit.impl.runtime.tensors import boundary_facts, from_canonical, to_canonical
+from verisplit.impl.runtime.tensors import decode_boundary, to_canonical
 from verisplit.spec.cohort import Cohort, InvalidOffer, ModelSpec, NoCoverage, Offer, form_cohort, quote_fee
 from verisplit.spec.commitment import (DTYPES, NO_SEED_COMMITMENT, StepContext, boundary_spec, check_boundary, check_exchanged_link,
                                        next_step_context)
@@ -267,18 +267,22 @@ class Lead:
             if failure is not None:
                 raise hop.fail(failure[0], failure[1])
             self.commitments_checked += 1
-            self._check_boundary(hop, out, context.num_positions, len(hops))
+            tensor = self._check_boundary(hop, out, context.num_positions, len(hops))
             blob, expected = out, out_digest
-        return from_canonical(blob)
+        return tensor  # the last hop's logits, decoded once by the boundary check
 
-    def _check_boundary(self, hop: Hop, out: bytes, positions: int, num_hops: int) -> None:
+    def _check_boundary(self, hop: Hop, out: bytes, positions: int, num_hops: int) -> torch.Tensor:
         """Rule H5 on an output whose commitment passed H1-H4: a finite canonical tensor of the
-        boundary's shape and the cohort's dtype, else ``bad_boundary`` blamed on its signer."""
+        boundary's shape and the cohort's dtype, else ``bad_boundary`` blamed on its signer.
+        Returns the decoded tensor."""
         expected = boundary_spec(hop.index, num_hops, self.dtype, positions, self.config.hidden_size,
                                  self.config.vocab_size)
-        failure = check_boundary(*boundary_facts(out), expected)
+        tensor, facts = decode_boundary(out)
+        failure = check_boundary(*facts, expected)
         if failure is not None:
             raise hop.fail(failure[0], failure[1])
+        assert tensor is not None  # H5 fails every blob that does not decode
+        return tensor
 
     async def _finish(self, run: RequestRun, hops: list[Hop]) -> None:
         """Close every session, save the record, publish its info and schedule the hooks."""

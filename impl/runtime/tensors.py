@@ -86,13 +86,21 @@ def digest_named_tensors(tensors: "dict[str, torch.Tensor]") -> bytes:
     return h.digest()
 
 
-def boundary_facts(blob: bytes) -> tuple[str | None, tuple[int, ...] | None, bool]:
-    """What rule H5 (``verisplit.spec.commitment.check_boundary``) judges of received bytes: their canonical
-    header's dtype and shape (None, None when they are not a canonical tensor) and whether every element
-    is finite (integer tensors always are)."""
+BoundaryFacts = tuple[str | None, tuple[int, ...] | None, bool]
+
+
+def decode_boundary(blob: bytes) -> tuple[torch.Tensor | None, BoundaryFacts]:
+    """Decode received bytes once: the tensor (None when they are not a canonical tensor) and what rule H5
+    (``verisplit.spec.commitment.check_boundary``) judges of them: dtype, shape, and whether every
+    element is finite (integer tensors always are)."""
     try:
         t = from_canonical(blob)
     except EncodingError:
-        return None, None, False
+        return None, (None, None, False)
     finite = bool(torch.isfinite(t).all()) if t.is_floating_point() else True
-    return dtype_name(t.dtype), tuple(int(d) for d in t.shape), finite
+    return t, (dtype_name(t.dtype), tuple(int(d) for d in t.shape), finite)
+
+
+def boundary_facts(blob: bytes) -> BoundaryFacts:
+    """``decode_boundary``'s facts alone (for recorded bytes, where the tensor is not needed)."""
+    return decode_boundary(blob)[1]
