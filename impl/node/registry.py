@@ -41,6 +41,8 @@ class RegisteredOffer:
     signature: bytes
     last_seen: float
     last_heartbeat_ms: int = 0
+    suspended: str | None = None  # why the lead stopped routing to it (an outage), until it is healthy again
+    outages: int = 0              # outages the lead saw from this provider since it was listed
 
     @property
     def offer(self) -> Offer:
@@ -145,8 +147,28 @@ class Registry:
         return self._entries.get(provider_id)
 
     def offers(self) -> list[Offer]:
-        """The live offers, sorted by provider id (the router's input)."""
-        return [e.offer for e in self.entries()]
+        """The live, routable offers, sorted by provider id (the router's input): a suspended
+        provider (see ``report_outage``) is listed but not routed to."""
+        return [e.offer for e in self.entries() if e.suspended is None]
+
+    def report_outage(self, provider_id: str, reason: str) -> None:
+        """The lead saw ``provider_id`` fail without blame (unreachable, timeout, overloaded...): it
+        leaves routing at once (not an ejection: its key is not banned) until ``report_healthy``."""
+        entry = self._entries.get(provider_id)
+        if entry is None:
+            return
+        entry.suspended = reason
+        entry.outages += 1
+
+    def report_healthy(self, provider_id: str) -> None:
+        """A health check of ``provider_id`` succeeded: it is routable again."""
+        entry = self._entries.get(provider_id)
+        if entry is not None:
+            entry.suspended = None
+
+    def suspended(self) -> dict[str, str]:
+        """Listed but unroutable providers as {provider id: the outage that suspended it}."""
+        return {p: e.suspended for p, e in self._entries.items() if e.suspended is not None}
 
     def eject(self, provider_id: str, reason: str) -> None:
         """Remove the provider's offer and ban its key (future offers under that key are refused)."""
