@@ -213,3 +213,36 @@ def completion_budget(prompt_tokens: int, context: int, requested: int | None, r
                             f"{prompt_tokens} tokens and this model's context length is {context} tokens "
                             f"(at most {room} remain)", param=requested_param, code="context_length_exceeded")
     return requested
+
+
+# --- text checks (before any tokenizing) ---------------------------------------------------------------
+
+MAX_CHARS_PER_TOKEN = 4  # a prompt over this many characters per context token is refused untokenized
+
+
+def check_text(value: Any, where: str = "body") -> None:
+    """Refuse (400 naming the field) any string in ``value`` that is not valid Unicode text: a lone
+    surrogate (JSON ``"\\ud800"``) cannot be encoded as UTF-8, so no tokenizer or response may see it."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise invalid(where, f"not valid Unicode text (lone surrogate U+{ord(value[exc.start]):04X} at "
+                                 f"character {exc.start})", "invalid_text") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_text(key, where)
+            check_text(item, f"{where}.{key}" if where != "body" else str(key))
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            check_text(item, f"{where}.{index}")
+
+
+def check_prompt_size(chars: int, tokens: int, context: int, param: str) -> None:
+    """Refuse a prompt too long for the context before tokenizing it: more than ``context`` token ids,
+    or more than ``MAX_CHARS_PER_TOKEN * context`` characters."""
+    if tokens > context or chars > MAX_CHARS_PER_TOKEN * context:
+        size = f"{tokens} token ids" if tokens > context else f"{chars} characters"
+        raise APIError(400, f"{param}: the prompt is {size}; this model's context length is {context} tokens "
+                            f"(at most {MAX_CHARS_PER_TOKEN * context} characters are accepted)", param=param,
+                       code="context_length_exceeded")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 import uuid
@@ -47,6 +48,7 @@ from verisplit.spec.settlement import billable_positions
 log = logging.getLogger("verisplit.lead")
 
 PostRequestHook = Callable[[RequestRecord], Awaitable[dict[str, Any]]]
+INFO_MEMORY_BYTES = 64 << 20  # the most request-info JSON kept in memory under configure_retention
 
 
 class NoCohortError(Exception):
@@ -88,6 +90,7 @@ class RequestRun:
     steps: list[StepRecord] = field(default_factory=list)
     fee: int = 0
     seed_commitment: bytes = NO_SEED_COMMITMENT
+    owner: str | None = None  # the id of the API key that started it (api_auth.key_id); None without keys
 
     async def tokens(self) -> AsyncIterator[int]:
         """Yield generated token ids as they come; raises ``CohortError`` when a link breaks.
@@ -122,7 +125,18 @@ class Lead:
         self._channels: dict[str, tuple[grpc.aio.Channel, pb_grpc.ProviderStub]] = {}
         self._info: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._retention = retention
+        self._info_sizes: dict[str, int] = {}  # request id -> JSON bytes of its info (the memory bound)
+        self._info_max_bytes: int | None = None
+        self.keep_tensors = True  # False: a record's tensors are dropped once its hooks (audits) are done
         self._tasks: set[asyncio.Task[Any]] = set()
+
+    def configure_retention(self, max_bytes: int, keep_tensors: bool = False) -> None:
+        """Bound the records on disk to ``max_bytes`` and the in-memory request infos to
+        ``min(max_bytes, INFO_MEMORY_BYTES)`` (older infos are then read from disk), oldest first;
+        without ``keep_tensors`` a record keeps digests only once its post-request hooks are done."""
+        self.store.max_bytes = max_bytes
+        self._info_max_bytes = min(max_bytes, INFO_MEMORY_BYTES)
+        self.keep_tensors = keep_tensors
 
     def attach_audit(self, service: Any) -> None:
         """Install ``service`` (a ``verisplit.impl.audit.service.AuditService``) as a post-request hook:
@@ -164,7 +178,7 @@ class Lead:
         except InvalidOffer as exc:  # pragma: no cover - the registry validated every offer
             raise NoCohortError(str(exc)) from None
 
-    def start(self, prompt_ids: list[int], params: SamplingParams) -> RequestRun:
+    def start(self, prompt_ids: list[int], params: SamplingParams, owner: str | None = None) -> RequestRun:
         """Form the cohort and allocate a request id; raises ``NoCohortError`` or ValueError for bad input."""
         if not prompt_ids:
             raise ValueError("prompt: must hold at least one token")
@@ -177,7 +191,7 @@ class Lead:
             raise ValueError(f"max_tokens: prompt ({len(prompt_ids)}) + max_tokens ({params.max_tokens}) exceeds the "
                              f"context length {self.config.max_position_embeddings}")
         cohort, offers = self.route()
-        return RequestRun(self, f"req-{uuid.uuid4().hex}", cohort, offers, list(prompt_ids), params)
+        return RequestRun(self, f"req-{uuid.uuid4().hex}", cohort, offers, list(prompt_ids), params, owner=owner)
 
     def _stub(self, endpoint: str) -> pb_grpc.ProviderStub:
         entry = self._channels.get(endpoint)
@@ -309,14 +323,13 @@ class Lead:
             extra={"prompt_token_ids": run.prompt_ids, "completion_token_ids": run.generated,
                    "audit_seed_commitment": run.seed_commitment.hex(), "dtype": self.dtype,
                    "finish_reason": run.finish_reason, "detail": err.detail if err else None,
-                   "link": err.link if err else None, "params": run.params.__dict__ | {"stop_token_ids": list(run.params.stop_token_ids)}})
+                   "link": err.link if err else None, "params": run.params.__dict__ | {"stop_token_ids": list(run.params.stop_token_ids)},
+                   "owner": run.owner})
         try:
             await asyncio.to_thread(self.store.save, record)
         except (OSError, RecordError) as exc:  # never lose the response because the disk failed
             log.error("could not save record %s: %s", run.request_id, exc)
-        self._info[run.request_id] = request_view(record, run.offers)
-        while len(self._info) > self._retention:
-            self._info.popitem(last=False)
+        self._remember(run.request_id, request_view(record, run.offers))
         if self.post_request_hooks:
             self._info[run.request_id]["pending_hooks"] = len(self.post_request_hooks)
             task = asyncio.get_running_loop().create_task(self._run_hooks(record))
@@ -339,6 +352,19 @@ class Lead:
                 info["pending_hooks"] = max(0, info.get("pending_hooks", 1) - 1)
         with contextlib.suppress(OSError, RecordError):
             await asyncio.to_thread(self.store.save_extras, record.request_id, merged)
+        if not self.keep_tensors:  # audits done: the next save drops this record's tensor bytes
+            self.store.mark_compactable(record.request_id)
+            if info is not None:
+                info["tensors_discarded"] = True
+
+    def _remember(self, request_id: str, info: dict[str, Any]) -> None:
+        """Keep ``info`` in memory, dropping the oldest while over the count or byte bound (the newest stays)."""
+        self._info[request_id] = info
+        self._info_sizes[request_id] = len(json.dumps(info, default=str))
+        while len(self._info) > 1 and (len(self._info) > self._retention or (
+                self._info_max_bytes is not None and sum(self._info_sizes.values()) > self._info_max_bytes)):
+            old, _ = self._info.popitem(last=False)
+            self._info_sizes.pop(old, None)
 
     async def drain_hooks(self) -> None:
         """Wait for the background hooks scheduled so far."""
