@@ -130,6 +130,9 @@ def audit_command(checkpoint: Path, data_dir: Path, request_id: str, segments: t
         record = RequestStore(_store_root(data_dir)).load(request_id)
         if calibration is not None:
             tolerance = check_calibration(calibration, record.model_id, dtype)
+        if record.tensors_discarded:
+            store = RequestStore(_store_root(data_dir))
+            sys.exit(_report_compacted(record, store.load_extras(request_id), segments))
         analysis = analyse_chain(record)
         verifier = Verifier(checkpoint, device=device, dtype=dtype or tolerance.dtype)
         chosen = list(segments) or list(range(len(record.cohort.assignments)))
@@ -156,3 +159,25 @@ def audit_command(checkpoint: Path, data_dir: Path, request_id: str, segments: t
         _fail(str(exc))
         return
     sys.exit(1 if failed else 0)
+
+
+def _report_compacted(record: object, extras: dict, segments: tuple[int, ...]) -> int:
+    """Print the chain verdict of a compacted record's commitments (signatures and digest chain, H1-H3),
+    its recorded audits, and one "skipped" line per segment; returns the exit code (1: chain broken)."""
+    from verisplit.impl.audit.verifier import record_context
+    from verisplit.spec.commitment import check_chain
+
+    broken = None
+    for step in record.steps:  # type: ignore[attr-defined]
+        verdict = check_chain(record.cohort, step.commitments, step.first_input_digest,  # type: ignore[attr-defined]
+                              record_context(record, step))
+        if not verdict.valid:
+            broken = {"culprit": verdict.culprit, "link": verdict.link, "step": step.step, "reason": verdict.reason}
+            break
+    chain = broken or {"valid": True, "steps": len(record.steps)}  # type: ignore[attr-defined]
+    click.echo(json.dumps({"chain": chain, "tensors_discarded": True, "audits": extras.get("audits")}))
+    chosen = list(segments) or list(range(len(record.cohort.assignments)))  # type: ignore[attr-defined]
+    for index in chosen:
+        click.echo(json.dumps({"segment_index": index, "skipped": "tensors discarded after audit (the lead keeps "
+                                                                  "them with --keep-tensors)"}))
+    return 1 if broken else 0

@@ -130,7 +130,8 @@ class RequestStore:
         self.tensors.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._sizes: dict[str, int] = {}  # tensor name -> bytes on disk
-        self._json_sizes: dict[str, int] = {}  # request id -> bytes of its record.json
+        self._json_sizes: dict[str, int] = {}  # request id -> bytes of its record.json and extras.json
+        self._extras_sizes: dict[str, int] = {}
         self._compactable: set[str] = set()
         self._index: dict[str, tuple[int, set[str]]] = self._scan()  # id -> (saved_at_ns, tensor names)
 
@@ -175,7 +176,7 @@ class RequestStore:
                     shutil.rmtree(tmp, ignore_errors=True)
             names = {n for s in steps for n in s["inputs"] + s["outputs"]}
             self._index[record.request_id] = (saved_at, names)
-            self._json_sizes[record.request_id] = len(json.dumps(body))
+            self._json_sizes[record.request_id] = len(json.dumps(body)) + self._extras_sizes.get(record.request_id, 0)
             self._compactable.discard(record.request_id)
             self._compact_marked()
             self._prune()
@@ -212,7 +213,7 @@ class RequestStore:
             _atomic_write(path, data.encode("utf-8"))
             saved_at, names = self._index.get(rid, (int(body.get("saved_at_ns", 0)), set()))
             self._index[rid] = (saved_at, set())
-            self._json_sizes[rid] = len(data)
+            self._json_sizes[rid] = len(data) + self._extras_sizes.get(rid, 0)
             dropped |= names
         self._compactable.clear()
         self._unlink_unreferenced(dropped)
@@ -222,7 +223,12 @@ class RequestStore:
         folder = self.root / check_request_id(request_id)
         if not (folder / "record.json").is_file():
             raise RecordError(f"request_id: no record {request_id!r}")
-        _atomic_write(folder / "extras.json", json.dumps(extras).encode("utf-8"))
+        data = json.dumps(extras).encode("utf-8")
+        _atomic_write(folder / "extras.json", data)
+        with self._lock:
+            if request_id in self._json_sizes:
+                self._json_sizes[request_id] = self._json_sizes[request_id] - self._extras_sizes.get(request_id, 0) + len(data)
+                self._extras_sizes[request_id] = len(data)
 
     def load_extras(self, request_id: str) -> dict[str, Any]:
         path = self.root / check_request_id(request_id) / "extras.json"
@@ -297,7 +303,9 @@ class RequestStore:
             names = set() if body.get("tensors_discarded") else {
                 n for st in body.get("steps", []) for n in st.get("inputs", []) + st.get("outputs", [])}
             index[folder.name] = (int(body.get("saved_at_ns", 0)), names)
-            self._json_sizes[folder.name] = len(text)
+            extras = folder / "extras.json"
+            self._extras_sizes[folder.name] = extras.stat().st_size if extras.is_file() else 0
+            self._json_sizes[folder.name] = len(text) + self._extras_sizes[folder.name]
         for path in self.tensors.glob("*.vstn"):
             with contextlib.suppress(OSError):
                 self._sizes[path.stem] = path.stat().st_size
@@ -321,6 +329,7 @@ class RequestStore:
             names = self._index.pop(rid)[1]
             dropped |= names
             total -= self._json_sizes.pop(rid, 0)
+            self._extras_sizes.pop(rid, None)
             for name in names:
                 refs[name] -= 1
                 if refs[name] == 0:
