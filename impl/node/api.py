@@ -8,6 +8,11 @@ Endpoints: ``GET /v1/models`` (and ``/v1/models/{id}``; with ``context_length``)
 ``GET /v1/audit`` (p, probation and tolerance; no endpoint reveals a live request's audit seed: it
 appears in ``/v1/requests/{id}`` only once the request's audits are done), ``GET /healthz``.
 
+Keys, operator endpoints, concurrency and body limits are enforced in front of this app by
+``api_limits.ApiGuard``; here a request record is shown only to the key that created it (others get
+the 404 of an unknown id). Text with lone surrogates is a 400 naming the field; prompt size is
+checked before tokenizing; templating, tokenizing and routing run off the event loop.
+
 Invariants: every error is OpenAI-shaped ``{"error": {"message", "type", "param", "code"}}`` (a
 broken link adds ``culprit``, ``reason`` and ``request_id``); bad input is a 4xx naming the field,
 and a parameter that cannot be honoured is refused, never ignored (``api_models``); logprobs come
