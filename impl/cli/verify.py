@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -161,23 +162,21 @@ def audit_command(checkpoint: Path, data_dir: Path, request_id: str, segments: t
     sys.exit(1 if failed else 0)
 
 
-def _report_compacted(record: object, extras: dict, segments: tuple[int, ...]) -> int:
+def _report_compacted(record: Any, extras: dict[str, Any], segments: tuple[int, ...]) -> int:
     """Print the chain verdict of a compacted record's commitments (signatures and digest chain, H1-H3),
     its recorded audits, and one "skipped" line per segment; returns the exit code (1: chain broken)."""
     from verisplit.impl.audit.verifier import record_context
     from verisplit.spec.commitment import check_chain
 
     broken = None
-    for step in record.steps:  # type: ignore[attr-defined]
-        verdict = check_chain(record.cohort, step.commitments, step.first_input_digest,  # type: ignore[attr-defined]
-                              record_context(record, step))
+    for step in record.steps:
+        verdict = check_chain(record.cohort, step.commitments, step.first_input_digest, record_context(record, step))
         if not verdict.valid:
             broken = {"culprit": verdict.culprit, "link": verdict.link, "step": step.step, "reason": verdict.reason}
             break
-    chain = broken or {"valid": True, "steps": len(record.steps)}  # type: ignore[attr-defined]
+    chain = broken or {"valid": True, "steps": len(record.steps)}
     click.echo(json.dumps({"chain": chain, "tensors_discarded": True, "audits": extras.get("audits")}))
-    chosen = list(segments) or list(range(len(record.cohort.assignments)))  # type: ignore[attr-defined]
-    for index in chosen:
+    for index in list(segments) or list(range(len(record.cohort.assignments))):
         click.echo(json.dumps({"segment_index": index, "skipped": "tensors discarded after audit (the lead keeps "
                                                                   "them with --keep-tensors)"}))
     return 1 if broken else 0

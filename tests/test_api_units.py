@@ -1,0 +1,96 @@
+"""Units of the API front door (issue 12): key files and matching, loopback exposure, path kinds,
+text checks, and ``verifier audit`` on a compacted record (valid and tampered chains)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from test_api_retention import make_record
+from verisplit.cli import main
+from verisplit.impl.node.api_auth import CLIENT, OPERATOR, ApiKeys, KeyFileError, check_exposure, is_loopback, read_key_file
+from verisplit.impl.node.api_limits import path_kind
+from verisplit.impl.node.api_models import APIError, check_prompt_size, check_text
+from verisplit.impl.records.requests import RequestStore
+
+KEY = "sk-unit-0123456789abcdef"
+OP = "sk-op-0123456789abcdef00"
+
+
+def test_key_files_name_the_bad_line(tmp_path: Path) -> None:
+    path = tmp_path / "keys"
+    path.write_text(f"# comment\n\n  {KEY}  \n")
+    assert read_key_file(path, "--api-keys") == [KEY]
+    for text, problem in ((f"{KEY}\nshort\n", "line 2"), ("sk with spaces 0123456789\n", "printable ASCII"),
+                          ("# only a comment\n", "holds no key")):
+        path.write_text(text)
+        with pytest.raises(KeyFileError, match=problem):
+            read_key_file(path, "--api-keys")
+    with pytest.raises(KeyFileError, match="cannot read"):
+        read_key_file(tmp_path / "missing", "--api-keys")
+
+
+def test_keys_match_by_digest_with_roles() -> None:
+    keys = ApiKeys.of([KEY], [OP])
+    assert keys.identify(f"Bearer {KEY}").role == CLIENT and keys.identify(f"bearer  {OP}").role == OPERATOR
+    assert keys.identify(f"Bearer {KEY}").owner == keys.identify(f"Bearer {KEY}").owner != keys.identify(f"Bearer {OP}").owner
+    assert KEY not in repr(keys) and keys.identify(f"Bearer {KEY}").owner not in KEY
+    for header in (None, "", "Bearer", f"Basic {KEY}", f"Bearer {KEY}x", KEY):
+        assert keys.identify(header) is None
+    assert ApiKeys().identify(None).role == OPERATOR  # no keys: open (loopback only)
+
+
+def test_only_loopback_may_run_without_keys() -> None:
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("[::1]") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5") and not is_loopback("lead.example")
+    check_exposure("127.0.0.1", ApiKeys())
+    check_exposure("0.0.0.0", ApiKeys.of([KEY]))
+    with pytest.raises(ValueError, match="--api-keys"):
+        check_exposure("0.0.0.0", ApiKeys())
+
+
+def test_path_kinds_ignore_slash_tricks() -> None:
+    assert path_kind("/healthz") == "public" and path_kind("/readyz/") == "public"
+    for path in ("/v1/providers", "/v1/providers/", "//v1//providers", "/metrics", "/v1/audit/x"):
+        assert path_kind(path) == OPERATOR, path
+    for path in ("/v1/models", "/v1/requests/abc", "/v1/completions", "/docs", "/v1/providersx"):
+        assert path_kind(path) == "client", path
+
+
+def test_text_checks_name_the_field() -> None:
+    check_text({"prompt": "héllo 😀", "stop": ["a"]})
+    with pytest.raises(APIError) as info:
+        check_text({"messages": [{"role": "user", "content": "ok\ud800"}]})
+    assert info.value.status == 400 and info.value.param == "messages.0.content" and "U+D800" in info.value.message
+    with pytest.raises(APIError):
+        check_text({"metadata": {"\udfff": 1}})
+    check_prompt_size(4 * 10, 0, 10, "prompt")
+    for chars, tokens in ((4 * 10 + 1, 0), (0, 11)):
+        with pytest.raises(APIError) as info:
+            check_prompt_size(chars, tokens, 10, "prompt")
+        assert info.value.code == "context_length_exceeded"
+
+
+def test_verifier_audit_checks_a_compacted_records_chain(tmp_path: Path) -> None:
+    store = RequestStore(tmp_path / "requests")
+    store.save(make_record("req-good", 100))
+    bad = make_record("req-bad", 100)
+    commitment = bad.steps[1].commitments[0]
+    bad.steps[1].commitments[0] = dataclasses.replace(commitment, signature=bytes(64))
+    store.save(bad)
+    for rid in ("req-good", "req-bad"):
+        store.compact(rid)
+
+    def audit(rid: str) -> tuple[int, list[dict]]:
+        result = CliRunner().invoke(main, ["verifier", "audit", "--checkpoint", str(tmp_path / "none"), "--data-dir",
+                                           str(tmp_path), "--request", rid, "--atol", "0"])
+        return result.exit_code, [json.loads(line) for line in result.output.splitlines()]
+
+    code, lines = audit("req-good")
+    assert code == 0 and lines[0]["chain"] == {"valid": True, "steps": 3} and lines[1]["segment_index"] == 0
+    code, lines = audit("req-bad")
+    assert code == 1 and lines[0]["chain"]["culprit"] == "p0" and lines[0]["chain"]["step"] == 1
