@@ -94,3 +94,18 @@ def test_verifier_audit_checks_a_compacted_records_chain(tmp_path: Path) -> None
     assert code == 0 and lines[0]["chain"] == {"valid": True, "steps": 3} and lines[1]["segment_index"] == 0
     code, lines = audit("req-bad")
     assert code == 1 and lines[0]["chain"]["culprit"] == "p0" and lines[0]["chain"]["step"] == 1
+
+
+def test_info_cache_is_bounded_in_count_and_bytes() -> None:
+    from verisplit.impl.node.lead_info import InfoCache
+
+    cache = InfoCache(max_count=3, max_bytes=2500)
+    for i in range(6):
+        cache.put(f"req-{i}", {"blob": "x" * 1000})
+        assert len(cache) <= 3 and sum(len(json.dumps(v)) for v in cache.values()) <= 2500
+    assert list(cache) == ["req-4", "req-5"]  # oldest first; 2 views of ~1 kB fit 2.5 kB
+    cache.put("req-6", {"blob": "y" * 5000})  # the newest always stays, alone if need be
+    assert list(cache) == ["req-6"]
+    cache.put("req-6", {"small": 1})  # replacing a view re-measures it
+    cache.put("req-7", {"small": 2})
+    assert list(cache) == ["req-6", "req-7"]

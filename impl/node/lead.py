@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable
@@ -33,6 +31,7 @@ from verisplit.impl.node import verisplit_pb2_grpc as pb_grpc
 from verisplit.impl.node.framing import commitment_from_pb
 from verisplit.impl.node.hops import UNAVAILABLE, CohortError, Hop, HopTimings, output_byte_limit
 from verisplit.impl.node.framing import open_channel
+from verisplit.impl.node.lead_info import INFO_MEMORY_BYTES, InfoCache
 from verisplit.impl.node.registry import Registry
 from verisplit.impl.node.views import audit_view, providers_view, request_view
 from verisplit.impl.records.requests import RecordError, RequestRecord, RequestStore, StepRecord
@@ -48,7 +47,6 @@ from verisplit.spec.settlement import billable_positions
 log = logging.getLogger("verisplit.lead")
 
 PostRequestHook = Callable[[RequestRecord], Awaitable[dict[str, Any]]]
-INFO_MEMORY_BYTES = 64 << 20  # the most request-info JSON kept in memory under configure_retention
 
 
 class NoCohortError(Exception):
@@ -123,10 +121,8 @@ class Lead:
         self.audit: Any = None  # the AuditService, once ``attach_audit`` ran
         self.commitments_checked = 0
         self._channels: dict[str, tuple[grpc.aio.Channel, pb_grpc.ProviderStub]] = {}
-        self._info: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._info = InfoCache(retention)
         self._retention = retention
-        self._info_sizes: dict[str, int] = {}  # request id -> JSON bytes of its info (the memory bound)
-        self._info_max_bytes: int | None = None
         self.keep_tensors = True  # False: a record's tensors are dropped once its hooks (audits) are done
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -135,7 +131,7 @@ class Lead:
         ``min(max_bytes, INFO_MEMORY_BYTES)`` (older infos are then read from disk), oldest first;
         without ``keep_tensors`` a record keeps digests only once its post-request hooks are done."""
         self.store.max_bytes = max_bytes
-        self._info_max_bytes = min(max_bytes, INFO_MEMORY_BYTES)
+        self._info.max_bytes = min(max_bytes, INFO_MEMORY_BYTES)
         self.keep_tensors = keep_tensors
 
     def attach_audit(self, service: Any) -> None:
@@ -329,7 +325,7 @@ class Lead:
             await asyncio.to_thread(self.store.save, record)
         except (OSError, RecordError) as exc:  # never lose the response because the disk failed
             log.error("could not save record %s: %s", run.request_id, exc)
-        self._remember(run.request_id, request_view(record, run.offers))
+        self._info.put(run.request_id, request_view(record, run.offers))
         if self.post_request_hooks:
             self._info[run.request_id]["pending_hooks"] = len(self.post_request_hooks)
             task = asyncio.get_running_loop().create_task(self._run_hooks(record))
@@ -356,15 +352,6 @@ class Lead:
             self.store.mark_compactable(record.request_id)
             if info is not None:
                 info["tensors_discarded"] = True
-
-    def _remember(self, request_id: str, info: dict[str, Any]) -> None:
-        """Keep ``info`` in memory, dropping the oldest while over the count or byte bound (the newest stays)."""
-        self._info[request_id] = info
-        self._info_sizes[request_id] = len(json.dumps(info, default=str))
-        while len(self._info) > 1 and (len(self._info) > self._retention or (
-                self._info_max_bytes is not None and sum(self._info_sizes.values()) > self._info_max_bytes)):
-            old, _ = self._info.popitem(last=False)
-            self._info_sizes.pop(old, None)
 
     async def drain_hooks(self) -> None:
         """Wait for the background hooks scheduled so far."""
