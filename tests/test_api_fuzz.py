@@ -86,9 +86,12 @@ def case(rng: random.Random, index: int) -> tuple[str, bytes, list[bytes]]:
         body = rng.choice([valid[:rng.randint(0, len(valid))], bytes(rng.randrange(256) for _ in range(rng.randint(1, 64))),
                            b"{'single': 'quotes'}", b'{"a": 1,}', b"", b"null", b"[]", b"42", b'"str"', b"{" * 3])
     elif kind == "nesting":
-        depth = rng.choice([100, 5000, 200000])
+        depth = rng.choice([100, 500, 800, 950, 990, 1100, 5000, 200000])
         inner = rng.choice([b"[" * depth + b"]" * depth, b'{"a":' * depth + b"1" + b"}" * depth])
-        body = b'{"messages": [{"role": "user", "content": ' + inner + b'}], "max_tokens": 1}'
+        body = rng.choice([b'{"messages": [{"role": "user", "content": ' + inner + b'}], "max_tokens": 1}',
+                           b'{"messages": [{"role": "user", "content": "hi"}], "metadata": {"k": ' + inner + b'}}',
+                           b'{"prompt": ' + inner + b', "max_tokens": 1}', b'{"prompt": "x", "stop": ' + inner + b'}'])
+        target = "/v1/completions" if body.startswith(b'{"prompt"') else "/v1/chat/completions"
         body = body if len(body) < (1 << 20) else inner[:(1 << 20) - 10]
     elif kind == "utf8":
         junk = rng.choice([b"\xff\xfe", b"\xc3\x28", b"\xed\xa0\x80", b"\xf8\x88\x80\x80\x80", b"\x80", b"\xe2\x82"])

@@ -222,20 +222,24 @@ MAX_CHARS_PER_TOKEN = 4  # a prompt over this many characters per context token 
 
 def check_text(value: Any, where: str = "body") -> None:
     """Refuse (400 naming the field) any string in ``value`` that is not valid Unicode text: a lone
-    surrogate (JSON ``"\\ud800"``) cannot be encoded as UTF-8, so no tokenizer or response may see it."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise invalid(where, f"not valid Unicode text (lone surrogate U+{ord(value[exc.start]):04X} at "
-                                 f"character {exc.start})", "invalid_text") from None
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            check_text(key, where)
-            check_text(item, f"{where}.{key}" if where != "body" else str(key))
-    elif isinstance(value, (list, tuple)):
-        for index, item in enumerate(value):
-            check_text(item, f"{where}.{index}")
+    surrogate (JSON ``"\ud800"``) cannot be encoded as UTF-8, so no tokenizer or response may see it.
+    Iterative (an explicit stack), so any nesting depth the JSON parser accepted is walked."""
+    stack: list[tuple[Any, str]] = [(value, where)]
+    while stack:
+        item, here = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise invalid(here, f"not valid Unicode text (lone surrogate U+{ord(item[exc.start]):04X} at "
+                                    f"character {exc.start})", "invalid_text") from None
+        elif isinstance(item, dict):
+            for key, inner in item.items():
+                name = str(key) if here == "body" else f"{here}.{key}"
+                stack.append((key, here))
+                stack.append((inner, name))
+        elif isinstance(item, (list, tuple)):
+            stack.extend((inner, f"{here}.{i}") for i, inner in enumerate(item) if not isinstance(inner, (int, float)))
 
 
 def check_prompt_size(chars: int, tokens: int, context: int, param: str) -> None:
