@@ -109,3 +109,41 @@ def test_info_cache_is_bounded_in_count_and_bytes() -> None:
     cache.put("req-6", {"small": 1})  # replacing a view re-measures it
     cache.put("req-7", {"small": 2})
     assert list(cache) == ["req-6", "req-7"]
+
+
+def test_guard_refuses_a_body_that_never_completes_with_408() -> None:
+    import asyncio
+
+    from verisplit.impl.node.api_limits import ApiGuard, ApiLimits
+
+    reached: list[bytes] = []
+
+    async def app(scope: dict, receive: object, send: object) -> None:
+        reached.append((await receive())["body"])  # type: ignore[operator]
+
+    async def run(messages: list[dict]) -> list[dict]:
+        sent: list[dict] = []
+
+        async def receive() -> dict:
+            if messages:
+                return messages.pop(0)
+            await asyncio.sleep(3600)  # the client stalls
+            return {}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        guard = ApiGuard(app, ApiLimits(max_body_bytes=4096, body_timeout_s=0.2))
+        scope = {"type": "http", "path": "/v1/completions", "method": "POST", "headers": [], "client": ("1.2.3.4", 5)}
+        await asyncio.wait_for(guard(scope, receive, send), 5)
+        assert not guard.active  # the concurrency slot is released in every case
+        return sent
+
+    sent = asyncio.run(run([{"type": "http.request", "body": b'{"pro', "more_body": True}]))
+    assert sent[0]["status"] == 408 and json.loads(sent[1]["body"])["error"]["code"] == "request_timeout"
+    sent = asyncio.run(run([{"type": "http.request", "body": b"x" * 3000, "more_body": True},
+                            {"type": "http.request", "body": b"x" * 3000, "more_body": False}]))
+    assert sent[0]["status"] == 413 and not reached  # refused while counting, chunked (no Content-Length)
+    asyncio.run(run([{"type": "http.request", "body": b"ab", "more_body": True},
+                     {"type": "http.request", "body": b"cd", "more_body": False}]))
+    assert reached == [b"abcd"]  # within the bound: the app reads the whole body at once

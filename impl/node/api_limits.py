@@ -10,13 +10,15 @@
    other body (also chunked, without a length) is read while counting and refused (413) as soon as
    the count passes the bound, so no request ever holds more than ``max_body_bytes`` of body in memory
    (the rest of a refused body, up to ``DRAIN_FACTOR`` times the bound, is read and dropped so the
-   client sees the 413). The app then reads the buffered body.
+   client sees the 413); a body not complete within ``body_timeout_s`` is refused (408). The app
+   then reads the buffered body.
 Every answer given here is an OpenAI-shaped error body; the principal is left in
 ``scope["state"]["principal"]`` for the app (record ownership).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -40,6 +42,7 @@ class ApiLimits:
     keys: ApiKeys = field(default_factory=ApiKeys)
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_concurrent: int = DEFAULT_MAX_CONCURRENT
+    body_timeout_s: float = 30.0  # a body still arriving after this long is refused (408): no slot is held forever
 
 
 def error_body(message: str, code: str, type_: str = "invalid_request_error", param: str | None = None) -> bytes:
@@ -141,8 +144,14 @@ class ApiGuard:
                 return None
         chunks: list[bytes] = []
         total = 0
+        deadline = asyncio.get_running_loop().time() + self.limits.body_timeout_s
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - asyncio.get_running_loop().time()))
+            except asyncio.TimeoutError:
+                await send_error(send, 408, error_body(f"request body not received within {self.limits.body_timeout_s:g} s",
+                                                       "request_timeout"))
+                return None
             if message["type"] == "http.disconnect":
                 return None
             body = message.get("body", b"")
