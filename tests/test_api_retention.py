@@ -79,6 +79,7 @@ def test_compacted_record_keeps_commitments_not_tensors(tmp_path: Path) -> None:
     assert RequestStore(tmp_path).load("req-a").tensors_discarded  # also as re-read from disk
 
 
+@pytest.mark.net
 def test_lead_retention_bound_and_compacted_records_still_verify(tmp_path: Path) -> None:
     checkpoint = make_random_checkpoint(tmp_path / "ckpt", layers=2, hidden=32, heads=2, kv_heads=1, vocab=320,
                                         max_position=64, seed=7)
