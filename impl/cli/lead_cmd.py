@@ -74,13 +74,20 @@ def lead_group() -> None:
 @click.option("--shutdown-grace", default=10.0, show_default=True, type=click.FloatRange(min=0.0),
               help="Seconds in-flight requests may run on after SIGINT/SIGTERM before they are cut at their next "
                    "token (a second signal cuts at once).")
+@click.option("--admission", type=click.Choice(["open", "allowlist"]), default="open", show_default=True,
+              help="Who may register: open (any key; new keys are on probation, earnings in escrow) or allowlist "
+                   "(only the keys in --allowlist). Either way offers are bound to this lead, single-use and "
+                   "routable only after the provider's endpoint proved it holds the key.")
+@click.option("--allowlist", "allowlist_path", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="With --admission allowlist: provider public keys, hex, one per line (# comments).")
 @click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path), default=None, hidden=True)
 @log_options
 def lead_serve(listen: str, http: str, checkpoint: Path, data_dir: Path, retention: int, heartbeat_interval: float,
                offer_ttl: float, tls_cert: Path | None, tls_key: Path | None, tls_ca: Path | None,
                ledger_path: Path | None, lead_key_path: Path | None, audit_p: str | None, audit_seed_file: Path | None,
                calibration: Path | None, no_audit: bool, probation_requests: int | None, escrow_window: int | None,
-               allow_undeterred: bool, shutdown_grace: float, ready_file: Path | None, log_format: str, verbose: bool) -> None:
+               allow_undeterred: bool, shutdown_grace: float, admission: str, allowlist_path: Path | None,
+               ready_file: Path | None, log_format: str, verbose: bool) -> None:
     """Serve the registry (gRPC) and the HTTP API; route and relay every request through a cohort;
     audit, settle and record every finished request (see docs/protocol.md, "Lead auditing")."""
     from verisplit.impl.node.framing import parse_host_port
@@ -103,6 +110,14 @@ def lead_serve(listen: str, http: str, checkpoint: Path, data_dir: Path, retenti
                              audit_p=audit_p, seed_file=audit_seed_file, calibration=calibration, no_audit=no_audit,
                              probation_requests=probation_requests, escrow_window=escrow_window,
                              allow_undeterred=allow_undeterred)
+    from verisplit.impl.node.admission import AdmissionPolicy, load_allowlist
+
+    if (admission == "allowlist") != (allowlist_path is not None):
+        raise click.BadParameter("--admission allowlist and --allowlist FILE go together", param_hint="--allowlist")
+    try:
+        policy = AdmissionPolicy(allowlist=load_allowlist(allowlist_path) if allowlist_path is not None else None)
+    except (ValueError, OSError) as exc:
+        raise click.ClickException(f"--allowlist: {exc}") from None
     model_id = config.name_or_path or checkpoint.resolve().name
     plan = audit_plan(settings, model_id)  # every check that reads only, before any port or file
 
@@ -111,7 +126,7 @@ def lead_serve(listen: str, http: str, checkpoint: Path, data_dir: Path, retenti
 
         try:
             lead = Lead(checkpoint, data_dir, retention=retention, tls_ca=tls_ca, heartbeat_interval_s=heartbeat_interval,
-                        offer_ttl_s=offer_ttl)
+                        offer_ttl_s=offer_ttl, admission=policy)
         except (ValueError, CheckpointError, OSError) as exc:
             raise click.ClickException(str(exc)) from None
         attach_audit_service(lead, checkpoint, settings, plan)

@@ -230,7 +230,9 @@ def offer_fields_to_pb(o: SignedFields) -> pb.Offer:
         protocol_version=o.protocol_version, provider_id=o.provider_id, public_key=o.public_key,
         model_id=o.model_id, weights_digest=o.weights_digest, num_layers=o.num_layers,
         first_layer=o.first_layer, end_layer=o.end_layer, price_per_work_unit=o.price_per_work_unit,
-        endpoint=o.endpoint, kv_capacity_tokens=o.kv_capacity_tokens, issued_at_ms=o.issued_at_ms, dtype=o.dtype)
+        endpoint=o.endpoint, kv_capacity_tokens=o.kv_capacity_tokens, issued_at_ms=o.issued_at_ms, dtype=o.dtype,
+        lead_public_key=o.lead_public_key, nonce=o.nonce, expires_at_ms=o.expires_at_ms,
+        heartbeat_counter=o.heartbeat_counter)
 
 
 def offer_fields_from_pb(m: pb.Offer) -> SignedFields:
@@ -238,7 +240,9 @@ def offer_fields_from_pb(m: pb.Offer) -> SignedFields:
         protocol_version=m.protocol_version, provider_id=m.provider_id, public_key=bytes(m.public_key),
         model_id=m.model_id, weights_digest=bytes(m.weights_digest), num_layers=m.num_layers,
         first_layer=m.first_layer, end_layer=m.end_layer, price_per_work_unit=m.price_per_work_unit,
-        endpoint=m.endpoint, kv_capacity_tokens=m.kv_capacity_tokens, issued_at_ms=m.issued_at_ms, dtype=m.dtype)
+        endpoint=m.endpoint, kv_capacity_tokens=m.kv_capacity_tokens, issued_at_ms=m.issued_at_ms, dtype=m.dtype,
+        lead_public_key=bytes(m.lead_public_key), nonce=bytes(m.nonce), expires_at_ms=m.expires_at_ms,
+        heartbeat_counter=m.heartbeat_counter)
 
 
 def server_credentials(cert: Path, key: Path) -> grpc.ServerCredentials:

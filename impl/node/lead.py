@@ -32,6 +32,7 @@ from verisplit.impl.node import verisplit_pb2_grpc as pb_grpc
 from verisplit.impl.node.framing import commitment_from_pb
 from verisplit.impl.node.hops import UNAVAILABLE, CohortError, Hop, HopTimings, output_byte_limit
 from verisplit.impl.node.framing import open_channel
+from verisplit.impl.node.admission import AdmissionPolicy, ProbeLoop
 from verisplit.impl.node.registry import Registry
 from verisplit.impl.node.views import audit_view, providers_view, request_view
 from verisplit.impl.records.requests import RecordError, RequestRecord, RequestStore, StepRecord
@@ -101,7 +102,8 @@ class Lead:
 
     def __init__(self, checkpoint: str | Path, data_dir: str | Path, *, retention: int = 1000,
                  tls_ca: Path | None = None, heartbeat_interval_s: float = 1.0, offer_ttl_s: float = 5.0,
-                 step_timeout_s: float = 120.0, dtype: str = "float32", session_key: SigningKey | None = None) -> None:
+                 step_timeout_s: float = 120.0, dtype: str = "float32", session_key: SigningKey | None = None,
+                 admission: AdmissionPolicy | None = None) -> None:
         root = Path(checkpoint)
         self.checkpoint = root
         self.config = ModelConfig.from_dir(root)
@@ -112,7 +114,8 @@ class Lead:
         self.session_key = session_key if session_key is not None else SigningKey.generate()
         self.dtype = dtype  # the cohort's compute dtype (H2, H5): the calibrated tolerance's, once auditing
         self.registry = Registry(self.model_spec, heartbeat_interval_s=heartbeat_interval_s, offer_ttl_s=offer_ttl_s,
-                                 dtype=dtype, lead_public_key=bytes(self.session_key.verify_key))
+                                 dtype=dtype, lead_public_key=bytes(self.session_key.verify_key), admission=admission,
+                                 state_path=Path(data_dir) / "registry-state.json" if admission is not None else None)
         self.store = RequestStore(Path(data_dir) / "requests", max_requests=retention)
         self.tls_ca = tls_ca
         self.step_timeout_s = step_timeout_s
@@ -123,6 +126,8 @@ class Lead:
         self._info: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._retention = retention
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Admission: offers become routable once the provider's endpoint proved it holds the key.
+        self.probes = ProbeLoop(self.registry, self._stub) if admission is not None else None
 
     def attach_audit(self, service: Any) -> None:
         """Install ``service`` (a ``verisplit.impl.audit.service.AuditService``) as a post-request hook:
@@ -364,6 +369,8 @@ class Lead:
         return providers_view(self.registry)
 
     async def close(self) -> None:
+        if self.probes is not None:
+            await self.probes.close()
         await self.drain_hooks()
         if self.audit is not None:
             with contextlib.suppress(Exception):

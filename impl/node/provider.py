@@ -34,7 +34,7 @@ from verisplit.impl.node import verisplit_pb2_grpc as pb_grpc
 from verisplit.impl.node.behaviour import Behaviour
 from verisplit.impl.node.framing import (DEFAULT_MAX_TENSOR_BYTES, FramingError, Reassembler, chunk_tensor,
                                          commitment_to_pb, offer_fields_to_pb)
-from verisplit.impl.records.keys import SignedFields, session_signature_valid, sign_offer
+from verisplit.impl.records.keys import SignedFields, prove_signing_bytes, session_signature_valid, sign_offer
 from verisplit.impl.runtime.errors import SegmentInputError, SessionError
 from verisplit.impl.runtime.segment import Segment
 from verisplit.impl.runtime.tensors import dtype_name, from_canonical, to_canonical
@@ -44,7 +44,12 @@ from verisplit.spec.encoding import EncodingError, digest_encoded
 log = logging.getLogger("verisplit.provider")
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
-SESSION_IDLE_S = 300.0  # a session with no traffic for this long is reclaimed
+SESSION_IDLE_S = 30.0  # a session with no traffic for this long is reclaimed (reaper: every REAP_EVERY_S)
+SESSION_UNATTACHED_S = 10.0  # an opened session no Steps frame named for this long is reclaimed (covers a
+# later hop waiting for the earlier hops' prefill)
+SEEN_SESSION_IDS = 65536  # recent session ids remembered so a captured lead-signed opening cannot reopen one
+REAP_EVERY_S = 1.0
+DEFAULT_MAX_SESSIONS = 64  # concurrent sessions the provider holds for its lead
 
 
 @dataclass
@@ -56,6 +61,7 @@ class _Session:
     audit_seed_commitment: bytes = bytes(32)
     next_step: int = 0
     busy: bool = False
+    attached: bool = False  # a Steps stream has named this session
     last_used: float = field(default_factory=time.monotonic)
 
 
@@ -71,7 +77,8 @@ class ProviderService(pb_grpc.ProviderServicer):
 
     def __init__(self, segment: Segment, key: SigningKey, behaviour: Behaviour, offer: SignedFields,
                  kv_capacity_tokens: int, max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES,
-                 load_range: Callable[[int, int], Segment] | None = None) -> None:
+                 load_range: Callable[[int, int], Segment] | None = None,
+                 max_sessions: int = DEFAULT_MAX_SESSIONS) -> None:
         self.segment = segment
         self._views: dict[tuple[int, int], Segment] = {(segment.first_layer, segment.end_layer): segment}
         self._load_range = load_range
@@ -82,6 +89,8 @@ class ProviderService(pb_grpc.ProviderServicer):
         self.kv_capacity_tokens = kv_capacity_tokens
         self.max_tensor_bytes = max_tensor_bytes
         self.sessions: dict[str, _Session] = {}
+        self.max_sessions = max_sessions  # the provider serves one lead: this is its per-lead cap
+        self._seen_ids: dict[str, None] = {}  # insertion-ordered, bounded by SEEN_SESSION_IDS
         self.kv_tokens_reserved = 0
         # The key of the lead this provider registered with (from its RegisterResponse): only session
         # openings that key signed are served. None until registered: every OpenSession is refused.
@@ -115,6 +124,19 @@ class ProviderService(pb_grpc.ProviderServicer):
             open_sessions=len(self.sessions), kv_tokens_reserved=self.kv_tokens_reserved,
             dtype=self.dtype, device=str(self.segment.device),
             max_tensor_bytes=self.max_tensor_bytes)
+
+    async def Prove(self, request: pb.ProveRequest, context: grpc.aio.ServicerContext) -> pb.ProveResponse:
+        """Possession proof for a lead's probe: sign (asking lead's key, its challenge, own key)."""
+        if len(request.challenge) != 32 or len(request.lead_public_key) != 32:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "challenge/lead_public_key: must be 32 bytes each")
+        own = bytes(self.key.verify_key)
+        signature = self.key.sign(prove_signing_bytes(bytes(request.lead_public_key), bytes(request.challenge), own)).signature
+        return pb.ProveResponse(public_key=own, signature=signature)
+
+    def use_offer(self, offer: SignedFields) -> None:
+        """Serve ``offer`` (re-signed for each registration: fresh nonce, expiry, counter) on ``Info``."""
+        self.offer = offer
+        self.offer_signature = sign_offer(offer, self.key)
 
     async def OpenSession(self, request: pb.OpenSessionRequest, context: grpc.aio.ServicerContext) -> pb.OpenSessionResponse:
         loaded = self.segment
@@ -152,8 +174,12 @@ class ProviderService(pb_grpc.ProviderServicer):
         limit = seg.config.max_position_embeddings
         if not 1 <= request.max_length <= limit:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"max_length: {request.max_length} must be in [1, {limit}]")
-        if request.session_id in self.sessions:
-            await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"session_id: {request.session_id!r} is already open")
+        if request.session_id in self.sessions or request.session_id in self._seen_ids:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"session_id: {request.session_id!r} was already opened")
+        self.reap_idle()
+        if len(self.sessions) >= self.max_sessions:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"session_id: {len(self.sessions)} of {self.max_sessions} sessions already open")
         if self.kv_tokens_reserved + request.max_length > self.kv_capacity_tokens:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"max_length: {request.max_length} KV positions requested, "
@@ -164,6 +190,9 @@ class ProviderService(pb_grpc.ProviderServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except torch.OutOfMemoryError:  # budget larger than the device really has
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "max_length: device out of memory allocating the KV cache")
+        self._seen_ids[request.session_id] = None
+        while len(self._seen_ids) > SEEN_SESSION_IDS:
+            del self._seen_ids[next(iter(self._seen_ids))]
         self.sessions[request.session_id] = _Session(request.request_id, request.segment_index, request.max_length, seg,
                                                      bytes(request.audit_seed_commitment))
         self.kv_tokens_reserved += request.max_length
@@ -187,9 +216,11 @@ class ProviderService(pb_grpc.ProviderServicer):
         return True
 
     def reap_idle(self, now: float | None = None) -> list[str]:
-        """Close sessions idle for longer than ``SESSION_IDLE_S`` (not those mid-step)."""
+        """Close sessions no stream attached to within ``SESSION_UNATTACHED_S`` of opening, and sessions
+        idle for longer than ``SESSION_IDLE_S`` (never one mid-step)."""
         now = time.monotonic() if now is None else now
-        stale = [sid for sid, s in self.sessions.items() if not s.busy and now - s.last_used > SESSION_IDLE_S]
+        stale = [sid for sid, s in self.sessions.items() if not s.busy and
+                 now - s.last_used > (SESSION_IDLE_S if s.attached else SESSION_UNATTACHED_S)]
         for sid in stale:
             self._close(sid)
         return stale
@@ -211,7 +242,7 @@ class ProviderService(pb_grpc.ProviderServicer):
                             raise _Abort(grpc.StatusCode.FAILED_PRECONDITION,
                                          f"session_id: {frame.session_id!r} is already attached to another stream")
                         bound = frame.session_id
-                        state.busy = True
+                        state.busy = state.attached = True
                     elif frame.session_id != bound:
                         raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
                                      f"session_id: this stream carries session {bound!r}, got {frame.session_id!r}")
