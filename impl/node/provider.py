@@ -33,7 +33,7 @@ from verisplit.impl.node import verisplit_pb2 as pb
 from verisplit.impl.node import verisplit_pb2_grpc as pb_grpc
 from verisplit.impl.node.behaviour import Behaviour
 from verisplit.impl.node.framing import (DEFAULT_MAX_TENSOR_BYTES, FramingError, Reassembler, chunk_tensor,
-                                         commitment_to_pb, offer_fields_to_pb)
+                                         StreamRefused, commitment_to_pb, offer_fields_to_pb)
 from verisplit.impl.records.keys import SignedFields, prove_signing_bytes, session_signature_valid, sign_offer
 from verisplit.impl.runtime.errors import SegmentInputError, SessionError
 from verisplit.impl.runtime.segment import Segment
@@ -65,11 +65,8 @@ class _Session:
     last_used: float = field(default_factory=time.monotonic)
 
 
-class _Abort(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+class _Abort(StreamRefused):
+    """Ends the Steps stream with ``code`` (the guard of ``framing.add_service`` answers it)."""
 
 
 class ProviderService(pb_grpc.ProviderServicer):
@@ -259,8 +256,6 @@ class ProviderService(pb_grpc.ProviderServicer):
                     raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
                 for result in results:
                     yield result
-        except _Abort as exc:
-            await context.abort(exc.code, exc.message)
         finally:
             if bound is not None:
                 self._close(bound)
