@@ -26,8 +26,8 @@ from nacl.signing import SigningKey
 from verisplit.impl.node import verisplit_pb2 as pb
 from verisplit.impl.node import verisplit_pb2_grpc as pb_grpc
 from verisplit.impl.node.framing import chunk_tensor, open_session_request
-from verisplit.impl.node.procs import ProcessGroup, start_local_cohort
-from verisplit.impl.records.keys import load_key_file
+from verisplit.impl.node.procs import ProcessGroup, start_local_cohort, verisplit_command
+from verisplit.impl.records.keys import create_key_file, load_key_file
 from verisplit.impl.runtime.checkpoint import make_random_checkpoint
 from verisplit.impl.runtime.tensors import to_canonical
 
@@ -48,7 +48,7 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     with ProcessGroup(root / "logs") as group:
         info = start_local_cohort(group, checkpoint, [(0, 2), (2, 4)], keys_dir=root / "keys", data_dir=root / "lead",
                                   extra_provider_args=["--kv-budget-mb", "0.05"])
-        info.update(group=group, root=root, client=httpx.Client(base_url=info["http"], timeout=60))
+        info.update(group=group, root=root, checkpoint=checkpoint, client=httpx.Client(base_url=info["http"], timeout=60))
         info["model_id"] = info["client"].get("/v1/models").json()["data"][0]["id"]
         yield info
         info["client"].close()
@@ -248,24 +248,53 @@ def test_anonymous_session_flood_leaves_the_honest_lead_its_capacity(cohort: dic
     honest_request_works(cohort)
 
 
-def test_unattached_sessions_are_reclaimed_and_ids_cannot_be_reopened(cohort: dict[str, Any]) -> None:
+def test_unattached_sessions_are_reclaimed_and_used_ids_cannot_be_reopened(cohort: dict[str, Any]) -> None:
     """A session opened (lead-signed) but never attached to a Steps stream is reclaimed within
-    seconds, freeing its KV; replaying the same signed opening afterwards is refused."""
+    seconds, freeing its KV; a session that ran is never opened again by a replayed opening."""
     lead_key = load_key_file(cohort["root"] / "lead" / "lead.key")
     endpoint = cohort["providers"][1]["endpoint"]
-    opening = open_session_request(lead_key, session_id="idle-1", request_id="idle-1", model_id=cohort["model_id"],
-                                   segment_index=1, first_layer=2, end_layer=4, max_length=32,
-                                   audit_seed_commitment=bytes(32), dtype="float32")
+
+    def opening(session_id: str) -> pb.OpenSessionRequest:
+        return open_session_request(lead_key, session_id=session_id, request_id=session_id, model_id=cohort["model_id"],
+                                    segment_index=1, first_layer=2, end_layer=4, max_length=32,
+                                    audit_seed_commitment=bytes(32), dtype="float32")
+
     with grpc.insecure_channel(endpoint) as channel:
         stub = pb_grpc.ProviderStub(channel)
-        stub.OpenSession(opening, timeout=5)
+        stub.OpenSession(opening("idle-1"), timeout=5)
         assert stub.Info(pb.InfoRequest(), timeout=5).kv_tokens_reserved == 32
         deadline = time.time() + 30
         while stub.Info(pb.InfoRequest(), timeout=5).open_sessions and time.time() < deadline:
             time.sleep(0.5)
         info = stub.Info(pb.InfoRequest(), timeout=5)
         assert info.open_sessions == 0 and info.kv_tokens_reserved == 0
+        stub.OpenSession(opening("used-1"), timeout=5)
+        frame = pb.StepFrame(session_id="used-1", step=0, first_position=0, num_positions=1,
+                             input=chunk_tensor(to_canonical(torch.zeros(1, 32)))[0])
+        results = list(stub.Steps(iter([frame]), timeout=30))
+        assert results[-1].HasField("commitment")
         with pytest.raises(grpc.RpcError) as caught:
-            stub.OpenSession(opening, timeout=5)
+            stub.OpenSession(opening("used-1"), timeout=5)
         assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
     honest_request_works(cohort)
+
+
+def test_lead_routes_around_a_provider_out_of_capacity(cohort: dict[str, Any]) -> None:
+    """The cheapest provider for layers [0, 2) has almost no KV budget, so it answers OpenSession
+    with RESOURCE_EXHAUSTED; the lead suspends it (no blame) and re-routes to the provider that also
+    covers the range: the request completes."""
+    group: ProcessGroup = cohort["group"]
+    key = cohort["root"] / "keys" / "tiny.key"
+    create_key_file(key)
+    args = ["--checkpoint", str(cohort["checkpoint"]), "--layers", "0:2", "--key", str(key), "--listen", "127.0.0.1:0",
+            "--lead", cohort["grpc"], "--price", "0", "--provider-id", "tiny", "--kv-budget-mb", "0.001"]
+    tiny = group.spawn("tiny", verisplit_command("provider", "serve", *args))
+    group.wait_ready([tiny], timeout=120)
+    try:
+        assert "tiny" in [a["provider_id"] for a in cohort["client"].get("/v1/cohort").json()["assignments"]]
+        honest_request_works(cohort)
+        listed = {p["provider_id"]: p for p in cohort["client"].get("/v1/providers").json()["data"]}
+        assert listed["tiny"]["outages"] >= 1
+        assert listed["provider-0"]["outages"] == 0
+    finally:
+        group.stop(tiny)

@@ -34,6 +34,7 @@ from verisplit.impl.node.hops import UNAVAILABLE, CohortError, Hop, HopTimings, 
 from verisplit.impl.node.framing import open_channel
 from verisplit.impl.node.admission import AdmissionPolicy, ProbeLoop
 from verisplit.impl.node.registry import Registry
+from verisplit.impl.node.reroute import open_hops
 from verisplit.impl.node.views import audit_view, providers_view, request_view
 from verisplit.impl.records.requests import RecordError, RequestRecord, RequestStore, StepRecord
 from verisplit.impl.runtime.config import ModelConfig
@@ -211,12 +212,8 @@ class Lead:
         try:
             seed_commitment = self.seed_commitment_for(run.request_id)
             run.seed_commitment = seed_commitment
-            results = await asyncio.gather(*(h.open(self.session_key, session_id, run.request_id, self.model_id, max_length,
-                                                    seed_commitment, self.dtype) for h in hops),
-                                           return_exceptions=True)
-            for result in results:
-                if isinstance(result, BaseException):
-                    raise result
+            # Capacity refusals at OpenSession re-route before any step (impl/node/reroute.py).
+            hops[:] = await open_hops(self, run, list(hops), session_id, max_length, seed_commitment)
             context = StepContext(self.model_id, run.request_id, 0, 0, len(run.prompt_ids), dtype=self.dtype,
                                   audit_seed_commitment=seed_commitment)
             blob = to_canonical(torch.tensor(run.prompt_ids, dtype=torch.int64))

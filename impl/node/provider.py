@@ -47,7 +47,8 @@ SESSION_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 SESSION_IDLE_S = 30.0  # a session with no traffic for this long is reclaimed (reaper: every REAP_EVERY_S)
 SESSION_UNATTACHED_S = 10.0  # an opened session no Steps frame named for this long is reclaimed (covers a
 # later hop waiting for the earlier hops' prefill)
-SEEN_SESSION_IDS = 65536  # recent session ids remembered so a captured lead-signed opening cannot reopen one
+SEEN_SESSION_IDS = 65536  # recent attached session ids: a captured lead-signed opening cannot reopen one
+# (an opening never attached may be opened again: the lead re-routes with the same id; the reaper bounds it)
 REAP_EVERY_S = 1.0
 DEFAULT_MAX_SESSIONS = 64  # concurrent sessions the provider holds for its lead
 
@@ -187,9 +188,6 @@ class ProviderService(pb_grpc.ProviderServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except torch.OutOfMemoryError:  # budget larger than the device really has
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "max_length: device out of memory allocating the KV cache")
-        self._seen_ids[request.session_id] = None
-        while len(self._seen_ids) > SEEN_SESSION_IDS:
-            del self._seen_ids[next(iter(self._seen_ids))]
         self.sessions[request.session_id] = _Session(request.request_id, request.segment_index, request.max_length, seg,
                                                      bytes(request.audit_seed_commitment))
         self.kv_tokens_reserved += request.max_length
@@ -240,6 +238,9 @@ class ProviderService(pb_grpc.ProviderServicer):
                                          f"session_id: {frame.session_id!r} is already attached to another stream")
                         bound = frame.session_id
                         state.busy = state.attached = True
+                        self._seen_ids[bound] = None  # once attached, an id is never opened again
+                        while len(self._seen_ids) > SEEN_SESSION_IDS:
+                            del self._seen_ids[next(iter(self._seen_ids))]
                     elif frame.session_id != bound:
                         raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
                                      f"session_id: this stream carries session {bound!r}, got {frame.session_id!r}")
