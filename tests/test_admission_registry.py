@@ -139,3 +139,18 @@ def test_counter_file_continues_above_every_value_after_a_restart(tmp_path: Path
     assert values == sorted(set(values))
     again = CounterFile(tmp_path / "k.counter")
     assert again.next() > values[-1]
+
+
+def test_a_provider_that_keeps_failing_is_probed_later_and_later() -> None:
+    reg, key = registry(), SigningKey.generate()
+    reg.register(*offer(reg, key, "p"))
+    reg.probe_passed("p", bytes(key.verify_key))
+    clock = reg.clock
+    for outages, wait in ((1, 1.0), (2, 2.0), (3, 4.0)):
+        reg.report_outage("p", "timeout")
+        assert beat(reg, key, "p", 100 + outages)  # keep the listing alive
+        clock.now += wait - 0.5  # type: ignore[attr-defined]
+        assert reg.pending_probes() == []
+        clock.now += 0.5  # type: ignore[attr-defined]
+        assert [e.fields.provider_id for e in reg.pending_probes()] == ["p"]
+        reg.probe_passed("p", bytes(key.verify_key))

@@ -266,8 +266,19 @@ class Registry:
         return [e.offer for e in routable]
 
     def pending_probes(self) -> list[RegisteredOffer]:
-        """Listed providers the lead should probe: not yet proven, or suspended by an outage."""
-        return [e for e in self.entries() if not e.proven or e.suspended is not None]
+        """Listed providers the lead should probe: not yet proven, or suspended by an outage and past
+        their backoff (``2 ** (outages - 1)`` seconds after the last outage, at most 300 s), so a
+        provider that keeps failing after passing its probe stays out progressively longer."""
+        now = self.clock()
+        due = []
+        for e in self.entries():
+            if not e.proven:
+                due.append(e)
+            elif e.suspended is not None:
+                last = e.outage_times[-1] if e.outage_times else 0.0
+                if now - last >= min(2.0 ** max(e.outages - 1, 0), 300.0):
+                    due.append(e)
+        return due
 
     def probe_passed(self, provider_id: str, public_key: bytes) -> None:
         """The possession probe of ``provider_id``'s endpoint succeeded for ``public_key``: routable."""
