@@ -7,7 +7,10 @@ Invariants:
 - Steps of a session are strictly sequential: step numbers 0, 1, 2... and positions continuing the
   cache (the segment enforces positions); anything else is INVALID_ARGUMENT and leaves the session as it was.
 - KV memory is reserved at OpenSession (``max_length * kv_bytes_per_token``); a session that would
-  exceed the budget is refused with RESOURCE_EXHAUSTED before any allocation.
+  exceed the budget, or the ``max_sessions``-th concurrent one, is refused with RESOURCE_EXHAUSTED
+  before any allocation; only openings the registered lead signed are served, so strangers reserve
+  nothing. Unattached sessions are reclaimed after ``SESSION_UNATTACHED_S``, idle ones after
+  ``SESSION_IDLE_S`` (``reap_idle``, run every ``REAP_EVERY_S`` by provider_run).
 - A malformed frame ends only its own stream (INVALID_ARGUMENT naming the field); the server keeps serving.
 - A session may be opened for any non-empty sub-range of the loaded range (spec rule C1): it runs on a
   view of that range (``Segment.sub_segment``, cached per range) whose commitments declare the view's
