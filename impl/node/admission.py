@@ -45,7 +45,7 @@ class AdmissionPolicy:
 
     allowlist: frozenset[bytes] | None = None
     nonce_ttl_s: float = 30.0
-    max_nonces: int = 4096
+    max_nonces: int = 65536
     max_offer_lifetime_ms: int = 600_000
     demote_after: int = 3
     demote_window_s: float = 600.0
@@ -107,12 +107,13 @@ async def prove_endpoint(stub: Any, public_key: bytes, lead_public_key: bytes, t
 
 class ProbeLoop:
     """Probes newly registered, unproven and suspended providers (``Registry.pending_probes``) and
-    marks them routable when the proof passes (``Registry.probe_passed``). ``stub_for(endpoint)`` gives
-    a Provider stub (the lead's channel cache)."""
+    marks them routable when the proof passes (``Registry.probe_passed``). ``channel_for(endpoint)``
+    opens a channel, closed after each probe (the lead's channel cache would grow with every junk
+    endpoint ever registered)."""
 
-    def __init__(self, registry: "Registry", stub_for: Any) -> None:
+    def __init__(self, registry: "Registry", channel_for: Any) -> None:
         self.registry = registry
-        self.stub_for = stub_for
+        self.channel_for = channel_for
         self._task: asyncio.Task[None] | None = None
         self._inflight: set[str] = set()
         registry.on_register = self.kick
@@ -131,14 +132,19 @@ class ProbeLoop:
         if pid in self._inflight:
             return
         self._inflight.add(pid)
+        channel = None
         try:
-            stub = self.stub_for(entry.fields.endpoint)
+            channel = self.channel_for(entry.fields.endpoint)
+            stub = pb_grpc.ProviderStub(channel)
             if await prove_endpoint(stub, entry.fields.public_key, self.registry.lead_public_key):
                 self.registry.probe_passed(pid, entry.fields.public_key)
         except Exception:  # a probe never takes the lead down  # noqa: BLE001
             log.exception("possession probe of %s failed", pid)
         finally:
             self._inflight.discard(pid)
+            if channel is not None:
+                with contextlib.suppress(Exception):
+                    await channel.close()
 
     async def _run(self) -> None:
         while True:

@@ -128,7 +128,7 @@ class Lead:
         self._retention = retention
         self._tasks: set[asyncio.Task[Any]] = set()
         # Admission: offers become routable once the provider's endpoint proved it holds the key.
-        self.probes = ProbeLoop(self.registry, self._stub) if admission is not None else None
+        self.probes = ProbeLoop(self.registry, lambda e: open_channel(e, tls_ca)) if admission is not None else None
 
     def attach_audit(self, service: Any) -> None:
         """Install ``service`` (a ``verisplit.impl.audit.service.AuditService``) as a post-request hook:

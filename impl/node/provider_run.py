@@ -231,9 +231,13 @@ async def _stop_server(server: grpc.aio.Server, service: ProviderService, grace:
 
 
 def _lead_unreachable(exc: BaseException) -> bool:
-    """Retry only while the lead cannot be reached; any other answer is final."""
-    return isinstance(exc, grpc.aio.AioRpcError) and exc.code() in (grpc.StatusCode.UNAVAILABLE,
-                                                                    grpc.StatusCode.DEADLINE_EXCEEDED)
+    """Retry only while the lead cannot be reached, or when its nonce was spent or dropped before the
+    offer arrived (a Challenge flood can evict it: a fresh one is asked for); any other answer is final."""
+    if not isinstance(exc, grpc.aio.AioRpcError):
+        return False
+    if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and (exc.details() or "").startswith("nonce:"):
+        return True
+    return exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
 async def _reap(service: ProviderService, stop: asyncio.Event) -> None:
