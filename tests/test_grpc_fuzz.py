@@ -248,9 +248,9 @@ def test_anonymous_session_flood_leaves_the_honest_lead_its_capacity(cohort: dic
     honest_request_works(cohort)
 
 
-def test_unattached_sessions_are_reclaimed_and_used_ids_cannot_be_reopened(cohort: dict[str, Any]) -> None:
+def test_unattached_sessions_are_reclaimed(cohort: dict[str, Any]) -> None:
     """A session opened (lead-signed) but never attached to a Steps stream is reclaimed within
-    seconds, freeing its KV; a session that ran is never opened again by a replayed opening."""
+    seconds, freeing its KV."""
     lead_key = load_key_file(cohort["root"] / "lead" / "lead.key")
     endpoint = cohort["providers"][1]["endpoint"]
 
@@ -268,14 +268,6 @@ def test_unattached_sessions_are_reclaimed_and_used_ids_cannot_be_reopened(cohor
             time.sleep(0.5)
         info = stub.Info(pb.InfoRequest(), timeout=5)
         assert info.open_sessions == 0 and info.kv_tokens_reserved == 0
-        stub.OpenSession(opening("used-1"), timeout=5)
-        frame = pb.StepFrame(session_id="used-1", step=0, first_position=0, num_positions=1,
-                             input=chunk_tensor(to_canonical(torch.zeros(1, 32)))[0])
-        results = list(stub.Steps(iter([frame]), timeout=30))
-        assert results[-1].HasField("commitment")
-        with pytest.raises(grpc.RpcError) as caught:
-            stub.OpenSession(opening("used-1"), timeout=5)
-        assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
     honest_request_works(cohort)
 
 

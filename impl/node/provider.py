@@ -50,8 +50,6 @@ SESSION_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 SESSION_IDLE_S = 30.0  # a session with no traffic for this long is reclaimed (reaper: every REAP_EVERY_S)
 SESSION_UNATTACHED_S = 10.0  # an opened session no Steps frame named for this long is reclaimed (covers a
 # later hop waiting for the earlier hops' prefill)
-SEEN_SESSION_IDS = 65536  # recent attached session ids: a captured lead-signed opening cannot reopen one
-# (an opening never attached may be opened again: the lead re-routes with the same id; the reaper bounds it)
 REAP_EVERY_S = 1.0
 DEFAULT_MAX_SESSIONS = 64  # concurrent sessions the provider holds for its lead
 
@@ -91,7 +89,6 @@ class ProviderService(pb_grpc.ProviderServicer):
         self.max_tensor_bytes = max_tensor_bytes
         self.sessions: dict[str, _Session] = {}
         self.max_sessions = max_sessions  # the provider serves one lead: this is its per-lead cap
-        self._seen_ids: dict[str, None] = {}  # insertion-ordered, bounded by SEEN_SESSION_IDS
         self.kv_tokens_reserved = 0
         # The key of the lead this provider registered with (from its RegisterResponse): only session
         # openings that key signed are served. None until registered: every OpenSession is refused.
@@ -175,8 +172,8 @@ class ProviderService(pb_grpc.ProviderServicer):
         limit = seg.config.max_position_embeddings
         if not 1 <= request.max_length <= limit:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"max_length: {request.max_length} must be in [1, {limit}]")
-        if request.session_id in self.sessions or request.session_id in self._seen_ids:
-            await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"session_id: {request.session_id!r} was already opened")
+        if request.session_id in self.sessions:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"session_id: {request.session_id!r} is already open")
         self.reap_idle()
         if len(self.sessions) >= self.max_sessions:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -241,9 +238,6 @@ class ProviderService(pb_grpc.ProviderServicer):
                                          f"session_id: {frame.session_id!r} is already attached to another stream")
                         bound = frame.session_id
                         state.busy = state.attached = True
-                        self._seen_ids[bound] = None  # once attached, an id is never opened again
-                        while len(self._seen_ids) > SEEN_SESSION_IDS:
-                            del self._seen_ids[next(iter(self._seen_ids))]
                     elif frame.session_id != bound:
                         raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
                                      f"session_id: this stream carries session {bound!r}, got {frame.session_id!r}")
