@@ -369,15 +369,160 @@ def firsts_from_ends(ends: Sequence[Any]) -> list[Any]:
     return firsts
 
 
-def form_cohort(offers: Sequence[Offer], model: ModelSpec) -> Cohort:
-    """The cheapest valid cohort (rules C1-C4), or ``NoCoverage`` naming the first unreachable layer.
+ROUTER_CANDIDATES_PER_LAYER = 8  # k: the router considers, per layer, only the k cheapest offers covering it
 
-    Exact search: dynamic programming over (next layer, providers used). Cost is exponential in the
-    number of offers overlapping a layer only in the worst case; registries are small. Malformed
-    input raises ``InvalidOffer`` / ``InvalidModel`` naming the field.
+RankKey = tuple[int, int, tuple[str, ...], tuple[int, ...]]  # (cost, hops, provider ids, end boundaries)
+
+
+def router_candidates(offers: Sequence[Offer], num_layers: int, k: int = ROUTER_CANDIDATES_PER_LAYER) -> list[Offer]:
+    """The offers ``form_cohort`` searches: for every layer, the ``k`` cheapest offers covering it (ties:
+    provider id), as one list sorted by provider id. At most ``k * num_layers`` offers however many are
+    listed; every layer some offer covers is still covered (each keeps at least one), so coverage, and
+    with it the existence of a repeat-free tiling, is unchanged. ``k`` must be an int >= 1
+    (``InvalidCohort``). Z3: ``router_valid`` (proofs/z3/check_tiling.py)."""
+    require_int(k, "k", InvalidCohort, minimum=1)
+    chosen: dict[str, Offer] = {}
+    for layer in range(num_layers):
+        covering = [o for o in offers if o.first_layer <= layer < o.end_layer]
+        covering.sort(key=lambda o: (o.price_per_work_unit, o.provider_id))
+        for offer in covering[:k]:
+            chosen[offer.provider_id] = offer
+    return [chosen[p] for p in sorted(chosen)]
+
+
+def _prefix_work(model: ModelSpec) -> list[int]:
+    prefix = [0]
+    for work in model.layer_work:
+        prefix.append(prefix[-1] + work)
+    return prefix
+
+
+def _cheapest_any(ordered: Sequence[Offer], model: ModelSpec) -> RankKey | None:
+    """The best ranking key over tilings that may use an offer more than once (C3 relaxed): a shortest
+    path over layer positions, O(num_layers^2 x offers). A lower bound for the C3-constrained search."""
+    num_layers = model.num_layers
+    prefix = _prefix_work(model)
+    best: list[RankKey | None] = [None] * (num_layers + 1)
+    best[num_layers] = (0, 0, (), ())
+    for position in range(num_layers - 1, -1, -1):
+        found: RankKey | None = None
+        for offer in ordered:
+            if not offer.first_layer <= position < offer.end_layer:
+                continue
+            for end in range(position + 1, min(offer.end_layer, num_layers) + 1):
+                rest = best[end]
+                if rest is None:
+                    continue
+                cost = offer.price_per_work_unit * (prefix[end] - prefix[position]) + rest[0]
+                candidate = (cost, rest[1] + 1, (offer.provider_id,) + rest[2], (end,) + rest[3])
+                if found is None or candidate < found:
+                    found = candidate
+        best[position] = found
+    return best[0]
+
+
+ROUTER_SEARCH_BUDGET = 4000  # states the exact C3 search may expand before the router answers greedily
+
+
+def _relaxed_bounds(ordered: Sequence[Offer], model: ModelSpec) -> list[tuple[int, int] | None]:
+    """For every position p, the (cost, hops) of the best relaxed completion from p (None: none)."""
+    num_layers = model.num_layers
+    prefix = _prefix_work(model)
+    best: list[tuple[int, int] | None] = [None] * (num_layers + 1)
+    best[num_layers] = (0, 0)
+    for position in range(num_layers - 1, -1, -1):
+        found: tuple[int, int] | None = None
+        for offer in ordered:
+            if not offer.first_layer <= position < offer.end_layer:
+                continue
+            for end in range(position + 1, min(offer.end_layer, num_layers) + 1):
+                rest = best[end]
+                if rest is not None:
+                    candidate = (offer.price_per_work_unit * (prefix[end] - prefix[position]) + rest[0], rest[1] + 1)
+                    if found is None or candidate < found:
+                        found = candidate
+        best[position] = found
+    return best
+
+
+def _furthest_reach(ordered: Sequence[Offer], model: ModelSpec) -> RankKey:
+    """A C3-valid tiling found greedily: from each position, the unused offer covering it that reaches
+    furthest (ties: cheaper, then smaller id), used to its end. Never repeats an offer: every offer
+    used before ends at or before the current position. Requires full coverage."""
+    prefix = _prefix_work(model)
+    position, cost, ids, ends = 0, 0, [], []
+    while position < model.num_layers:
+        covering = [o for o in ordered if o.first_layer <= position < o.end_layer]
+        pick = min(covering, key=lambda o: (-min(o.end_layer, model.num_layers), o.price_per_work_unit, o.provider_id))
+        end = min(pick.end_layer, model.num_layers)
+        cost += pick.price_per_work_unit * (prefix[end] - prefix[position])
+        ids.append(pick.provider_id)
+        ends.append(end)
+        position = end
+    return (cost, len(ids), tuple(ids), tuple(ends))
+
+
+def _cheapest_repeat_free(ordered: Sequence[Offer], model: ModelSpec,
+                          budget: int = ROUTER_SEARCH_BUDGET) -> RankKey | None:
+    """The best ranking key over tilings that use each offer at most once (C3): best-first search over
+    states (next layer, used offers whose range reaches past it), a partial tiling ranked by its key
+    plus the relaxed bound of its position (a lower bound of every completion, so the first complete
+    tiling taken is the optimum). An offer ending at or before the next layer cannot be used again and
+    is dropped from the state. After ``budget`` expanded states the greedy ``_furthest_reach`` tiling
+    is answered instead, so the search is bounded by budget x offers x layers."""
+    import heapq
+
+    num_layers = model.num_layers
+    prefix = _prefix_work(model)
+    reach = {offer.provider_id: offer.end_layer for offer in ordered}
+    bound = _relaxed_bounds(ordered, model)
+    start = bound[0]
+    if start is None:
+        return None
+    heap: list[tuple[int, int, tuple[str, ...], tuple[int, ...], int, int, int, frozenset[str]]] = [
+        (start[0], start[1], (), (), 0, 0, 0, frozenset())]
+    closed: set[tuple[int, frozenset[str]]] = set()
+    expanded = 0
+    while heap:
+        _, _, ids, ends, position, cost, hops, used = heapq.heappop(heap)
+        if position == num_layers:
+            return (cost, hops, ids, ends)
+        if (position, used) in closed:
+            continue
+        closed.add((position, used))
+        expanded += 1
+        if expanded > budget:
+            return _furthest_reach(ordered, model)
+        for offer in ordered:
+            if offer.provider_id in used or not (offer.first_layer <= position < offer.end_layer):
+                continue
+            for end in range(position + 1, min(offer.end_layer, num_layers) + 1):
+                rest = bound[end]
+                if rest is None:
+                    continue
+                live = frozenset(p for p in used | {offer.provider_id} if reach[p] > end)
+                if (end, live) in closed:
+                    continue
+                g = cost + offer.price_per_work_unit * (prefix[end] - prefix[position])
+                heapq.heappush(heap, (g + rest[0], hops + 1 + rest[1], ids + (offer.provider_id,), ends + (end,),
+                                      end, g, hops + 1, live))
+    return None
+
+
+def form_cohort(offers: Sequence[Offer], model: ModelSpec) -> Cohort:
+    """The cheapest valid cohort (rules C1-C4) over ``router_candidates(offers)``, or ``NoCoverage``
+    naming the first unreachable layer. Malformed input raises ``InvalidOffer`` / ``InvalidModel``
+    naming the field; two offers under one id or one key raise ``InvalidOffer`` (the registry lists
+    one offer per key, so C3 "one key, one segment" is "one offer, one segment").
+
+    Search (docs/spec.md, "Router complexity"): first the relaxed shortest path over layer positions
+    (``_cheapest_any``, polynomial); when its best tiling uses no offer twice it is the exact optimum,
+    since the C3-valid tilings are a subset of those it ranks. Only when the relaxed optimum reuses an
+    offer (an offer bracketing a cheaper one inside its own range) does the exact C3 search run, on the
+    at most ``k x num_layers`` candidates. Same ranking key either way: cost, hops, ids, boundaries.
     Z3: ``router_valid`` (the whole function, exhaustively and on seeded random registries,
     proofs/z3/check_tiling.py); its reconstruction step is ``firsts_from_ends``, proved symbolically.
-    Tests: brute-force optimality.
+    Tests: brute-force optimality (tests/test_spec_cohort.py, tests/test_router_bounded.py).
     """
     _require_model(model)
     offer_list = _require_offers(offers)
@@ -392,31 +537,12 @@ def form_cohort(offers: Sequence[Offer], model: ModelSpec) -> Cohort:
     gap = first_uncovered_layer(offer_list, model.num_layers)
     if gap is not None:
         raise NoCoverage(gap, model.num_layers)
-    ordered = sorted(offer_list, key=lambda o: o.provider_id)
-    num_layers = model.num_layers
-
-    @lru_cache(maxsize=None)
-    def best_from(position: int, used: frozenset[str]) -> tuple[int, int, tuple[str, ...], tuple[int, ...]] | None:
-        # key = (cost, hops, provider ids in order, end boundaries in order)
-        if position == num_layers:
-            return (0, 0, (), ())
-        best: tuple[int, int, tuple[str, ...], tuple[int, ...]] | None = None
-        for offer in ordered:
-            if offer.provider_id in used or not (offer.first_layer <= position < offer.end_layer):
-                continue
-            for end in range(position + 1, min(offer.end_layer, num_layers) + 1):
-                rest = best_from(end, used | {offer.provider_id})
-                if rest is None:
-                    continue
-                cost = offer.price_per_work_unit * segment_work(model, position, end) + rest[0]
-                candidate = (cost, rest[1] + 1, (offer.provider_id,) + rest[2], (end,) + rest[3])
-                if best is None or candidate < best:
-                    best = candidate
-        return best
-
-    best = best_from(0, frozenset())
+    ordered = router_candidates(offer_list, model.num_layers)
+    best = _cheapest_any(ordered, model)
+    if best is not None and len(set(best[2])) != len(best[2]):
+        best = _cheapest_repeat_free(ordered, model)
     if best is None:  # unreachable: full coverage implies a repeat-free tiling exists
-        raise NoCoverage(0, num_layers)
+        raise NoCoverage(0, model.num_layers)
     by_id = {offer.provider_id: offer for offer in offer_list}
     ends = list(best[3])
     firsts = firsts_from_ends(ends)

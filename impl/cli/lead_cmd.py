@@ -87,6 +87,12 @@ def lead_group() -> None:
               help="Bytes of request records kept on disk (and about as much in memory); the oldest go first.")
 @click.option("--keep-tensors", is_flag=True,
               help="Keep every boundary tensor of a record after its audits (default: digests only once audited).")
+@click.option("--admission", type=click.Choice(["open", "allowlist"]), default="open", show_default=True,
+              help="Who may register: open (any key; new keys are on probation, earnings in escrow) or allowlist "
+                   "(only the keys in --allowlist). Either way offers are bound to this lead, single-use and "
+                   "routable only after the provider's endpoint proved it holds the key.")
+@click.option("--allowlist", "allowlist_path", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="With --admission allowlist: provider public keys, hex, one per line (# comments).")
 @click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path), default=None, hidden=True)
 @log_options
 def lead_serve(listen: str, http: str, checkpoint: Path, data_dir: Path, retention: int, heartbeat_interval: float,
@@ -95,6 +101,7 @@ def lead_serve(listen: str, http: str, checkpoint: Path, data_dir: Path, retenti
                calibration: Path | None, no_audit: bool, probation_requests: int | None, escrow_window: int | None,
                allow_undeterred: bool, shutdown_grace: float, api_keys: Path | None, operator_keys: Path | None,
                max_body_bytes: int, max_concurrent: int, retention_bytes: int, keep_tensors: bool,
+               admission: str, allowlist_path: Path | None,
                ready_file: Path | None, log_format: str, verbose: bool) -> None:
     """Serve the registry (gRPC) and the HTTP API; route and relay every request through a cohort;
     audit, settle and record every finished request (see docs/protocol.md, "Lead auditing")."""
@@ -119,6 +126,14 @@ def lead_serve(listen: str, http: str, checkpoint: Path, data_dir: Path, retenti
                              audit_p=audit_p, seed_file=audit_seed_file, calibration=calibration, no_audit=no_audit,
                              probation_requests=probation_requests, escrow_window=escrow_window,
                              allow_undeterred=allow_undeterred)
+    from verisplit.impl.node.admission import AdmissionPolicy, load_allowlist
+
+    if (admission == "allowlist") != (allowlist_path is not None):
+        raise click.BadParameter("--admission allowlist and --allowlist FILE go together", param_hint="--allowlist")
+    try:
+        policy = AdmissionPolicy(allowlist=load_allowlist(allowlist_path) if allowlist_path is not None else None)
+    except (ValueError, OSError) as exc:
+        raise click.ClickException(f"--allowlist: {exc}") from None
     model_id = config.name_or_path or checkpoint.resolve().name
     plan = audit_plan(settings, model_id)  # every check that reads only, before any port or file
 
@@ -127,7 +142,7 @@ def lead_serve(listen: str, http: str, checkpoint: Path, data_dir: Path, retenti
 
         try:
             lead = Lead(checkpoint, data_dir, retention=retention, tls_ca=tls_ca, heartbeat_interval_s=heartbeat_interval,
-                        offer_ttl_s=offer_ttl)
+                        offer_ttl_s=offer_ttl, admission=policy)
             lead.configure_retention(retention_bytes, keep_tensors)
         except (ValueError, CheckpointError, OSError) as exc:
             raise click.ClickException(str(exc)) from None

@@ -89,13 +89,15 @@ def provider_group() -> None:
 @click.option("--threads", default=None, type=click.IntRange(min=1), help="torch intra-op threads [default: torch's choice].")
 @click.option("--shutdown-grace", default=10.0, show_default=True, type=click.FloatRange(min=0.0),
               help="Seconds open sessions may run on after SIGINT/SIGTERM (a second signal stops at once).")
+@click.option("--max-sessions", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Concurrent sessions held for the lead (more: RESOURCE_EXHAUSTED).")
 @click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path), default=None, hidden=True)
 @log_options
 def provider_serve(checkpoint: Path, layers: str, key_path: Path, listen: str, lead: str, lead_http: str, price: int,
                    kv_budget_mb: float, device: str, dtype: str, provider_id: str | None, advertise: str | None,
                    metrics: str | None, tls_cert: Path | None, tls_key: Path | None, tls_ca: Path | None,
-                   threads: int | None, shutdown_grace: float, ready_file: Path | None, log_format: str,
-                   verbose: bool) -> None:
+                   threads: int | None, shutdown_grace: float, max_sessions: int, ready_file: Path | None,
+                   log_format: str, verbose: bool) -> None:
     """Load layers A:B (or an automatic range) of CHECKPOINT, register a signed offer with the lead and
     serve sessions until SIGINT/SIGTERM."""
     from verisplit.impl.node.framing import parse_endpoint, parse_host_port
@@ -128,7 +130,8 @@ def provider_serve(checkpoint: Path, layers: str, key_path: Path, listen: str, l
                                 dtype=runtime_dtype(dtype), advertise=advertise, tls_cert=tls_cert, tls_key=tls_key,
                                 tls_ca=tls_ca, behaviour=behaviour, ready_file=ready_file,
                                 auto_length=None if isinstance(chosen, tuple) else chosen, lead_http=lead_http,
-                                metrics=metrics, shutdown_grace_s=shutdown_grace)
+                                metrics=metrics, shutdown_grace_s=shutdown_grace, max_sessions=max_sessions,
+                                counter_file=key_path.with_name(key_path.name + ".counter"))
     run_provider(settings)
 
 

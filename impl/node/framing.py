@@ -181,15 +181,51 @@ def _guard_unary(behavior: Any) -> Any:
     return handler
 
 
+DRAIN_S = 1.0  # how long a stream that is being refused may go on sending before the refusal is sent
+DRAIN_MESSAGES = 64
+
+
+async def drain_requests(request_iterator: Any) -> None:
+    """Read and drop what the client still sends (at most ``DRAIN_MESSAGES`` messages, ``DRAIN_S``
+    seconds) before a stream is refused, so the status reaches a client that has finished writing:
+    a status racing the client's writes reached it as INTERNAL (found by tests/test_grpc_fuzz.py)."""
+    import asyncio
+    import contextlib
+
+    async def eat() -> None:
+        count = 0
+        async for _ in request_iterator:
+            count += 1
+            if count >= DRAIN_MESSAGES:
+                return
+
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(eat(), DRAIN_S)
+
+
+class StreamRefused(Exception):
+    """Raised by a stream handler to end its stream with ``code``: the guard drains what the client
+    still sends, then answers the status (see ``drain_requests``)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
 def _guard_stream(behavior: Any) -> Any:
     async def handler(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
         async def checked() -> Any:
             async for request in request_iterator:
                 if isinstance(request, MalformedMessage):
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.describe())
+                    raise StreamRefused(grpc.StatusCode.INVALID_ARGUMENT, request.describe())
                 yield request
-        async for response in behavior(checked(), context):
-            yield response
+        try:
+            async for response in behavior(checked(), context):
+                yield response
+        except StreamRefused as exc:
+            await drain_requests(request_iterator)
+            await context.abort(exc.code, exc.message)
     return handler
 
 
@@ -230,7 +266,9 @@ def offer_fields_to_pb(o: SignedFields) -> pb.Offer:
         protocol_version=o.protocol_version, provider_id=o.provider_id, public_key=o.public_key,
         model_id=o.model_id, weights_digest=o.weights_digest, num_layers=o.num_layers,
         first_layer=o.first_layer, end_layer=o.end_layer, price_per_work_unit=o.price_per_work_unit,
-        endpoint=o.endpoint, kv_capacity_tokens=o.kv_capacity_tokens, issued_at_ms=o.issued_at_ms, dtype=o.dtype)
+        endpoint=o.endpoint, kv_capacity_tokens=o.kv_capacity_tokens, issued_at_ms=o.issued_at_ms, dtype=o.dtype,
+        lead_public_key=o.lead_public_key, nonce=o.nonce, expires_at_ms=o.expires_at_ms,
+        heartbeat_counter=o.heartbeat_counter)
 
 
 def offer_fields_from_pb(m: pb.Offer) -> SignedFields:
@@ -238,7 +276,9 @@ def offer_fields_from_pb(m: pb.Offer) -> SignedFields:
         protocol_version=m.protocol_version, provider_id=m.provider_id, public_key=bytes(m.public_key),
         model_id=m.model_id, weights_digest=bytes(m.weights_digest), num_layers=m.num_layers,
         first_layer=m.first_layer, end_layer=m.end_layer, price_per_work_unit=m.price_per_work_unit,
-        endpoint=m.endpoint, kv_capacity_tokens=m.kv_capacity_tokens, issued_at_ms=m.issued_at_ms, dtype=m.dtype)
+        endpoint=m.endpoint, kv_capacity_tokens=m.kv_capacity_tokens, issued_at_ms=m.issued_at_ms, dtype=m.dtype,
+        lead_public_key=bytes(m.lead_public_key), nonce=bytes(m.nonce), expires_at_ms=m.expires_at_ms,
+        heartbeat_counter=m.heartbeat_counter)
 
 
 def server_credentials(cert: Path, key: Path) -> grpc.ServerCredentials:

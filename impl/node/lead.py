@@ -31,8 +31,10 @@ from verisplit.impl.node import verisplit_pb2_grpc as pb_grpc
 from verisplit.impl.node.framing import commitment_from_pb
 from verisplit.impl.node.hops import UNAVAILABLE, CohortError, Hop, HopTimings, output_byte_limit
 from verisplit.impl.node.framing import open_channel
+from verisplit.impl.node.admission import AdmissionPolicy, ProbeLoop
 from verisplit.impl.node.lead_info import INFO_MEMORY_BYTES, InfoCache
 from verisplit.impl.node.registry import Registry
+from verisplit.impl.node.reroute import open_hops
 from verisplit.impl.node.views import audit_view, providers_view, request_view
 from verisplit.impl.records.requests import RecordError, RequestRecord, RequestStore, StepRecord
 from verisplit.impl.runtime.config import ModelConfig
@@ -102,7 +104,8 @@ class Lead:
 
     def __init__(self, checkpoint: str | Path, data_dir: str | Path, *, retention: int = 1000,
                  tls_ca: Path | None = None, heartbeat_interval_s: float = 1.0, offer_ttl_s: float = 5.0,
-                 step_timeout_s: float = 120.0, dtype: str = "float32", session_key: SigningKey | None = None) -> None:
+                 step_timeout_s: float = 120.0, dtype: str = "float32", session_key: SigningKey | None = None,
+                 admission: AdmissionPolicy | None = None) -> None:
         root = Path(checkpoint)
         self.checkpoint = root
         self.config = ModelConfig.from_dir(root)
@@ -113,7 +116,8 @@ class Lead:
         self.session_key = session_key if session_key is not None else SigningKey.generate()
         self.dtype = dtype  # the cohort's compute dtype (H2, H5): the calibrated tolerance's, once auditing
         self.registry = Registry(self.model_spec, heartbeat_interval_s=heartbeat_interval_s, offer_ttl_s=offer_ttl_s,
-                                 dtype=dtype, lead_public_key=bytes(self.session_key.verify_key))
+                                 dtype=dtype, lead_public_key=bytes(self.session_key.verify_key), admission=admission,
+                                 state_path=Path(data_dir) / "registry-state.json" if admission is not None else None)
         self.store = RequestStore(Path(data_dir) / "requests", max_requests=retention)
         self.tls_ca = tls_ca
         self.step_timeout_s = step_timeout_s
@@ -125,6 +129,8 @@ class Lead:
         self._retention = retention
         self.keep_tensors = True  # False: a record's tensors are dropped once its hooks (audits) are done
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Admission: offers become routable once the provider's endpoint proved it holds the key.
+        self.probes = ProbeLoop(self.registry, lambda e: open_channel(e, tls_ca)) if admission is not None else None
 
     def configure_retention(self, max_bytes: int, keep_tensors: bool = False) -> None:
         """Bound the records on disk to ``max_bytes`` and the in-memory request infos to
@@ -216,12 +222,8 @@ class Lead:
         try:
             seed_commitment = self.seed_commitment_for(run.request_id)
             run.seed_commitment = seed_commitment
-            results = await asyncio.gather(*(h.open(self.session_key, session_id, run.request_id, self.model_id, max_length,
-                                                    seed_commitment, self.dtype) for h in hops),
-                                           return_exceptions=True)
-            for result in results:
-                if isinstance(result, BaseException):
-                    raise result
+            # Capacity refusals at OpenSession re-route before any step (impl/node/reroute.py).
+            hops[:] = await open_hops(self, run, list(hops), session_id, max_length, seed_commitment)
             context = StepContext(self.model_id, run.request_id, 0, 0, len(run.prompt_ids), dtype=self.dtype,
                                   audit_seed_commitment=seed_commitment)
             blob = to_canonical(torch.tensor(run.prompt_ids, dtype=torch.int64))
@@ -377,6 +379,8 @@ class Lead:
         return providers_view(self.registry)
 
     async def close(self) -> None:
+        if self.probes is not None:
+            await self.probes.close()
         await self.drain_hooks()
         if self.audit is not None:
             with contextlib.suppress(Exception):

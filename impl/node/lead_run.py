@@ -73,6 +73,7 @@ async def serve_lead(settings: LeadServeSettings, build: Callable[[], Any], stop
 
     from verisplit.impl.node import verisplit_pb2_grpc as pb_grpc
     from verisplit.impl.node.framing import add_service, grpc_options
+    from verisplit.impl.node.admission import AdmissionService
     from verisplit.impl.node.registry import RegistryService
 
     stop = stop or asyncio.Event()
@@ -90,6 +91,7 @@ async def serve_lead(settings: LeadServeSettings, build: Callable[[], Any], stop
         request_log = RequestLog(metrics)
         app = build_http_app(lead, drain, metrics, request_log, settings.api)
         add_service(pb_grpc.add_RegistryServicer_to_server, RegistryService(lead.registry), server)
+        add_service(pb_grpc.add_AdmissionServicer_to_server, AdmissionService(lead.registry), server)
         await server.start()
         started = True
         http_server, serve_task = await _start_http(app, sock, settings)

@@ -7,7 +7,10 @@ Invariants:
 - Steps of a session are strictly sequential: step numbers 0, 1, 2... and positions continuing the
   cache (the segment enforces positions); anything else is INVALID_ARGUMENT and leaves the session as it was.
 - KV memory is reserved at OpenSession (``max_length * kv_bytes_per_token``); a session that would
-  exceed the budget is refused with RESOURCE_EXHAUSTED before any allocation.
+  exceed the budget, or the ``max_sessions``-th concurrent one, is refused with RESOURCE_EXHAUSTED
+  before any allocation; only openings the registered lead signed are served, so strangers reserve
+  nothing. Unattached sessions are reclaimed after ``SESSION_UNATTACHED_S``, idle ones after
+  ``SESSION_IDLE_S`` (``reap_idle``, run every ``REAP_EVERY_S`` by provider_run).
 - A malformed frame ends only its own stream (INVALID_ARGUMENT naming the field); the server keeps serving.
 - A session may be opened for any non-empty sub-range of the loaded range (spec rule C1): it runs on a
   view of that range (``Segment.sub_segment``, cached per range) whose commitments declare the view's
@@ -33,8 +36,8 @@ from verisplit.impl.node import verisplit_pb2 as pb
 from verisplit.impl.node import verisplit_pb2_grpc as pb_grpc
 from verisplit.impl.node.behaviour import Behaviour
 from verisplit.impl.node.framing import (DEFAULT_MAX_TENSOR_BYTES, FramingError, Reassembler, chunk_tensor,
-                                         commitment_to_pb, offer_fields_to_pb)
-from verisplit.impl.records.keys import SignedFields, session_signature_valid, sign_offer
+                                         StreamRefused, commitment_to_pb, offer_fields_to_pb)
+from verisplit.impl.records.keys import SignedFields, prove_signing_bytes, session_signature_valid, sign_offer
 from verisplit.impl.runtime.errors import SegmentInputError, SessionError
 from verisplit.impl.runtime.segment import Segment
 from verisplit.impl.runtime.tensors import dtype_name, from_canonical, to_canonical
@@ -44,7 +47,11 @@ from verisplit.spec.encoding import EncodingError, digest_encoded
 log = logging.getLogger("verisplit.provider")
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
-SESSION_IDLE_S = 300.0  # a session with no traffic for this long is reclaimed
+SESSION_IDLE_S = 30.0  # a session with no traffic for this long is reclaimed (reaper: every REAP_EVERY_S)
+SESSION_UNATTACHED_S = 10.0  # an opened session no Steps frame named for this long is reclaimed (covers a
+# later hop waiting for the earlier hops' prefill)
+REAP_EVERY_S = 1.0
+DEFAULT_MAX_SESSIONS = 64  # concurrent sessions the provider holds for its lead
 
 
 @dataclass
@@ -56,14 +63,12 @@ class _Session:
     audit_seed_commitment: bytes = bytes(32)
     next_step: int = 0
     busy: bool = False
+    attached: bool = False  # a Steps stream has named this session
     last_used: float = field(default_factory=time.monotonic)
 
 
-class _Abort(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+class _Abort(StreamRefused):
+    """Ends the Steps stream with ``code`` (the guard of ``framing.add_service`` answers it)."""
 
 
 class ProviderService(pb_grpc.ProviderServicer):
@@ -71,7 +76,8 @@ class ProviderService(pb_grpc.ProviderServicer):
 
     def __init__(self, segment: Segment, key: SigningKey, behaviour: Behaviour, offer: SignedFields,
                  kv_capacity_tokens: int, max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES,
-                 load_range: Callable[[int, int], Segment] | None = None) -> None:
+                 load_range: Callable[[int, int], Segment] | None = None,
+                 max_sessions: int = DEFAULT_MAX_SESSIONS) -> None:
         self.segment = segment
         self._views: dict[tuple[int, int], Segment] = {(segment.first_layer, segment.end_layer): segment}
         self._load_range = load_range
@@ -82,6 +88,7 @@ class ProviderService(pb_grpc.ProviderServicer):
         self.kv_capacity_tokens = kv_capacity_tokens
         self.max_tensor_bytes = max_tensor_bytes
         self.sessions: dict[str, _Session] = {}
+        self.max_sessions = max_sessions  # the provider serves one lead: this is its per-lead cap
         self.kv_tokens_reserved = 0
         # The key of the lead this provider registered with (from its RegisterResponse): only session
         # openings that key signed are served. None until registered: every OpenSession is refused.
@@ -115,6 +122,19 @@ class ProviderService(pb_grpc.ProviderServicer):
             open_sessions=len(self.sessions), kv_tokens_reserved=self.kv_tokens_reserved,
             dtype=self.dtype, device=str(self.segment.device),
             max_tensor_bytes=self.max_tensor_bytes)
+
+    async def Prove(self, request: pb.ProveRequest, context: grpc.aio.ServicerContext) -> pb.ProveResponse:
+        """Possession proof for a lead's probe: sign (asking lead's key, its challenge, own key)."""
+        if len(request.challenge) != 32 or len(request.lead_public_key) != 32:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "challenge/lead_public_key: must be 32 bytes each")
+        own = bytes(self.key.verify_key)
+        signature = self.key.sign(prove_signing_bytes(bytes(request.lead_public_key), bytes(request.challenge), own)).signature
+        return pb.ProveResponse(public_key=own, signature=signature)
+
+    def use_offer(self, offer: SignedFields) -> None:
+        """Serve ``offer`` (re-signed for each registration: fresh nonce, expiry, counter) on ``Info``."""
+        self.offer = offer
+        self.offer_signature = sign_offer(offer, self.key)
 
     async def OpenSession(self, request: pb.OpenSessionRequest, context: grpc.aio.ServicerContext) -> pb.OpenSessionResponse:
         loaded = self.segment
@@ -154,6 +174,10 @@ class ProviderService(pb_grpc.ProviderServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"max_length: {request.max_length} must be in [1, {limit}]")
         if request.session_id in self.sessions:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"session_id: {request.session_id!r} is already open")
+        self.reap_idle()
+        if len(self.sessions) >= self.max_sessions:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"session_id: {len(self.sessions)} of {self.max_sessions} sessions already open")
         if self.kv_tokens_reserved + request.max_length > self.kv_capacity_tokens:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"max_length: {request.max_length} KV positions requested, "
@@ -187,9 +211,11 @@ class ProviderService(pb_grpc.ProviderServicer):
         return True
 
     def reap_idle(self, now: float | None = None) -> list[str]:
-        """Close sessions idle for longer than ``SESSION_IDLE_S`` (not those mid-step)."""
+        """Close sessions no stream attached to within ``SESSION_UNATTACHED_S`` of opening, and sessions
+        idle for longer than ``SESSION_IDLE_S`` (never one mid-step)."""
         now = time.monotonic() if now is None else now
-        stale = [sid for sid, s in self.sessions.items() if not s.busy and now - s.last_used > SESSION_IDLE_S]
+        stale = [sid for sid, s in self.sessions.items() if not s.busy and
+                 now - s.last_used > (SESSION_IDLE_S if s.attached else SESSION_UNATTACHED_S)]
         for sid in stale:
             self._close(sid)
         return stale
@@ -211,7 +237,7 @@ class ProviderService(pb_grpc.ProviderServicer):
                             raise _Abort(grpc.StatusCode.FAILED_PRECONDITION,
                                          f"session_id: {frame.session_id!r} is already attached to another stream")
                         bound = frame.session_id
-                        state.busy = True
+                        state.busy = state.attached = True
                     elif frame.session_id != bound:
                         raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
                                      f"session_id: this stream carries session {bound!r}, got {frame.session_id!r}")
@@ -228,8 +254,6 @@ class ProviderService(pb_grpc.ProviderServicer):
                     raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
                 for result in results:
                     yield result
-        except _Abort as exc:
-            await context.abort(exc.code, exc.message)
         finally:
             if bound is not None:
                 self._close(bound)

@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 import grpc
 import tenacity
@@ -31,7 +31,7 @@ from verisplit.impl.node.framing import DEFAULT_MAX_TENSOR_BYTES, add_service, g
 from verisplit.impl.node.ops import Every
 from verisplit.impl.node.ports import bind_grpc
 from verisplit.impl.node.provider import ProviderService
-from verisplit.impl.records.keys import SignedFields, heartbeat_signing_bytes
+from verisplit.impl.records.keys import CounterFile, SignedFields, heartbeat_signing_bytes
 from verisplit.impl.runtime.segment import Segment
 from verisplit.impl.runtime.tensors import dtype_name
 from verisplit.spec.commitment import PROTOCOL_VERSION
@@ -71,6 +71,9 @@ class ProviderSettings:
     lead_http: str | None = None
     metrics: str | None = None  # HOST:PORT of the Prometheus listener
     shutdown_grace_s: float = 10.0
+    counter_file: Path | None = None  # the persistent heartbeat counter (next to the key file)
+    max_sessions: int = 64            # concurrent sessions held for the lead
+    offer_lifetime_ms: int = 60_000   # how long each signed offer may wait to be listed
 
 
 async def serve_provider(settings: ProviderSettings, stop: asyncio.Event, hard: asyncio.Event | None = None) -> None:
@@ -147,7 +150,8 @@ async def _serve(settings: ProviderSettings, stop: asyncio.Event, hard: asyncio.
         return load_segment(settings.checkpoint, first, end, device=settings.device, dtype=settings.dtype)
 
     service = ProviderService(segment, settings.key, settings.behaviour, offer, capacity, settings.max_tensor_bytes,
-                              load_range=load_range)
+                              load_range=load_range, max_sessions=settings.max_sessions)
+    counter = CounterFile(settings.counter_file)
     metrics.attach(service)
     metrics.info.labels(provider_id=settings.provider_id, model=segment.model_id,
                         first_layer=str(segment.first_layer), end_layer=str(segment.end_layer)).set(1)
@@ -158,8 +162,13 @@ async def _serve(settings: ProviderSettings, stop: asyncio.Event, hard: asyncio.
              settings.lead, extra={"fields": {"event": "serving", "endpoint": advertise}})
     channel = open_channel(settings.lead, settings.tls_ca)
     registry = pb_grpc.RegistryStub(channel)
-    signed = pb.SignedOffer(offer=offer_fields_to_pb(offer), signature=service.offer_signature)
+    admission = pb_grpc.AdmissionStub(channel)
     limiter = Every(UNREACHABLE_LOG_S)
+    reaper = asyncio.create_task(_reap(service, stop))
+
+    async def signed() -> pb.SignedOffer:
+        return await _fresh_offer(admission, service, counter, settings.offer_lifetime_ms)
+
     try:
         interval = await _register(registry, signed, stop, service, limiter, settings.lead, metrics)
         if interval is None:
@@ -176,9 +185,9 @@ async def _serve(settings: ProviderSettings, stop: asyncio.Event, hard: asyncio.
                 break
             except asyncio.TimeoutError:
                 pass
-            service.reap_idle()
             try:
-                reply = await registry.Heartbeat(_heartbeat(settings.provider_id, settings.key, False), timeout=5)
+                reply = await registry.Heartbeat(_heartbeat(settings.provider_id, settings.key, False, counter.next()),
+                                                 timeout=5)
                 if failures:
                     limiter.reset("lead")
                     log.info("lead at %s reachable again after %d failed heartbeat(s)", settings.lead, failures)
@@ -195,9 +204,10 @@ async def _serve(settings: ProviderSettings, stop: asyncio.Event, hard: asyncio.
                 limiter.log(log, logging.WARNING, "lead", "heartbeat to the lead at %s failed: %s %s; retrying every %.1fs",
                             settings.lead, exc.code().name, exc.details(), interval)
         with contextlib.suppress(grpc.aio.AioRpcError):
-            await registry.Heartbeat(_heartbeat(settings.provider_id, settings.key, True), timeout=2)
+            await registry.Heartbeat(_heartbeat(settings.provider_id, settings.key, True, counter.next()), timeout=2)
         metrics.registered.set(0)
     finally:
+        reaper.cancel()
         await _stop_server(server, service, settings.shutdown_grace_s, hard)
         await channel.close()
 
@@ -221,12 +231,46 @@ async def _stop_server(server: grpc.aio.Server, service: ProviderService, grace:
 
 
 def _lead_unreachable(exc: BaseException) -> bool:
-    """Retry only while the lead cannot be reached; any other answer is final."""
-    return isinstance(exc, grpc.aio.AioRpcError) and exc.code() in (grpc.StatusCode.UNAVAILABLE,
-                                                                    grpc.StatusCode.DEADLINE_EXCEEDED)
+    """Retry only while the lead cannot be reached, or when its nonce was spent or dropped before the
+    offer arrived (a Challenge flood can evict it: a fresh one is asked for); any other answer is final."""
+    if not isinstance(exc, grpc.aio.AioRpcError):
+        return False
+    if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and (exc.details() or "").startswith("nonce:"):
+        return True
+    return exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
-async def _register(registry: pb_grpc.RegistryStub, signed: pb.SignedOffer, stop: asyncio.Event,
+async def _reap(service: ProviderService, stop: asyncio.Event) -> None:
+    """Reclaim unattached and idle sessions every ``REAP_EVERY_S`` until ``stop``."""
+    from verisplit.impl.node.provider import REAP_EVERY_S
+
+    while not stop.is_set():
+        service.reap_idle()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=REAP_EVERY_S)
+
+
+async def _fresh_offer(admission: pb_grpc.AdmissionStub, service: ProviderService, counter: CounterFile,
+                       lifetime_ms: int) -> pb.SignedOffer:
+    """The offer re-signed for one registration: the lead's fresh nonce and key (``Admission.Challenge``),
+    an expiry ``lifetime_ms`` ahead and the next counter value. A lead without the Admission service
+    (UNIMPLEMENTED) gets the offer without a nonce; a lead that enforces admission refuses that."""
+    import dataclasses
+
+    nonce, lead_key = b"", bytes(32)
+    try:
+        reply = await admission.Challenge(pb.ChallengeRequest(public_key=service.offer.public_key), timeout=5)
+        nonce, lead_key = bytes(reply.nonce), bytes(reply.lead_public_key)
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+            raise
+    now = int(time.time() * 1000)
+    service.use_offer(dataclasses.replace(service.offer, issued_at_ms=now, lead_public_key=lead_key, nonce=nonce,
+                                          expires_at_ms=now + lifetime_ms, heartbeat_counter=counter.next()))
+    return pb.SignedOffer(offer=offer_fields_to_pb(service.offer), signature=service.offer_signature)
+
+
+async def _register(registry: pb_grpc.RegistryStub, signed: Callable[[], Awaitable[pb.SignedOffer]], stop: asyncio.Event,
                     service: ProviderService, limiter: Every, lead: str, metrics: "ProviderMetrics") -> float | None:
     """Register until accepted, retrying with exponential backoff (0.2 s doubling to 5 s, tenacity)
     while the lead is unreachable; None if ``stop`` is set first (the backoff sleep wakes on it).
@@ -247,7 +291,7 @@ async def _register(registry: pb_grpc.RegistryStub, signed: pb.SignedOffer, stop
                     lead, code, delay)
 
     async def register_once() -> pb.RegisterResponse:
-        return await registry.Register(signed, timeout=5)
+        return await registry.Register(await signed(), timeout=5)
 
     retrying = tenacity.AsyncRetrying(
         retry=tenacity.retry_if_exception(_lead_unreachable),
@@ -266,10 +310,11 @@ async def _register(registry: pb_grpc.RegistryStub, signed: pb.SignedOffer, stop
     return max(reply.heartbeat_interval_ms / 1000.0, 0.05)
 
 
-def _heartbeat(provider_id: str, key: SigningKey, leaving: bool) -> pb.HeartbeatRequest:
+def _heartbeat(provider_id: str, key: SigningKey, leaving: bool, counter: int) -> pb.HeartbeatRequest:
     now = int(time.time() * 1000)
-    signature = key.sign(heartbeat_signing_bytes(provider_id, now, leaving)).signature
-    return pb.HeartbeatRequest(provider_id=provider_id, sent_at_ms=now, leaving=leaving, signature=signature)
+    signature = key.sign(heartbeat_signing_bytes(provider_id, now, leaving, counter)).signature
+    return pb.HeartbeatRequest(provider_id=provider_id, sent_at_ms=now, leaving=leaving, signature=signature,
+                               counter=counter)
 
 
 def _write_ready(path: Path, data: dict[str, object]) -> None:

@@ -2,19 +2,28 @@
 
 Invariant: ``Registry.offers()`` lists only offers whose signature verified, whose key is not banned,
 that match the model and the protocol version, and whose provider was heard from within the offer TTL.
+With an ``AdmissionPolicy`` (every ``lead serve``), also: the offer names this lead's key and a fresh
+single-use nonce this registry issued for that key, it had not expired when listed, its key is
+admitted (allowlist), the lead reached its endpoint and the provider there proved it holds the key;
+a provider id stays bound to the first key that registered it; heartbeat counters only go up per key
+(across re-registrations); a suspension survives re-registration (docs/protocol.md, "Admission").
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
+from typing import Awaitable, Callable
 
 import grpc
 
 from verisplit.impl.node import verisplit_pb2 as pb
 from verisplit.impl.node import verisplit_pb2_grpc as pb_grpc
+from verisplit.impl.node.admission import AdmissionPolicy, load_state, save_state
 from verisplit.impl.node.framing import parse_endpoint
 from verisplit.impl.node.framing import offer_fields_from_pb
 from verisplit.impl.records.keys import SignedFields, fingerprint, heartbeat_signature_valid, offer_signature_valid
@@ -43,6 +52,8 @@ class RegisteredOffer:
     last_heartbeat_ms: int = 0
     suspended: str | None = None  # why the lead stopped routing to it (an outage), until it is healthy again
     outages: int = 0              # outages the lead saw from this provider since it was listed
+    proven: bool = True           # the lead reached the endpoint and the key's holder answered there
+    outage_times: tuple[float, ...] = ()  # clock times of recent outages (demotion window)
 
     @property
     def offer(self) -> Offer:
@@ -59,7 +70,8 @@ class Registry:
 
     def __init__(self, model: ModelSpec, *, heartbeat_interval_s: float = 1.0, offer_ttl_s: float = 5.0,
                  clock: Callable[[], float] = time.monotonic, dtype: str = "float32",
-                 lead_public_key: bytes = bytes(32)) -> None:
+                 lead_public_key: bytes = bytes(32), admission: AdmissionPolicy | None = None,
+                 state_path: Path | None = None, wall_ms: Callable[[], int] = lambda: int(time.time() * 1000)) -> None:
         self.model = model
         self.dtype = dtype  # the compute dtype this lead verifies; offers in another are refused
         self.lead_public_key = lead_public_key  # returned to registering providers (signs session openings)
@@ -69,6 +81,70 @@ class Registry:
         self._entries: dict[str, RegisteredOffer] = {}
         self._banned: dict[bytes, str] = {}
         self._banned_ids: dict[str, str] = {}  # ids a key was ejected under stay banned (rule A4)
+        self.admission = admission
+        self.wall_ms = wall_ms
+        self.on_register: Callable[[str], Awaitable[None]] | None = None  # set by the lead: the possession probe
+        self._nonces: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()  # nonce -> (key, issued at)
+        self._id_keys: dict[str, bytes] = {}   # provider id -> the first key that registered it
+        self._counters: dict[bytes, int] = {}  # key -> highest heartbeat counter seen (offers included)
+        self._held: dict[bytes, tuple[str | None, int, tuple[float, ...]]] = {}  # key -> suspension kept
+        self.state_path = state_path
+        self._load_state()
+
+    def _load_state(self) -> None:
+        if self.state_path is not None:
+            self._id_keys, self._counters = load_state(self.state_path)
+
+    def _save_state(self) -> None:
+        if self.state_path is not None:
+            save_state(self.state_path, self._id_keys, self._counters)
+
+    # --- admission ----------------------------------------------------------------------------
+    def challenge(self, public_key: bytes) -> bytes:
+        """A fresh single-use 32-byte nonce for an offer under ``public_key`` (valid ``nonce_ttl_s``)."""
+        if len(public_key) != 32:
+            raise RegistryError(grpc.StatusCode.INVALID_ARGUMENT, "public_key: must be 32 bytes")
+        policy = self.admission or AdmissionPolicy()
+        if policy.allowlist is not None and public_key not in policy.allowlist:
+            raise RegistryError(grpc.StatusCode.PERMISSION_DENIED, f"public_key: {fingerprint(public_key)} is not admitted")
+        self._drop_stale_nonces()
+        nonce = secrets.token_bytes(32)
+        self._nonces[nonce] = (public_key, self.clock())
+        while len(self._nonces) > policy.max_nonces:
+            self._nonces.popitem(last=False)
+        return nonce
+
+    def _drop_stale_nonces(self) -> None:
+        ttl = (self.admission or AdmissionPolicy()).nonce_ttl_s
+        now = self.clock()
+        while self._nonces and now - next(iter(self._nonces.values()))[1] > ttl:
+            self._nonces.popitem(last=False)
+
+    def _admit(self, fields: SignedFields) -> None:
+        """The admission checks of ``register`` (policy set): allowlist, lead binding, nonce, expiry,
+        counter. Consumes the nonce only when every other check passed."""
+        policy = self.admission
+        assert policy is not None
+        if policy.allowlist is not None and fields.public_key not in policy.allowlist:
+            raise RegistryError(grpc.StatusCode.PERMISSION_DENIED,
+                                f"public_key: {fingerprint(fields.public_key)} is not admitted by this lead's allowlist")
+        if fields.lead_public_key != self.lead_public_key:
+            raise RegistryError(grpc.StatusCode.PERMISSION_DENIED, "lead_public_key: the offer is for another lead")
+        now_ms = self.wall_ms()
+        if fields.expires_at_ms <= now_ms:
+            raise RegistryError(grpc.StatusCode.FAILED_PRECONDITION, "expires_at_ms: the offer has expired")
+        if fields.expires_at_ms > now_ms + policy.max_offer_lifetime_ms:
+            raise RegistryError(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"expires_at_ms: more than {policy.max_offer_lifetime_ms} ms ahead")
+        self._drop_stale_nonces()
+        issued = self._nonces.get(fields.nonce)
+        if issued is None or issued[0] != fields.public_key:
+            raise RegistryError(grpc.StatusCode.FAILED_PRECONDITION,
+                                "nonce: unknown, used or expired (ask Admission.Challenge for a fresh one)")
+        if fields.heartbeat_counter <= self._counters.get(fields.public_key, 0) and fields.public_key in self._counters:
+            raise RegistryError(grpc.StatusCode.FAILED_PRECONDITION,
+                                "heartbeat_counter: not above the last one seen for this key (replay?)")
+        del self._nonces[fields.nonce]
 
     def register(self, fields: SignedFields, signature: bytes) -> None:
         """Verify and list an offer (replacing the provider's older one); refusals raise ``RegistryError``."""
@@ -107,36 +183,66 @@ class Registry:
             raise RegistryError(grpc.StatusCode.ALREADY_EXISTS,
                                 f"public_key: {fingerprint(fields.public_key)} already offers as {same_key[0]!r}")
         existing = self._entries.get(fields.provider_id)
+        bound = self._id_keys.get(fields.provider_id)
+        if (existing is not None and existing.fields.public_key != fields.public_key) or \
+                (bound is not None and bound != fields.public_key):
+            raise RegistryError(grpc.StatusCode.ALREADY_EXISTS,
+                                f"provider_id: {fields.provider_id!r} is registered with another key")
+        if existing is not None and fields.issued_at_ms < existing.fields.issued_at_ms:
+            raise RegistryError(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"issued_at_ms: {who} is older than the offer already listed (replay?)")
+        if self.admission is not None:
+            self._admit(fields)
+            self._counters[fields.public_key] = fields.heartbeat_counter
+        held = self._held.pop(fields.public_key, None)
         if existing is not None:
-            if existing.fields.public_key != fields.public_key:
-                raise RegistryError(grpc.StatusCode.ALREADY_EXISTS,
-                                    f"provider_id: {fields.provider_id!r} is registered with another key")
-            if fields.issued_at_ms < existing.fields.issued_at_ms:
-                raise RegistryError(grpc.StatusCode.FAILED_PRECONDITION,
-                                    f"issued_at_ms: {who} is older than the offer already listed (replay?)")
-        self._entries[fields.provider_id] = RegisteredOffer(fields, signature, self.clock())
+            held = (existing.suspended, existing.outages, existing.outage_times)
+        entry = RegisteredOffer(fields, signature, self.clock(), proven=self.admission is None)
+        if held is not None:  # re-registering never clears a suspension or the outage history
+            entry.suspended, entry.outages, entry.outage_times = held
+        self._entries[fields.provider_id] = entry
+        if bound is None:
+            self._id_keys[fields.provider_id] = fields.public_key
+        self._save_state()
 
-    def heartbeat(self, provider_id: str, sent_at_ms: int, leaving: bool, signature: bytes) -> bool:
-        """Refresh (or, when ``leaving``, remove) a listed offer; False if the provider is not listed."""
+    def heartbeat(self, provider_id: str, sent_at_ms: int, leaving: bool, signature: bytes, counter: int = 0) -> bool:
+        """Refresh (or, when ``leaving``, remove) a listed offer; False if the provider is not listed.
+        With admission, ``counter`` must exceed every counter seen for the key (offers included, across
+        re-registrations), for a "leaving" heartbeat too; without, ``sent_at_ms`` may not go back."""
         self._expire()
         entry = self._entries.get(provider_id)
         if entry is None:
             return False
-        if not heartbeat_signature_valid(entry.fields.public_key, provider_id, sent_at_ms, leaving, signature):
+        key = entry.fields.public_key
+        if not heartbeat_signature_valid(key, provider_id, sent_at_ms, leaving, signature, counter):
             raise RegistryError(grpc.StatusCode.UNAUTHENTICATED, f"signature: heartbeat for {provider_id!r} does not verify")
-        if sent_at_ms < entry.last_heartbeat_ms:
+        if self.admission is not None:
+            if counter <= self._counters.get(key, 0):
+                raise RegistryError(grpc.StatusCode.FAILED_PRECONDITION,
+                                    "counter: not above the last heartbeat counter of this key (replay?)")
+            self._counters[key] = counter
+        elif sent_at_ms < entry.last_heartbeat_ms:
             raise RegistryError(grpc.StatusCode.FAILED_PRECONDITION, "sent_at_ms: older than the last heartbeat (replay?)")
         entry.last_heartbeat_ms = sent_at_ms
         if leaving:
-            del self._entries[provider_id]
+            self._forget(provider_id)
+            self._save_state()
             return True
         entry.last_seen = self.clock()
         return True
 
+    def _forget(self, provider_id: str) -> None:
+        """Drop a listing, keeping its key's suspension and outage history for a re-registration."""
+        entry = self._entries.pop(provider_id)
+        if entry.suspended is not None or entry.outage_times:
+            self._held[entry.fields.public_key] = (entry.suspended, entry.outages, entry.outage_times)
+            while len(self._held) > 4096:
+                del self._held[next(iter(self._held))]
+
     def _expire(self) -> None:
         now = self.clock()
         for provider_id in [p for p, e in self._entries.items() if now - e.last_seen > self.offer_ttl_s]:
-            del self._entries[provider_id]
+            self._forget(provider_id)
 
     def entries(self) -> list[RegisteredOffer]:
         self._expire()
@@ -147,9 +253,39 @@ class Registry:
         return self._entries.get(provider_id)
 
     def offers(self) -> list[Offer]:
-        """The live, routable offers, sorted by provider id (the router's input): a suspended
-        provider (see ``report_outage``) is listed but not routed to."""
-        return [e.offer for e in self.entries() if e.suspended is None]
+        """The live, routable offers, sorted by provider id (the router's input): a suspended provider
+        (see ``report_outage``) or one whose possession proof is pending is listed but not routed to.
+        Demotion: providers with ``demote_after`` outages within ``demote_window_s`` are left out while
+        the others still cover every layer (then they are the router's last resort, not ejected)."""
+        routable = [e for e in self.entries() if e.suspended is None and e.proven]
+        policy = self.admission or AdmissionPolicy()
+        now = self.clock()
+        good = [e for e in routable if sum(1 for t in e.outage_times if now - t <= policy.demote_window_s) < policy.demote_after]
+        if len(good) < len(routable) and _covers([e.offer for e in good], self.model.num_layers):
+            routable = good
+        return [e.offer for e in routable]
+
+    def pending_probes(self) -> list[RegisteredOffer]:
+        """Listed providers the lead should probe: not yet proven, or suspended by an outage and past
+        their backoff (``2 ** (outages - 1)`` seconds after the last outage, at most 300 s), so a
+        provider that keeps failing after passing its probe stays out progressively longer."""
+        now = self.clock()
+        due = []
+        for e in self.entries():
+            if not e.proven:
+                due.append(e)
+            elif e.suspended is not None:
+                last = e.outage_times[-1] if e.outage_times else 0.0
+                if now - last >= min(2.0 ** max(e.outages - 1, 0), 300.0):
+                    due.append(e)
+        return due
+
+    def probe_passed(self, provider_id: str, public_key: bytes) -> None:
+        """The possession probe of ``provider_id``'s endpoint succeeded for ``public_key``: routable."""
+        entry = self._entries.get(provider_id)
+        if entry is not None and entry.fields.public_key == public_key:
+            entry.proven = True
+            entry.suspended = None
 
     def report_outage(self, provider_id: str, reason: str) -> None:
         """The lead saw ``provider_id`` fail without blame (unreachable, timeout, overloaded...): it
@@ -159,6 +295,7 @@ class Registry:
             return
         entry.suspended = reason
         entry.outages += 1
+        entry.outage_times = (*entry.outage_times[-15:], self.clock())
 
     def report_healthy(self, provider_id: str) -> None:
         """A health check of ``provider_id`` succeeded: it is routable again."""
@@ -192,6 +329,10 @@ class Registry:
         return {key.hex(): reason for key, reason in self._banned.items()}
 
 
+def _covers(offers: list[Offer], num_layers: int) -> bool:
+    return all(any(o.first_layer <= layer < o.end_layer for o in offers) for layer in range(num_layers))
+
+
 def fields_to_offer(f: SignedFields) -> Offer:
     return Offer(f.provider_id, f.public_key, f.first_layer, f.end_layer, f.price_per_work_unit, f.endpoint)
 
@@ -209,6 +350,8 @@ class RegistryService(pb_grpc.RegistryServicer):
             self.registry.register(offer_fields_from_pb(request.offer), bytes(request.signature))
         except RegistryError as exc:
             await context.abort(exc.code, exc.message)
+        if self.registry.on_register is not None:
+            await self.registry.on_register(request.offer.provider_id)
         return pb.RegisterResponse(provider_id=request.offer.provider_id,
                                    heartbeat_interval_ms=int(self.registry.heartbeat_interval_s * 1000),
                                    offer_ttl_ms=int(self.registry.offer_ttl_s * 1000),
@@ -216,7 +359,9 @@ class RegistryService(pb_grpc.RegistryServicer):
 
     async def Heartbeat(self, request: pb.HeartbeatRequest, context: grpc.aio.ServicerContext) -> pb.HeartbeatResponse:
         try:
-            known = self.registry.heartbeat(request.provider_id, request.sent_at_ms, request.leaving, bytes(request.signature))
+            known = self.registry.heartbeat(request.provider_id, request.sent_at_ms, request.leaving, bytes(request.signature),
+                                            request.counter)
         except RegistryError as exc:
             await context.abort(exc.code, exc.message)
         return pb.HeartbeatResponse(known=known)
+

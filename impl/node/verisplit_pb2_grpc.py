@@ -54,6 +54,11 @@ class ProviderStub:
                 request_serializer=verisplit__pb2.StepFrame.SerializeToString,
                 response_deserializer=verisplit__pb2.StepResult.FromString,
                 _registered_method=True)
+        self.Prove = channel.unary_unary(
+                '/verisplit.v1.Provider/Prove',
+                request_serializer=verisplit__pb2.ProveRequest.SerializeToString,
+                response_deserializer=verisplit__pb2.ProveResponse.FromString,
+                _registered_method=True)
 
 
 class ProviderServicer:
@@ -83,6 +88,12 @@ class ProviderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Prove(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ProviderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -105,6 +116,11 @@ def add_ProviderServicer_to_server(servicer, server):
                     servicer.Steps,
                     request_deserializer=verisplit__pb2.StepFrame.FromString,
                     response_serializer=verisplit__pb2.StepResult.SerializeToString,
+            ),
+            'Prove': grpc.unary_unary_rpc_method_handler(
+                    servicer.Prove,
+                    request_deserializer=verisplit__pb2.ProveRequest.FromString,
+                    response_serializer=verisplit__pb2.ProveResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -225,6 +241,33 @@ class Provider:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def Prove(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/verisplit.v1.Provider/Prove',
+            verisplit__pb2.ProveRequest.SerializeToString,
+            verisplit__pb2.ProveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class RegistryStub:
     """Missing associated documentation comment in .proto file."""
@@ -330,6 +373,81 @@ class Registry:
             '/verisplit.v1.Registry/Heartbeat',
             verisplit__pb2.HeartbeatRequest.SerializeToString,
             verisplit__pb2.HeartbeatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class AdmissionStub:
+    """Served by the lead next to Registry (a separate service, so a Registry without admission stays valid).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Challenge = channel.unary_unary(
+                '/verisplit.v1.Admission/Challenge',
+                request_serializer=verisplit__pb2.ChallengeRequest.SerializeToString,
+                response_deserializer=verisplit__pb2.ChallengeResponse.FromString,
+                _registered_method=True)
+
+
+class AdmissionServicer:
+    """Served by the lead next to Registry (a separate service, so a Registry without admission stays valid).
+    """
+
+    def Challenge(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AdmissionServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Challenge': grpc.unary_unary_rpc_method_handler(
+                    servicer.Challenge,
+                    request_deserializer=verisplit__pb2.ChallengeRequest.FromString,
+                    response_serializer=verisplit__pb2.ChallengeResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'verisplit.v1.Admission', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('verisplit.v1.Admission', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Admission:
+    """Served by the lead next to Registry (a separate service, so a Registry without admission stays valid).
+    """
+
+    @staticmethod
+    def Challenge(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/verisplit.v1.Admission/Challenge',
+            verisplit__pb2.ChallengeRequest.SerializeToString,
+            verisplit__pb2.ChallengeResponse.FromString,
             options,
             channel_credentials,
             insecure,

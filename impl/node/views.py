@@ -56,7 +56,9 @@ def providers_view(registry: Registry) -> list[dict[str, Any]]:
                     "public_key": f.public_key.hex(), "fingerprint": fingerprint(f.public_key),
                     "weights_digest": f.weights_digest.hex(), "kv_capacity_tokens": f.kv_capacity_tokens,
                     "protocol_version": f.protocol_version,
-                    "last_seen_s_ago": round(registry.clock() - e.last_seen, 3)})
+                    "last_seen_s_ago": round(registry.clock() - e.last_seen, 3),
+                    "routable": e.proven and e.suspended is None, "proven": e.proven, "suspended": e.suspended,
+                    "outages": e.outages})
     return out
 
 

@@ -25,8 +25,10 @@ from nacl.signing import SigningKey, VerifyKey
 
 KEY_KIND = "verisplit-ed25519"
 KEY_VERSION = 1
-OFFER_DOMAIN = b"verisplit/offer/v2\x00"  # v2: the offer signs its compute dtype
-HEARTBEAT_DOMAIN = b"verisplit/heartbeat/v1\x00"
+OFFER_DOMAIN = b"verisplit/offer/v3\x00"  # v2: the compute dtype; v3: lead key, nonce, expiry, counter
+HEARTBEAT_DOMAIN = b"verisplit/heartbeat/v2\x00"  # v2: the persistent counter
+PROVE_DOMAIN = b"verisplit/prove/v1\x00"
+COUNTER_BLOCK = 60_000  # a counter file reserves this many values (a minute of milliseconds) per write
 
 
 class KeyFileError(ValueError):
@@ -109,6 +111,12 @@ def _text(value: str) -> bytes:
     return struct.pack("<H", len(raw)) + raw
 
 
+def _blob(value: bytes) -> bytes:
+    if len(value) > 0xFFFF:
+        raise ValueError("signed bytes field longer than 65535 bytes")
+    return struct.pack("<H", len(value)) + value
+
+
 def _fixed(name: str, value: bytes, size: int) -> bytes:
     if len(value) != size:
         raise ValueError(f"{name}: must be {size} bytes, got {len(value)}")
@@ -132,6 +140,10 @@ class SignedFields:
     kv_capacity_tokens: int
     issued_at_ms: int
     dtype: str = "float32"  # the compute dtype the provider runs; the lead refuses any other than its own
+    lead_public_key: bytes = bytes(32)  # the lead this offer is for (admission: no replay to another lead)
+    nonce: bytes = b""                  # the lead's single-use challenge nonce (no replay in time)
+    expires_at_ms: int = 0              # unix ms after which the lead refuses the offer
+    heartbeat_counter: int = 0          # the provider's persistent counter when it signed
 
 
 def offer_signing_bytes(o: SignedFields) -> bytes:
@@ -148,6 +160,9 @@ def offer_signing_bytes(o: SignedFields) -> bytes:
         _text(o.endpoint),
         struct.pack("<QQ", o.kv_capacity_tokens, o.issued_at_ms),
         _text(o.dtype),
+        _fixed("lead_public_key", o.lead_public_key, 32),
+        _blob(o.nonce),
+        struct.pack("<QQ", o.expires_at_ms, o.heartbeat_counter),
     ])
 
 
@@ -168,16 +183,16 @@ def offer_signature_valid(o: SignedFields, signature: bytes) -> bool:
     return True
 
 
-def heartbeat_signing_bytes(provider_id: str, sent_at_ms: int, leaving: bool) -> bytes:
+def heartbeat_signing_bytes(provider_id: str, sent_at_ms: int, leaving: bool, counter: int = 0) -> bytes:
     """Canonical bytes a heartbeat signature covers (docs/protocol.md, "Heartbeat signing bytes")."""
-    return HEARTBEAT_DOMAIN + _text(provider_id) + struct.pack("<QB", sent_at_ms, 1 if leaving else 0)
+    return HEARTBEAT_DOMAIN + _text(provider_id) + struct.pack("<QBQ", sent_at_ms, 1 if leaving else 0, counter)
 
 
 def heartbeat_signature_valid(public_key: bytes, provider_id: str, sent_at_ms: int, leaving: bool,
-                              signature: bytes) -> bool:
+                              signature: bytes, counter: int = 0) -> bool:
     """True iff ``signature`` is the provider's signature over the heartbeat's signing bytes."""
     try:
-        VerifyKey(public_key).verify(heartbeat_signing_bytes(provider_id, sent_at_ms, leaving), signature)
+        VerifyKey(public_key).verify(heartbeat_signing_bytes(provider_id, sent_at_ms, leaving, counter), signature)
     except (BadSignatureError, ValueError, TypeError, struct.error, OverflowError):
         return False
     return True
@@ -210,3 +225,69 @@ def session_signature_valid(lead_public_key: bytes, signature: bytes, **fields: 
     except (BadSignatureError, ValueError, TypeError, struct.error, OverflowError):
         return False
     return True
+
+
+def prove_signing_bytes(lead_public_key: bytes, challenge: bytes, public_key: bytes) -> bytes:
+    """Canonical bytes of a possession proof (docs/protocol.md, "Admission"): the provider at an
+    endpoint signs the asking lead's key, the lead's fresh 32-byte challenge and its own key."""
+    return PROVE_DOMAIN + _fixed("lead_public_key", lead_public_key, 32) + _fixed("challenge", challenge, 32) + \
+        _fixed("public_key", public_key, 32)
+
+
+def prove_signature_valid(public_key: bytes, lead_public_key: bytes, challenge: bytes, signature: bytes) -> bool:
+    """True iff ``signature`` is ``public_key``'s possession proof for this lead and challenge."""
+    try:
+        VerifyKey(public_key).verify(prove_signing_bytes(lead_public_key, challenge, public_key), signature)
+    except (BadSignatureError, ValueError, TypeError, struct.error, OverflowError):
+        return False
+    return True
+
+
+class CounterFile:
+    """A persistent strictly increasing counter kept next to a key file (``<key>.counter``); None for
+    ``path``: memory only. Values are at least the wall clock in unix ms, so even a lost file continues
+    above what an earlier run sent (as long as the clock does not go back).
+
+    Invariant: ``next()`` never returns a value it (or any earlier process on the same file) returned
+    before: the file holds a high-water mark reserved ``COUNTER_BLOCK`` values ahead and is rewritten
+    (atomically, fsynced) before a value past it is handed out, so a restart continues above it."""
+
+    def __init__(self, path: str | Path | None) -> None:
+        self.path = Path(path) if path is not None else None
+        self._reserved = self._value = 0
+        if self.path is None:
+            return
+        try:
+            self._reserved = int(self.path.read_text(encoding="utf-8").strip() or 0)
+        except FileNotFoundError:
+            self._reserved = 0
+        except (OSError, ValueError) as exc:
+            raise KeyFileError(f"{self.path}: not a counter file ({exc.__class__.__name__})") from None
+        self._value = self._reserved
+
+    def _reserve(self, upto: int) -> None:
+        if self.path is None:
+            self._reserved = upto
+            return
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(f"{upto}\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.path)
+        self._reserved = upto
+
+    @property
+    def current(self) -> int:
+        return self._value
+
+    def next(self) -> int:
+        """The next counter value (strictly above every earlier one, and >= the unix ms clock)."""
+        import time
+
+        value = max(self._value + 1, int(time.time() * 1000))
+        if value > self._reserved:
+            self._reserve(value + COUNTER_BLOCK)
+        self._value = value
+        return value

@@ -44,6 +44,7 @@ CONDITIONS = "verisplit.spec.cohort.tiling_conditions"
 RANGE = "verisplit.spec.cohort.range_violation_conditions"
 VIOLATIONS = "verisplit.spec.cohort.cohort_violations"
 FORM = "verisplit.spec.cohort.form_cohort"
+CANDIDATES = "verisplit.spec.cohort.router_candidates"
 FIRSTS = "verisplit.spec.cohort.firsts_from_ends"
 KEY = bytes(32)
 
@@ -189,8 +190,9 @@ def _check_router_once(offers: list[Offer], model: ModelSpec) -> str:
     return ""
 
 
-@register("router_valid", spec_functions=(FORM, VIOLATIONS, TILES), evidence=Evidence.TESTED,
-          bound="exhaustive: <=3 offers, L<=4, prices 1-2; 300 seeded random registries, L<=32, <=8 offers")
+@register("router_valid", spec_functions=(FORM, CANDIDATES, VIOLATIONS, TILES), evidence=Evidence.TESTED,
+          bound="exhaustive: <=3 offers, L<=4, prices 1-2; 300 seeded random registries, L<=32, <=8 offers; "
+                "40 hostile registries of 60 overlapping offers (candidate pruning and the C3 search)")
 def router_valid() -> Iterator[Obligation]:
     """form_cohort's output always satisfies cohort_violations == [] (C1-C3); NoCoverage exactly when
     some layer is uncovered, naming the first."""
@@ -222,3 +224,17 @@ def router_valid() -> Iterator[Obligation]:
             yield concrete("form_cohort random", False, time.perf_counter() - start, f"{offers}: {failure}")
             return
     yield concrete("form_cohort output valid (300 seeded random registries)", True, time.perf_counter() - start)
+    start = time.perf_counter()
+    for _ in range(40):  # more offers per layer than the router keeps: candidate pruning + the C3 search
+        num_layers = rng.randint(4, 16)
+        model = ModelSpec("m", num_layers)
+        offers = [Offer("p000", bytes(32), 0, num_layers, 9, "e")]
+        for i in range(1, 60):
+            a = rng.randrange(num_layers)
+            b = rng.randint(a + 1, num_layers)
+            offers.append(Offer(f"p{i:03d}", i.to_bytes(32, "big"), a, b, rng.randint(0, 2) if b - a < 3 else 9, "e"))
+        failure = _check_router_once(offers, model)
+        if failure:
+            yield concrete("form_cohort hostile", False, time.perf_counter() - start, f"{offers}: {failure}")
+            return
+    yield concrete("form_cohort output valid (40 hostile registries, 60 offers)", True, time.perf_counter() - start)

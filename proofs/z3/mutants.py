@@ -133,6 +133,13 @@ def uncovered_skips_last_layer(offers: Sequence[Any], num_layers: int) -> int | 
 
 # ---- commitment -----------------------------------------------------------------------------------
 
+def repeat_free_is_relaxed(ordered: Sequence[Any], model: Any, budget: int = 0) -> Any:
+    """The router's C3 search replaced by the relaxed shortest path (an offer may serve twice)."""
+    from verisplit.spec.cohort import _cheapest_any
+
+    return _cheapest_any(ordered, model)
+
+
 def _first_false(oks: list[Any]) -> Any:
     verdict: Any = len(oks)
     for index in reversed(range(len(oks))):
@@ -460,6 +467,8 @@ MUTANTS: list[Mutant] = [
            "form_cohort rebuilds assignments with a gap after each boundary"),
     Mutant("router_valid", "uncovered_skips_last_layer", f"{C}:first_uncovered_layer", uncovered_skips_last_layer,
            "off by one: an uncovered last layer is not reported as NoCoverage"),
+    Mutant("router_valid", "c3_search_relaxed", f"{C}:_cheapest_repeat_free", repeat_free_is_relaxed,
+           "the C3 search replaced by the relaxed shortest path: an offer bracketing a cheaper one serves two segments"),
     # chain_first_failure
     Mutant("chain_first_failure", "ignores_presence", f"{H}:first_failing_link", failing_ignores_presence,
            "dropped condition: a missing commitment is not a failing link"),
