@@ -74,13 +74,17 @@ def lead_group() -> None:
 @click.option("--shutdown-grace", default=10.0, show_default=True, type=click.FloatRange(min=0.0),
               help="Seconds in-flight requests may run on after SIGINT/SIGTERM before they are cut at their next "
                    "token (a second signal cuts at once).")
+@click.option("--speculative", default=0, show_default=True, type=click.IntRange(min=0, max=16),
+              help="Speculative decoding: draft up to K tokens by prompt lookup and verify them in one traversal "
+                   "of the cohort (0: off; greedy output unchanged up to fp drift, see docs/BENCHMARKS.md).")
 @click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path), default=None, hidden=True)
 @log_options
 def lead_serve(listen: str, http: str, checkpoint: Path, data_dir: Path, retention: int, heartbeat_interval: float,
                offer_ttl: float, tls_cert: Path | None, tls_key: Path | None, tls_ca: Path | None,
                ledger_path: Path | None, lead_key_path: Path | None, audit_p: str | None, audit_seed_file: Path | None,
                calibration: Path | None, no_audit: bool, probation_requests: int | None, escrow_window: int | None,
-               allow_undeterred: bool, shutdown_grace: float, ready_file: Path | None, log_format: str, verbose: bool) -> None:
+               allow_undeterred: bool, shutdown_grace: float, speculative: int, ready_file: Path | None, log_format: str,
+               verbose: bool) -> None:
     """Serve the registry (gRPC) and the HTTP API; route and relay every request through a cohort;
     audit, settle and record every finished request (see docs/protocol.md, "Lead auditing")."""
     from verisplit.impl.node.framing import parse_host_port
@@ -111,7 +115,7 @@ def lead_serve(listen: str, http: str, checkpoint: Path, data_dir: Path, retenti
 
         try:
             lead = Lead(checkpoint, data_dir, retention=retention, tls_ca=tls_ca, heartbeat_interval_s=heartbeat_interval,
-                        offer_ttl_s=offer_ttl)
+                        offer_ttl_s=offer_ttl, speculative=speculative)
         except (ValueError, CheckpointError, OSError) as exc:
             raise click.ClickException(str(exc)) from None
         attach_audit_service(lead, checkpoint, settings, plan)
