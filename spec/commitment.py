@@ -449,7 +449,7 @@ def next_step_context(previous: StepContext, num_positions: int, first_position:
     """Step k+1 continues step k: step number +1 and positions start where step k's ended, or, with
     ``first_position``, at any start rule K1 allows (``step_follows``: a speculative rollback to the
     first rejected position). ``num_positions`` must be an int >= 1 and ``first_position`` satisfy K1
-    (``InvalidChainInput`` otherwise). Z3: ``rollback_context`` (proofs/z3/check_rollback.py);
+    (``InvalidChainInput`` otherwise). Z3: ``rollback_context_concrete`` (proofs/z3/check_rollback.py);
     Lean: ``Verisplit.nextStart_follows``."""
     _require_context(previous)
     require_int(num_positions, "num_positions", InvalidChainInput, minimum=1)
