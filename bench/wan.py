@@ -236,6 +236,50 @@ def unsplit_step_s(checkpoint: Path, prompt: list[int], tokens: int) -> float:
     return (time.perf_counter() - t0) / tokens
 
 
+IDENTITY_PROMPTS = [
+    [{"role": "user", "content": "Write a short poem about the sea."}],
+    [{"role": "user", "content": "Explain what a hash function is, in two sentences."}],
+    [{"role": "user", "content": "Summarise this text in one sentence:\n\n" + TEXT}],
+    LOOKUP,
+]
+
+
+def identity_check(checkpoint: Path, prompts: list[list[int]], tokens: int, k: int) -> dict[str, Any]:
+    """In one process: plain greedy (one position per step) vs speculative greedy (n-gram drafts of up
+    to k verified in one step, KV rolled back on rejection) over the same fp32 weights. Counts prompts
+    whose token sequences differ and the steps whose argmax per row differs from plain decoding."""
+    import torch
+
+    from verisplit.impl.runtime.draft import greedy_accept, propose_ngram
+    from verisplit.impl.runtime.loader import load_full
+
+    seg = load_full(checkpoint, device="cpu", dtype=torch.float32)
+    differ, total_steps = 0, 0
+    for index, prompt in enumerate(prompts):
+        seg.open_session(f"p{index}", len(prompt) + tokens + k + 1)
+        logits = seg.step(f"p{index}", torch.tensor(prompt), torch.arange(len(prompt)))
+        plain = [int(torch.argmax(logits[-1]))]
+        while len(plain) < tokens:
+            pos = len(prompt) + len(plain) - 1
+            plain.append(int(torch.argmax(seg.step(f"p{index}", torch.tensor([plain[-1]]), torch.tensor([pos]))[-1])))
+        seg.close_session(f"p{index}")
+        seg.open_session(f"s{index}", len(prompt) + tokens + k + 1)
+        history, pending, spec, first = list(prompt), list(prompt), [], 0
+        while len(spec) < tokens:
+            draft = propose_ngram(history, min(k, tokens - len(spec) - 1))
+            step = pending + draft
+            rows = seg.step(f"s{index}", torch.tensor(step), torch.arange(first, first + len(step)))
+            new = greedy_accept(draft, rows[len(pending) - 1:])
+            total_steps += 1
+            spec.extend(new)
+            history.extend(new)
+            first = first + len(pending) + len(new) - 1
+            pending = [new[-1]]
+        seg.close_session(f"s{index}")
+        differ += spec[:tokens] != plain
+    return {"prompts": len(prompts), "differ": differ, "steps": total_steps, "tokens": tokens, "k": k}
+
+
 async def one_request(lead: Any, prompt: list[int], tokens: int) -> dict[str, Any]:
     from verisplit.impl.node.lead import SamplingParams
 
@@ -284,6 +328,8 @@ async def measure(checkpoint: Path, workdir: Path, args: argparse.Namespace) -> 
         via5 = round_trip(floor_port, 16384, 20)
         result["floor"] = {"direct_rt": direct, "proxy_rt": via, "proxy_rt_5ms": via5}
         result["compute"] = unsplit_step_s(checkpoint, prompts["chat"], 32)
+        result["identity"] = identity_check(checkpoint, [encode(tokenizer, format_chat(m, checkpoint))
+                                                         for m in IDENTITY_PROMPTS], args.tokens, args.speculative)
         with ProcessGroup(workdir / "logs") as group:
             children = []
             for k in range(HOPS):
@@ -337,6 +383,20 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}"
 
 
+def loopback_lines(result: dict[str, Any]) -> list[str]:
+    """The 0 ms rows against the un-split model, with the per-hop breakdown of the lead's round trip."""
+    c = result["compute"]
+    out = []
+    for row in result["rows"]:
+        if row["rtt"] == 0 and row["mode"] == "lead-mediated":
+            other = row["hop_rt"] - c / HOPS
+            out.append(f"Loopback (0 ms through the proxy), {row['prompt']}: {row['rate']:.2f} tok/s = "
+                       f"{row['rate'] * c:.2f}x un-split; per hop (mean over every step, prefill included) the lead waits {row['hop_rt'] * 1e3:.2f} ms = "
+                       f"compute share {c / HOPS * 1e3:.2f} ms + {other * 1e3:.2f} ms transport, framing and provider "
+                       f"crypto (+ {row['hop_crypto'] * 1e3:.2f} ms lead digest/checks).  ")
+    return out
+
+
 def render(result: dict[str, Any], model: str, command: str, load: str) -> str:
     c = result["compute"]
     f = result["floor"]
@@ -350,7 +410,11 @@ def render(result: dict[str, Any], model: str, command: str, load: str) -> str:
              f"Compute per token (un-split model, this process, same session): {c * 1e3:.1f} ms = "
              f"{1 / c:.1f} tok/s.  ",
              f"Latency limit per traversal = compute + hops x one-way delay: lead-mediated hops = 2K = {2 * HOPS}, "
-             f"direct hops = K + 1 = {HOPS + 1}. Ratios are measured tok/s / (1 / limit).", "",
+             f"direct hops = K + 1 = {HOPS + 1}. Ratios are measured tok/s / (1 / limit).  ",
+             f"Greedy identity, in one process (fp32): speculative k={result['identity'].get('k', '')} vs plain greedy over "
+             f"{result['identity']['prompts']} chat prompts x {result['identity']['tokens']} tokens "
+             f"({result['identity']['steps']} verification steps): {result['identity']['differ']} prompt(s) differ.",
+             ""] + loopback_lines(result) + ["",
              "| RTT | prompt | mode | tok/s | vs limit (mediated) | vs limit (direct) | vs lead-mediated | "
              "acceptance | tokens == plain | lead per hop: round trip / crypto |",
              "|---|---|---|---|---|---|---|---|---|---|"]

@@ -121,6 +121,19 @@ def test_speculative_greedy_equals_plain_greedy_and_is_audited(net: dict[str, An
     assert multi > 0 and rollbacks > 0  # the prompts exercised multi-position steps and KV rollbacks
 
 
+def test_speculative_sampling_at_temperature_is_audited_and_settled(net: dict[str, Any]) -> None:
+    """temperature > 0: speculative sampling (point-mass draft) runs through the same checked, audited
+    steps; the distribution itself is tested in tests/test_speculative_draft.py."""
+    client = net["client"]
+    response = client.post("/v1/completions", json={"prompt": PROMPTS[1], "max_tokens": MAX_TOKENS, "temperature": 0.8,
+                                                     "seed": 3})
+    assert response.status_code == 200, response.text
+    info = wait_settled(client, response.headers["x-verisplit-request-id"])
+    assert len(response.json()["verisplit"]["completion_token_ids"]) == MAX_TOKENS
+    assert all(a["passed"] for a in info["audits"]) and info["ejected"] == []
+    check_paid_exactly(info, {p: HONEST_PRICE for p in ("provider-0", "provider-1")}, set())
+
+
 def test_cheat_inside_a_speculative_step_is_caught(net: dict[str, Any]) -> None:
     client = net["client"]
     group: ProcessGroup = net["group"]
