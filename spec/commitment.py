@@ -445,6 +445,31 @@ def check_receipt(c: BoundaryCommitment, sent_input_digest: bytes, received_outp
     return None
 
 
+def check_forwarded(c: BoundaryCommitment, sender_public_key: bytes, request_id: str, step: int, first_position: int,
+                    num_positions: int, received_digest: bytes) -> tuple[str, str] | None:
+    """Direct data path: what segment k checks on the input segment k-1 forwarded, before computing on
+    it. Rule H1 (the signature verifies and the signer is the neighbour the lead-signed opening named),
+    H2 (this request, this step and these positions) and H4 at the receiver (the commitment's output
+    digest is the digest of the bytes actually received). A failure is the sender's: the receiver
+    refuses the step blaming segment k-1 with the returned reason. The lead still checks every link
+    itself (``check_exchanged_link``) before the step's token is released."""
+    _require_commitment(c, "commitment", InvalidChainInput)
+    _require_digest(received_digest, "received_digest")
+    if not signature_valid(c):
+        return BAD_SIGNATURE, "forwarded commitment's signature does not verify"
+    if c.signer != sender_public_key:
+        return WRONG_SIGNER, "forwarded commitment is not signed by the previous segment named in the session opening"
+    if c.request_id != request_id:
+        return WRONG_REQUEST, f"forwarded commitment is for request {c.request_id!r}"
+    if c.step != step:
+        return (REPLAY if c.step < step else STEP_GAP), f"forwarded commitment for step {c.step}, expected {step}"
+    if (c.first_position, c.num_positions) != (first_position, num_positions):
+        return RANGE_MISMATCH, f"forwarded positions {(c.first_position, c.num_positions)} != {(first_position, num_positions)}"
+    if c.output_digest != received_digest:
+        return OUTPUT_MISMATCH, "forwarded bytes are not the output the previous segment signed"
+    return None
+
+
 def next_step_context(previous: StepContext, num_positions: int, first_position: int | None = None) -> StepContext:
     """Step k+1 continues step k: step number +1 and positions start where step k's ended, or, with
     ``first_position``, at any start rule K1 allows (``step_follows``: a speculative rollback to the

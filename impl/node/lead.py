@@ -33,6 +33,7 @@ from verisplit.impl.node.framing import commitment_from_pb
 from verisplit.impl.node.hops import UNAVAILABLE, CohortError, Hop, HopTimings, output_byte_limit
 from verisplit.impl.node.framing import open_channel
 from verisplit.impl.node.registry import Registry
+from verisplit.impl.node.direct import direct_step, opening_fields
 from verisplit.impl.node.speculative import SpeculativeStats, speculative_tokens
 from verisplit.impl.node.views import audit_view, providers_view, request_view
 from verisplit.impl.records.requests import RecordError, RequestRecord, RequestStore, StepRecord
@@ -105,7 +106,7 @@ class Lead:
     def __init__(self, checkpoint: str | Path, data_dir: str | Path, *, retention: int = 1000,
                  tls_ca: Path | None = None, heartbeat_interval_s: float = 1.0, offer_ttl_s: float = 5.0,
                  step_timeout_s: float = 120.0, dtype: str = "float32", session_key: SigningKey | None = None,
-                 speculative: int = 0) -> None:
+                 speculative: int = 0, direct: bool = False) -> None:
         root = Path(checkpoint)
         self.checkpoint = root
         self.config = ModelConfig.from_dir(root)
@@ -125,6 +126,7 @@ class Lead:
         self.commitments_checked = 0
         self.speculative = speculative  # draft length k of speculative decoding (0: off); impl/node/speculative.py
         self.speculative_stats = SpeculativeStats()
+        self.direct = direct  # the cohort's data path: providers forward to each other (impl/node/direct.py)
         self._channels: dict[str, tuple[grpc.aio.Channel, pb_grpc.ProviderStub]] = {}
         self._info: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._retention = retention
@@ -213,7 +215,9 @@ class Lead:
             seed_commitment = self.seed_commitment_for(run.request_id)
             run.seed_commitment = seed_commitment
             results = await asyncio.gather(*(h.open(self.session_key, session_id, run.request_id, self.model_id, max_length,
-                                                    seed_commitment, self.dtype) for h in hops),
+                                                    seed_commitment, self.dtype,
+                                                    **(opening_fields(hops, run.cohort.assignments, h.index)
+                                                       if self.direct else {})) for h in hops),
                                            return_exceptions=True)
             for result in results:
                 if isinstance(result, BaseException):
@@ -252,6 +256,8 @@ class Lead:
     async def _step(self, run: RequestRun, hops: list[Hop], session_id: str, context: StepContext,
                     first_blob: bytes) -> torch.Tensor:
         """One step through every hop, checking each link on receipt; returns the logits [T, vocab]."""
+        if self.direct:
+            return await direct_step(self, run, hops, session_id, context, first_blob)
         timings = run.timings
         first_digest = digest_encoded(first_blob)
         record = StepRecord(context.step, context.first_position, context.num_positions, first_digest, [], [], [])
