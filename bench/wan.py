@@ -8,17 +8,19 @@ The link emulator is a user-space TCP proxy (asyncio), one listening port per li
 process. Each direction of each connection has a timestamped queue: a chunk read at time t leaves
 the sender when the link is free (bandwidth cap: len/bandwidth of serialisation time per chunk) and
 is written to the receiver at that time + the one-way delay; nothing sleeps per write, so a burst of
-chunks pays the delay once, like a real pipe. Every lead <-> provider link goes through it (the
-providers advertise the proxy's port; direct provider <-> provider mode is not built, see the doc).
+chunks pays the delay once, like a real pipe. Every link goes through it: providers advertise the
+proxy's port, so the lead's connections and, on the direct path, provider k's connection to k+1 (the
+lead signs k+1's advertised endpoint into k's session opening) are all delayed.
 The proxy's own floor (added round trip at 0 ms) is measured first and reported.
 
 For each RTT (one-way delay = RTT / 2 on every link) the lead (this process) runs greedy requests
-lead-mediated (2K one-way trips per token for K providers) and with speculative decoding
+lead-mediated (2K one-way trips per token for K providers), over the direct path (K + 1,
+``Lead.direct``), and with speculative decoding
 (``Lead.speculative``: n-gram drafts verified in one traversal), on (a) an open chat prompt and (b) a
 lookup-friendly prompt (rewrite a given text). Decode rate excludes prefill (and the tokens of the
 first step). The latency limit per traversal is compute + hops x one-way delay, with compute = the
 un-split model's per-token decode time measured in this session; each rate is given as a ratio of
-the limit of the lead-mediated path (hops = 2K) and of a direct path (hops = K + 1). Throughput: 8
+the limit of its own path (hops = 2K lead-mediated, K + 1 direct) and of the direct limit. Throughput: 8
 concurrent sessions at the largest RTT.
 """
 
@@ -280,6 +282,12 @@ def identity_check(checkpoint: Path, prompts: list[list[int]], tokens: int, k: i
     return {"prompts": len(prompts), "differ": differ, "steps": total_steps, "tokens": tokens, "k": k}
 
 
+def modes(k: int) -> list[tuple[str, int, bool]]:
+    """(label, speculative draft length, direct path) of every measured mode."""
+    return [("lead-mediated", 0, False), ("direct", 0, True), (f"speculative k={k}", k, False),
+            (f"speculative k={k} + direct", k, True)]
+
+
 async def one_request(lead: Any, prompt: list[int], tokens: int) -> dict[str, Any]:
     from verisplit.impl.node.lead import SamplingParams
 
@@ -347,8 +355,8 @@ async def measure(checkpoint: Path, workdir: Path, args: argparse.Namespace) -> 
             for rtt in args.rtt:
                 proxy.set(rtt / 2)
                 for name, prompt in prompts.items():
-                    for mode, k in (("lead-mediated", 0), (f"speculative k={args.speculative}", args.speculative)):
-                        lead.speculative = k
+                    for mode, k, direct in modes(args.speculative):
+                        lead.speculative, lead.direct = k, direct
                         r = await one_request(lead, prompt, args.tokens)
                         rows.append({"rtt": rtt, "prompt": name, "mode": mode, **r})
                         print(f"rtt {rtt} {name} {mode}: {r['rate']:.2f} tok/s {r['spec'] or ''}", flush=True)
@@ -356,8 +364,8 @@ async def measure(checkpoint: Path, workdir: Path, args: argparse.Namespace) -> 
             conc = []
             rtt = max(args.rtt)
             proxy.set(rtt / 2)
-            for mode, k in (("lead-mediated", 0), (f"speculative k={args.speculative}", args.speculative)):
-                lead.speculative = k
+            for mode, k, direct in modes(args.speculative):
+                lead.speculative, lead.direct = k, direct
                 t0 = time.perf_counter()
                 runs = await asyncio.gather(*(one_request(lead, prompts["chat" if i % 2 else "lookup"], args.tokens)
                                               for i in range(args.sessions)))
@@ -415,23 +423,24 @@ def render(result: dict[str, Any], model: str, command: str, load: str) -> str:
              f"{result['identity']['prompts']} chat prompts x {result['identity']['tokens']} tokens "
              f"({result['identity']['steps']} verification steps): {result['identity']['differ']} prompt(s) differ.",
              ""] + loopback_lines(result) + ["",
-             "| RTT | prompt | mode | tok/s | vs limit (mediated) | vs limit (direct) | vs lead-mediated | "
-             "acceptance | tokens == plain | lead per hop: round trip / crypto |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| RTT | prompt | mode | tok/s | latency limit of its path, tok/s | ratio to it | ratio to the direct limit "
+             "| vs lead-mediated | acceptance | tokens == lead-mediated | lead per hop: round trip / checks |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     plain: dict[tuple[int, str], dict[str, Any]] = {}
     for row in result["rows"]:
         if row["mode"] == "lead-mediated":
             plain[(row["rtt"], row["prompt"])] = row
     for row in result["rows"]:
         d = row["rtt"] / 2 / 1e3
-        lim_m = 1 / (c + 2 * HOPS * d)
         lim_d = 1 / (c + (HOPS + 1) * d)
+        lim_own = lim_d if "direct" in row["mode"] else 1 / (c + 2 * HOPS * d)
         base = plain[(row["rtt"], row["prompt"])]
         spec = row["spec"]
         acc = f"{spec['accepted']}/{spec['drafted']} = {spec['acceptance']:.2f}" if spec else "—"
         same = "—" if row is base else ("yes" if row["tokens"] == base["tokens"] else "**no**")
-        lines.append(f"| {row['rtt']} ms | {row['prompt']} | {row['mode']} | {row['rate']:.2f} | {row['rate'] / lim_m:.2f}x "
-                     f"| {row['rate'] / lim_d:.2f}x | {row['rate'] / base['rate']:.2f}x | {acc} | {same} | "
+        lines.append(f"| {row['rtt']} ms | {row['prompt']} | {row['mode']} | {row['rate']:.2f} | {lim_own:.2f} | "
+                     f"{row['rate'] / lim_own:.2f}x | {row['rate'] / lim_d:.2f}x | {row['rate'] / base['rate']:.2f}x | "
+                     f"{acc} | {same} | "
                      f"{row['hop_rt'] * 1e3:.2f} / {row['hop_crypto'] * 1e3:.2f} ms |")
     lines += ["", f"Throughput, {len(result['concurrent']) and 'concurrent'} sessions (half chat, half lookup):", "",
               "| RTT | mode | sessions | aggregate tok/s (incl. prefill) | wall s |", "|---|---|---|---|---|"]
