@@ -452,7 +452,8 @@ def check_forwarded(c: BoundaryCommitment, sender_public_key: bytes, request_id:
     H2 (this request, this step and these positions) and H4 at the receiver (the commitment's output
     digest is the digest of the bytes actually received). A failure is the sender's: the receiver
     refuses the step blaming segment k-1 with the returned reason. The lead still checks every link
-    itself (``check_exchanged_link``) before the step's token is released."""
+    itself (``check_exchanged_link``) before the step's token is released. Z3: ``forwarded_concrete``
+    (proofs/z3/check_rollback.py, TESTED with real signatures); Lean: none (Ed25519 is not modelled)."""
     _require_commitment(c, "commitment", InvalidChainInput)
     _require_digest(received_digest, "received_digest")
     if not signature_valid(c):

@@ -16,7 +16,8 @@ PROVED (Z3, bounded):
 - ``billable_sum_plain``: F1 without explicit steps sums ``plain_decoding_steps(prompt, completion)``,
   which is ``prompt + completion - 1`` for a symbolic prompt and every completion <= 32.
 
-TESTED (concrete): ``rollback_context_concrete`` runs the real ``next_step_context`` over every
+TESTED (concrete): ``forwarded_concrete`` runs the real ``check_forwarded`` (Ed25519 included) on an
+honest forward and every single fault. ``rollback_context_concrete`` runs the real ``next_step_context`` over every
 previous step [f, f + n) with f, n <= 8 and every start <= 20: it accepts exactly the K1 starts
 (raising ``InvalidChainInput`` otherwise) and defaults to the previous end.
 """
@@ -24,12 +25,13 @@ previous step [f, f + n) with f, n <= 8 and every start <= 20: it accepts exactl
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any, Iterator
 
 import z3
 
 from verisplit.proofs_z3.core import Evidence, Kind, Obligation, concrete, register, valid
-from verisplit.spec.commitment import InvalidChainInput, StepContext, next_step_context, step_follows
+from verisplit.spec.commitment import InvalidChainInput, StepContext, check_forwarded, next_step_context, step_follows
 from verisplit.spec.settlement import plain_decoding_steps
 
 FOLLOWS = "verisplit.spec.commitment.step_follows"
@@ -144,3 +146,50 @@ def billable_sum_plain_mutant() -> Iterator[Obligation]:
     prompt = z3.Int("prompt")
     steps = plain_decoding_steps(prompt, 2)
     yield valid("mutant: plain steps sum to prompt + completion", z3.Sum(*steps) == prompt + 2, [prompt >= 1])
+
+
+# ---- the direct path: what a receiving provider checks -----------------------------------------
+
+FORWARDED = "verisplit.spec.commitment.check_forwarded"
+
+
+def _forwarded_cases() -> Iterator[tuple[str, Any, tuple[Any, ...], Any]]:
+    """(label, commitment, (sender key, request, step, first, n, received digest), expected reason)."""
+    import hashlib
+
+    from nacl.signing import SigningKey
+
+    from verisplit.spec.commitment import (BAD_SIGNATURE, OUTPUT_MISMATCH, PROTOCOL_VERSION, RANGE_MISMATCH, REPLAY,
+                                           STEP_GAP, WRONG_REQUEST, WRONG_SIGNER, BoundaryCommitment, sign_commitment)
+
+    sender, other = SigningKey(bytes(range(32))), SigningKey(bytes(32))
+    good = hashlib.sha256(b"forwarded").digest()
+    bad = hashlib.sha256(b"other bytes").digest()
+    for step in (0, 3):
+        for first, n in ((0, 5), (9, 1), (9, 4)):
+            base = BoundaryCommitment(PROTOCOL_VERSION, "m", bytes(32), "req", step, 1, 2, 4, first, n, bytes(32), good,
+                                      bytes(32))
+            signed = sign_commitment(base, sender)
+            key = bytes(sender.verify_key)
+            args = (key, "req", step, first, n, good)
+            yield f"honest s={step} [{first},+{n})", signed, args, None
+            yield "other bytes", signed, (key, "req", step, first, n, bad), OUTPUT_MISMATCH
+            yield "bad signature", replace(signed, signature=bytes(64)), args, BAD_SIGNATURE
+            yield "wrong signer", sign_commitment(base, other), args, WRONG_SIGNER
+            yield "wrong request", signed, (key, "req-2", step, first, n, good), WRONG_REQUEST
+            yield "later step expected", signed, (key, "req", step + 1, first, n, good), REPLAY
+            yield "earlier step expected", sign_commitment(replace(base, step=step + 1), sender), args, STEP_GAP
+            yield "other positions", signed, (key, "req", step, first + 1, n, good), RANGE_MISMATCH
+
+
+@register("forwarded_concrete", spec_functions=(FORWARDED,), evidence=Evidence.TESTED,
+          bound="exhaustive: 6 step/position shapes x {honest, 7 single faults}, real Ed25519")
+def forwarded_concrete() -> Iterator[Obligation]:
+    """check_forwarded passes an honest forward and names the right reason for every single fault."""
+    t0 = time.perf_counter()
+    failures = []
+    for label, c, args, expected in _forwarded_cases():
+        got = check_forwarded(c, *args)
+        if (got[0] if got else None) != expected:
+            failures.append(f"{label}: got {got}, expected {expected}")
+    yield concrete("check_forwarded verdicts", not failures, time.perf_counter() - t0, "; ".join(failures[:3]))

@@ -338,6 +338,7 @@ def commitment_always_fresh(revealed: Any, commitment: Any) -> bool:
 _ORIG_ESCROW_STEP = spec_escrow.escrow_step
 _ORIG_RESIZE = spec_escrow.resize_window
 _ORIG_MEMBER_STEP = spec_escrow.member_step
+_ORIG_FORWARDED = spec_commitment.check_forwarded
 
 
 def escrow_forfeit_drops_held(window: Sequence[Any], payout: Any, failed: Any) -> Any:
@@ -429,6 +430,16 @@ def follows_allows_gap(previous_first: Any, previous_positions: Any, first: Any)
 
 def plain_steps_count_last(prompt_tokens: Any, completion_tokens: int) -> list[Any]:
     return [prompt_tokens] + [1] * completion_tokens
+
+
+def forwarded_ignores_digest(c: Any, sender_public_key: bytes, request_id: str, step: int, first_position: int,
+                             num_positions: int, received_digest: bytes) -> Any:
+    return _ORIG_FORWARDED(c, sender_public_key, request_id, step, first_position, num_positions, c.output_digest)
+
+
+def forwarded_ignores_signer(c: Any, sender_public_key: bytes, request_id: str, step: int, first_position: int,
+                             num_positions: int, received_digest: bytes) -> Any:
+    return _ORIG_FORWARDED(c, c.signer, request_id, step, first_position, num_positions, received_digest)
 
 
 C = "verisplit.spec.cohort"
@@ -610,6 +621,10 @@ MUTANTS: list[Mutant] = [
            "next_step_context accepts a start past the previous end"),
     Mutant("billable_sum_plain", "counts_last", f"{S}:plain_decoding_steps", plain_steps_count_last,
            "off by one: plain decoding bills the last generated token, which no step consumed"),
+    Mutant("forwarded_concrete", "ignores_digest", f"{H}:check_forwarded", forwarded_ignores_digest,
+           "dropped condition: a receiver computes on bytes other than the ones its sender signed"),
+    Mutant("forwarded_concrete", "ignores_signer", f"{H}:check_forwarded", forwarded_ignores_signer,
+           "dropped condition: any key may sign a forwarded input"),
 ]
 
 
