@@ -74,6 +74,19 @@ def lead_group() -> None:
 @click.option("--shutdown-grace", default=10.0, show_default=True, type=click.FloatRange(min=0.0),
               help="Seconds in-flight requests may run on after SIGINT/SIGTERM before they are cut at their next "
                    "token (a second signal cuts at once).")
+@click.option("--api-keys", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Client API keys, one per line (Authorization: Bearer KEY); required, with or instead of "
+                   "--operator-keys, when --http is not a loopback address.")
+@click.option("--operator-keys", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Operator keys, one per line: the only keys that reach /v1/providers, /v1/audit and /metrics.")
+@click.option("--max-body-bytes", default=1 << 20, show_default=True, type=click.IntRange(min=1024),
+              help="Largest HTTP request body accepted (413 beyond).")
+@click.option("--max-concurrent", default=16, show_default=True, type=click.IntRange(min=1),
+              help="Completion requests in flight per API key (per client address without keys); 429 beyond.")
+@click.option("--retention-bytes", default=2 << 30, show_default=True, type=click.IntRange(min=1 << 16),
+              help="Bytes of request records kept on disk (and about as much in memory); the oldest go first.")
+@click.option("--keep-tensors", is_flag=True,
+              help="Keep every boundary tensor of a record after its audits (default: digests only once audited).")
 @click.option("--speculative", default=0, show_default=True, type=click.IntRange(min=0, max=16),
               help="Speculative decoding: draft up to K tokens by prompt lookup and verify them in one traversal "
                    "of the cohort (0: off; greedy output unchanged up to fp drift, see docs/BENCHMARKS.md).")
@@ -86,8 +99,9 @@ def lead_serve(listen: str, http: str, checkpoint: Path, data_dir: Path, retenti
                offer_ttl: float, tls_cert: Path | None, tls_key: Path | None, tls_ca: Path | None,
                ledger_path: Path | None, lead_key_path: Path | None, audit_p: str | None, audit_seed_file: Path | None,
                calibration: Path | None, no_audit: bool, probation_requests: int | None, escrow_window: int | None,
-               allow_undeterred: bool, shutdown_grace: float, speculative: int, direct: bool, ready_file: Path | None, log_format: str,
-               verbose: bool) -> None:
+               allow_undeterred: bool, shutdown_grace: float, api_keys: Path | None, operator_keys: Path | None,
+               max_body_bytes: int, max_concurrent: int, retention_bytes: int, keep_tensors: bool, speculative: int,
+               direct: bool, ready_file: Path | None, log_format: str, verbose: bool) -> None:
     """Serve the registry (gRPC) and the HTTP API; route and relay every request through a cohort;
     audit, settle and record every finished request (see docs/protocol.md, "Lead auditing")."""
     from verisplit.impl.node.framing import parse_host_port
@@ -106,6 +120,7 @@ def lead_serve(listen: str, http: str, checkpoint: Path, data_dir: Path, retenti
         config = ModelConfig.from_dir(checkpoint)
     except (ValueError, CheckpointError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
+    limits = api_limits(http_host, api_keys, operator_keys, max_body_bytes, max_concurrent)
     settings = AuditSettings(ledger=ledger_path or data_dir / "ledger.db", lead_key=lead_key_path or data_dir / "lead.key",
                              audit_p=audit_p, seed_file=audit_seed_file, calibration=calibration, no_audit=no_audit,
                              probation_requests=probation_requests, escrow_window=escrow_window,
@@ -119,19 +134,35 @@ def lead_serve(listen: str, http: str, checkpoint: Path, data_dir: Path, retenti
         try:
             lead = Lead(checkpoint, data_dir, retention=retention, tls_ca=tls_ca, heartbeat_interval_s=heartbeat_interval,
                         offer_ttl_s=offer_ttl, speculative=speculative, direct=direct)
+            lead.configure_retention(retention_bytes, keep_tensors)
         except (ValueError, CheckpointError, OSError) as exc:
             raise click.ClickException(str(exc)) from None
         attach_audit_service(lead, checkpoint, settings, plan)
         return lead
 
     serve = LeadServeSettings(listen=listen, http_host=http_host, http_port=http_port, tls_cert=tls_cert,
-                              tls_key=tls_key, ready_file=ready_file, grace_s=shutdown_grace)
+                              tls_key=tls_key, ready_file=ready_file, grace_s=shutdown_grace, api=limits)
     try:
         asyncio.run(serve_lead(serve, build))
     except BindError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(f"lead: {exc}") from None
+
+
+def api_limits(http_host: str, api_keys: Path | None, operator_keys: Path | None, max_body_bytes: int,
+               max_concurrent: int) -> Any:
+    """The HTTP API's ``ApiLimits`` from the flags; refuses (ClickException) a non-loopback ``--http``
+    without keys and any malformed key file."""
+    from verisplit.impl.node.api_auth import ApiKeys, KeyFileError, check_exposure
+    from verisplit.impl.node.api_limits import ApiLimits
+
+    try:
+        keys = ApiKeys.from_files(api_keys, operator_keys)
+        check_exposure(http_host, keys)
+    except (KeyFileError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    return ApiLimits(keys, max_body_bytes, max_concurrent)
 
 
 @dataclass(frozen=True)

@@ -41,13 +41,17 @@ from verisplit.impl.cli.config import apply_envvars, config_option, device_optio
 @click.option("--audit-p", "audit_p", default=None, help="Audit probability per segment [default: 1/10 with --calibration].")
 @click.option("--shutdown-grace", default=10.0, show_default=True, type=click.FloatRange(min=0.0),
               help="Seconds in-flight requests may run on after SIGINT/SIGTERM.")
+@click.option("--api-keys", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Client API keys for the lead (one per line); required when --http is not a loopback address.")
+@click.option("--operator-keys", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Operator keys for the lead's /v1/providers, /v1/audit and /metrics.")
 @click.option("--timeout", "start_timeout", default=300.0, show_default=True, type=click.FloatRange(min=1.0),
               help="Seconds to wait for every process to be ready.")
 @log_options
 def serve_local_command(num_providers: int, checkpoint: Path | None, random_model: bool, data_dir: Path, listen: str,
                         http: str, prices: str, kv_budget_mb: float, device: str, dtype: str, calibration: Path | None,
-                        audit_p: str | None, shutdown_grace: float, start_timeout: float, log_format: str,
-                        verbose: bool) -> None:
+                        audit_p: str | None, shutdown_grace: float, api_keys: Path | None,
+                        operator_keys: Path | None, start_timeout: float, log_format: str, verbose: bool) -> None:
     """Start a lead and K providers on this machine (one process each, logs per process) and serve
     until SIGINT/SIGTERM."""
     from verisplit.impl.cli.demo import provider_prices, split_layers
@@ -65,6 +69,9 @@ def serve_local_command(num_providers: int, checkpoint: Path | None, random_mode
         raise click.ClickException(str(exc)) from None
     if audit_p is not None:
         parse_fraction(audit_p)
+    from verisplit.impl.cli.lead_cmd import api_limits
+
+    api_limits(parse_host_port(http, "--http")[0], api_keys, operator_keys, 1 << 20, 1)  # refuse before any child starts
     price_list = provider_prices(prices, num_providers)
     checkpoint = _checkpoint(checkpoint, random_model)
     try:
@@ -77,6 +84,8 @@ def serve_local_command(num_providers: int, checkpoint: Path | None, random_mode
     lead_args = [*common, "--shutdown-grace", str(shutdown_grace)]
     lead_args += ["--calibration", str(calibration)] if calibration is not None else []
     lead_args += ["--audit-p", audit_p] if audit_p is not None else []
+    lead_args += ["--api-keys", str(api_keys)] if api_keys is not None else []
+    lead_args += ["--operator-keys", str(operator_keys)] if operator_keys is not None else []
     provider_args = [*common, "--kv-budget-mb", str(kv_budget_mb), "--device", device, "--dtype", dtype,
                      "--shutdown-grace", str(shutdown_grace)]
     if config_file is not None:

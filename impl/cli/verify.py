@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -130,6 +131,9 @@ def audit_command(checkpoint: Path, data_dir: Path, request_id: str, segments: t
         record = RequestStore(_store_root(data_dir)).load(request_id)
         if calibration is not None:
             tolerance = check_calibration(calibration, record.model_id, dtype)
+        if record.tensors_discarded:
+            store = RequestStore(_store_root(data_dir))
+            sys.exit(_report_compacted(record, store.load_extras(request_id), segments))
         analysis = analyse_chain(record)
         verifier = Verifier(checkpoint, device=device, dtype=dtype or tolerance.dtype)
         chosen = list(segments) or list(range(len(record.cohort.assignments)))
@@ -156,3 +160,23 @@ def audit_command(checkpoint: Path, data_dir: Path, request_id: str, segments: t
         _fail(str(exc))
         return
     sys.exit(1 if failed else 0)
+
+
+def _report_compacted(record: Any, extras: dict[str, Any], segments: tuple[int, ...]) -> int:
+    """Print the chain verdict of a compacted record's commitments (signatures and digest chain, H1-H3),
+    its recorded audits, and one "skipped" line per segment; returns the exit code (1: chain broken)."""
+    from verisplit.impl.audit.verifier import record_context
+    from verisplit.spec.commitment import check_chain
+
+    broken = None
+    for step in record.steps:
+        verdict = check_chain(record.cohort, step.commitments, step.first_input_digest, record_context(record, step))
+        if not verdict.valid:
+            broken = {"culprit": verdict.culprit, "link": verdict.link, "step": step.step, "reason": verdict.reason}
+            break
+    chain = broken or {"valid": True, "steps": len(record.steps)}
+    click.echo(json.dumps({"chain": chain, "tensors_discarded": True, "audits": extras.get("audits")}))
+    for index in list(segments) or list(range(len(record.cohort.assignments))):
+        click.echo(json.dumps({"segment_index": index, "skipped": "tensors discarded after audit (the lead keeps "
+                                                                  "them with --keep-tensors)"}))
+    return 1 if broken else 0

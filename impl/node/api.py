@@ -8,6 +8,11 @@ Endpoints: ``GET /v1/models`` (and ``/v1/models/{id}``; with ``context_length``)
 ``GET /v1/audit`` (p, probation and tolerance; no endpoint reveals a live request's audit seed: it
 appears in ``/v1/requests/{id}`` only once the request's audits are done), ``GET /healthz``.
 
+Keys, operator endpoints, concurrency and body limits are enforced in front of this app by
+``api_limits.ApiGuard``; here a request record is shown only to the key that created it (others get
+the 404 of an unknown id). Text with lone surrogates is a 400 naming the field; prompt size is
+checked before tokenizing; templating, tokenizing and routing run off the event loop.
+
 Invariants: every error is OpenAI-shaped ``{"error": {"message", "type", "param", "code"}}`` (a
 broken link adds ``culprit``, ``reason`` and ``request_id``); bad input is a 4xx naming the field,
 and a parameter that cannot be honoured is refused, never ignored (``api_models``); logprobs come
@@ -17,6 +22,7 @@ from the logits the lead sampled from (``api_logprobs``); every completion names
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -31,8 +37,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from verisplit.impl.node.api_logprobs import (TokenBytes, TokenLogprob, chat_logprobs, completion_logprobs,
                                              last_row_logits, token_logprob)
-from verisplit.impl.node.api_models import (APIError, ChatBody, CompletionBody, SamplingBody, completion_budget,
-                                           invalid, normalize_messages, refuse_unsupported)
+from verisplit.impl.node.api_models import (APIError, ChatBody, CompletionBody, SamplingBody, check_prompt_size,
+                                           check_text, completion_budget, invalid, normalize_messages,
+                                           refuse_unsupported)
 from verisplit.impl.node.drain import guard_tokens  # ops: shutdown cut
 from verisplit.impl.node.hops import CohortError
 from verisplit.impl.node.lead import Lead, NoCohortError, RequestRun, SamplingParams
@@ -51,6 +58,23 @@ def cohort_error(exc: CohortError, request_id: str) -> APIError:
     return APIError(status, f"request {request_id} aborted: provider {exc.culprit!r} at segment {exc.link} failed "
                             f"({exc.reason}): {exc.detail}", "cohort_error", None, exc.reason,
                     {"culprit": exc.culprit, "reason": exc.reason, "link": exc.link, "request_id": request_id})
+
+
+class SafeJSONResponse(JSONResponse):
+    """JSON rendered ASCII-only and NaN-free (an error message quoting odd input can never fail to render)."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+def principal_of(request: Request) -> Any:
+    """The caller as ``ApiGuard`` identified it (``api_auth.Principal``); None when the app runs unguarded."""
+    return (request.scope.get("state") or {}).get("principal")
+
+
+def visible_to(info: dict[str, Any], principal: Any) -> bool:
+    """A request record is readable by the key that created it and by operator keys (anyone without keys)."""
+    return principal is None or principal.role == "operator" or info.get("owner") == principal.owner
 
 
 class Job:
@@ -75,7 +99,7 @@ def create_app(lead: Lead) -> FastAPI:
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
+        return SafeJSONResponse(exc.body(), status_code=exc.status)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -83,26 +107,27 @@ def create_app(lead: Lead) -> FastAPI:
         if first.get("type") == "json_invalid":  # loc is ("body", <char offset>), not a field
             detail = (first.get("ctx") or {}).get("error", "")
             offset = first.get("loc", ("body", "?"))[-1]
-            return JSONResponse(APIError(400, f"body: not valid JSON ({detail or 'decode error'} at character "
+            return SafeJSONResponse(APIError(400, f"body: not valid JSON ({detail or 'decode error'} at character "
                                               f"{offset})", code="invalid_json").body(), status_code=400)
         # drop "body" and pydantic's union-branch names (e.g. "str", "list[int]") from the location
         loc = [str(p) for p in first.get("loc", ()) if p != "body" and not (isinstance(p, str) and
                                                                             ("[" in p or p in ("str", "int")))]
         param = ".".join(loc) or None
-        return JSONResponse(APIError(400, f"{param or 'body'}: {first.get('msg')}", param=param,
+        return SafeJSONResponse(APIError(400, f"{param or 'body'}: {first.get('msg')}", param=param,
                                      code="invalid_value").body(), status_code=400)
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> JSONResponse:
         # Last resort: still an OpenAI-shaped body (the traceback goes to the log, not the client).
         logging.getLogger("verisplit.lead").exception("internal error serving %s", request.url.path)
-        return JSONResponse(APIError(500, f"internal error: {exc.__class__.__name__}", "server_error",
+        return SafeJSONResponse(APIError(500, f"internal error: {exc.__class__.__name__}", "server_error",
                                      code="internal_error").body(), status_code=500)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        return JSONResponse(APIError(exc.status_code, str(exc.detail), kind).body(), status_code=exc.status_code)
+        return SafeJSONResponse(APIError(exc.status_code, str(exc.detail), kind).body(), status_code=exc.status_code,
+                                headers=getattr(exc, "headers", None))
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
@@ -129,7 +154,7 @@ def create_app(lead: Lead) -> FastAPI:
     @app.get("/v1/cohort")
     async def cohort() -> dict[str, Any]:
         try:
-            formed, offers = lead.route()
+            formed, offers = await asyncio.to_thread(lead.route)  # the router may be slow: off the event loop
         except NoCohortError as exc:
             raise APIError(503, f"no cohort: {exc}", "service_unavailable", None, "no_cohort") from None
         by_id = {o.provider_id: o for o in offers}
@@ -146,11 +171,11 @@ def create_app(lead: Lead) -> FastAPI:
         return lead.audit_view()
 
     @app.get("/v1/requests/{request_id}")
-    async def request_info(request_id: str) -> dict[str, Any]:
-        info = lead.request_info(request_id)
-        if info is None:
+    async def request_info(request_id: str, request: Request) -> dict[str, Any]:
+        info = await asyncio.to_thread(lead.request_info, request_id)  # may read the record from disk
+        if info is None or not visible_to(info, principal_of(request)):  # another key's: 404, existence not revealed
             raise APIError(404, f"request_id: no retained request {request_id!r}", "not_found_error", "request_id", "not_found")
-        return info
+        return {k: v for k, v in info.items() if k != "owner"}
 
     def check_model(model: str | None) -> None:
         if model is not None and model != lead.model_id:
@@ -165,71 +190,77 @@ def create_app(lead: Lead) -> FastAPI:
             raise invalid("stop", "sequences must be non-empty")
         return items
 
-    def begin(prompt_ids: list[int], max_tokens: int, body: SamplingBody) -> RequestRun:
+    async def begin(prompt_ids: list[int], max_tokens: int, body: SamplingBody, request: Request) -> RequestRun:
         seed = body.seed if body.seed is not None else int.from_bytes(os.urandom(4), "little")
         params = SamplingParams(max_tokens=max_tokens, temperature=1.0 if body.temperature is None else body.temperature,
                                 top_p=1.0 if body.top_p is None else body.top_p, seed=seed, stop_token_ids=eos_ids)
-        try:
-            return lead.start(prompt_ids, params)
+        principal = principal_of(request)
+        try:  # routing runs the spec router over the registry: off the event loop
+            return await asyncio.to_thread(lead.start, prompt_ids, params, principal.owner if principal else None)
         except ValueError as exc:
             raise invalid(str(exc).split(":", 1)[0], str(exc).split(":", 1)[-1].strip()) from None
         except NoCohortError as exc:
             raise APIError(503, f"no cohort: {exc}", "service_unavailable", None, "no_cohort") from None
 
-    def cohort_kv_capacity() -> int | None:
+    async def cohort_kv_capacity() -> int | None:
         """The smallest ``kv_capacity_tokens`` offered by the providers of the cohort a request gets now."""
         try:
-            formed, _ = lead.route()
+            formed, _ = await asyncio.to_thread(lead.route)
         except NoCohortError:
             return None  # ``begin`` reports it
         entries = [lead.registry.get(a.provider_id) for a in formed.assignments]
         capacities = [e.fields.kv_capacity_tokens for e in entries if e is not None]
         return min(capacities) if capacities else None
 
-    def prompt_ids_of(prompt: Any) -> list[int]:
+    async def prompt_ids_of(prompt: Any) -> list[int]:
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
             prompt = prompt[0]  # a batch of one
         elif isinstance(prompt, list) and prompt and not all(isinstance(p, int) for p in prompt):
             raise invalid("prompt", "only one prompt per request is supported", "unsupported_value")
-        ids = [int(p) for p in prompt] if isinstance(prompt, list) else encode(tokenizer, prompt)
+        is_ids = isinstance(prompt, list)
+        check_prompt_size(0 if is_ids else len(prompt), len(prompt) if is_ids else 0, context_length, "prompt")
+        ids = [int(p) for p in prompt] if is_ids else await asyncio.to_thread(encode, tokenizer, prompt)
         if not ids:
             raise invalid("prompt", "must not be empty")
         return ids
 
     @app.post("/v1/completions")
-    async def completions(body: CompletionBody) -> Any:
+    async def completions(body: CompletionBody, request: Request) -> Any:
+        check_text(body.model_dump())
         refuse_unsupported(body)
         check_model(body.model)
-        prompt_ids = prompt_ids_of(body.prompt)
+        prompt_ids = await prompt_ids_of(body.prompt)
         stops = stops_of(body.stop)
         budget = completion_budget(len(prompt_ids), context_length, body.max_tokens, "max_tokens", "prompt",
                                    DEFAULT_COMPLETION_TOKENS)
         prompt_chars = len(decode(tokenizer, prompt_ids)) if body.logprobs is not None else 0
-        job = Job(begin(prompt_ids, budget, body), body, stops, False, body.logprobs, prompt_chars)
+        job = Job(await begin(prompt_ids, budget, body, request), body, stops, False, body.logprobs, prompt_chars)
         return await respond(job)
 
     @app.post("/v1/chat/completions")
-    async def chat(body: ChatBody) -> Any:
+    async def chat(body: ChatBody, request: Request) -> Any:
+        check_text(body.model_dump())
         refuse_unsupported(body)
         check_model(body.model)
         if body.top_logprobs is not None and not body.logprobs:
             raise invalid("top_logprobs", "requires logprobs to be true")
         messages = normalize_messages(body.messages)
-        try:
-            text = format_chat(messages, checkpoint_dir=lead.checkpoint)
+        check_prompt_size(sum(len(m["content"]) for m in messages), 0, context_length, "messages")
+        try:  # templating and tokenizing: off the event loop
+            text = await asyncio.to_thread(format_chat, messages, checkpoint_dir=lead.checkpoint)
         except ValueError as exc:  # the template's raise_exception (e.g. roles out of order)
             raise APIError(400, f"messages: {exc}", "invalid_request_error", "messages", None) from None
-        prompt_ids = encode(tokenizer, text)
+        prompt_ids = await asyncio.to_thread(encode, tokenizer, text)
         stops = stops_of(body.stop)
         requested, name = ((body.max_completion_tokens, "max_completion_tokens") if body.max_completion_tokens is not None
                            else (body.max_tokens, "max_tokens"))
         budget = completion_budget(len(prompt_ids), context_length, requested, name, "messages", None)
         if requested is None:  # "what fits": also within the KV capacity every provider of the cohort offers
-            capacity = cohort_kv_capacity()
+            capacity = await cohort_kv_capacity()
             if capacity is not None and 1 <= capacity - len(prompt_ids) < budget:
                 budget = capacity - len(prompt_ids)
         top = (body.top_logprobs or 0) if body.logprobs else None
-        return await respond(Job(begin(prompt_ids, budget, body), body, stops, True, top, 0))
+        return await respond(Job(await begin(prompt_ids, budget, body, request), body, stops, True, top, 0))
 
     def logprob_at(job: Job, index: int, token: int, start: int) -> TokenLogprob:
         # the lead appends step ``index``'s record (with the logits bytes) before it yields token ``index``

@@ -213,3 +213,40 @@ def completion_budget(prompt_tokens: int, context: int, requested: int | None, r
                             f"{prompt_tokens} tokens and this model's context length is {context} tokens "
                             f"(at most {room} remain)", param=requested_param, code="context_length_exceeded")
     return requested
+
+
+# --- text checks (before any tokenizing) ---------------------------------------------------------------
+
+MAX_CHARS_PER_TOKEN = 4  # a prompt over this many characters per context token is refused untokenized
+
+
+def check_text(value: Any, where: str = "body") -> None:
+    """Refuse (400 naming the field) any string in ``value`` that is not valid Unicode text: a lone
+    surrogate (JSON ``"\ud800"``) cannot be encoded as UTF-8, so no tokenizer or response may see it.
+    Iterative (an explicit stack), so any nesting depth the JSON parser accepted is walked."""
+    stack: list[tuple[Any, str]] = [(value, where)]
+    while stack:
+        item, here = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise invalid(here, f"not valid Unicode text (lone surrogate U+{ord(item[exc.start]):04X} at "
+                                    f"character {exc.start})", "invalid_text") from None
+        elif isinstance(item, dict):
+            for key, inner in item.items():
+                name = str(key) if here == "body" else f"{here}.{key}"
+                stack.append((key, here))
+                stack.append((inner, name))
+        elif isinstance(item, (list, tuple)):
+            stack.extend((inner, f"{here}.{i}") for i, inner in enumerate(item) if not isinstance(inner, (int, float)))
+
+
+def check_prompt_size(chars: int, tokens: int, context: int, param: str) -> None:
+    """Refuse a prompt too long for the context before tokenizing it: more than ``context`` token ids,
+    or more than ``MAX_CHARS_PER_TOKEN * context`` characters."""
+    if tokens > context or chars > MAX_CHARS_PER_TOKEN * context:
+        size = f"{tokens} token ids" if tokens > context else f"{chars} characters"
+        raise APIError(400, f"{param}: the prompt is {size}; this model's context length is {context} tokens "
+                            f"(at most {MAX_CHARS_PER_TOKEN * context} characters are accepted)", param=param,
+                       code="context_length_exceeded")

@@ -150,8 +150,11 @@ class DirectLinks:
 
 # --- the lead's side -----------------------------------------------------------------------------
 
-def opening_fields(hops: "list[Hop]", assignments: Any, index: int) -> dict[str, Any]:
-    """The neighbours the lead signs into segment ``index``'s direct-path opening."""
+def opening_fields(enabled: bool, hops: "list[Hop]", run: "RequestRun", index: int) -> dict[str, Any]:
+    """The neighbours the lead signs into segment ``index``'s direct-path opening ({} on the relay)."""
+    if not enabled:
+        return {}
+    assignments = run.cohort.assignments
     last = index == len(hops) - 1
     return {"next_endpoint": "" if last else hops[index + 1].offer.fields.endpoint,
             "next_public_key": b"" if last else assignments[index + 1].public_key,

@@ -19,7 +19,6 @@ import contextlib
 import logging
 import time
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable
@@ -32,9 +31,9 @@ from verisplit.impl.node import verisplit_pb2_grpc as pb_grpc
 from verisplit.impl.node.framing import commitment_from_pb
 from verisplit.impl.node.hops import UNAVAILABLE, CohortError, Hop, HopTimings, output_byte_limit
 from verisplit.impl.node.framing import open_channel
+from verisplit.impl.node.lead_info import INFO_MEMORY_BYTES, InfoCache
 from verisplit.impl.node.registry import Registry
-from verisplit.impl.node.direct import direct_step, opening_fields
-from verisplit.impl.node.speculative import SpeculativeStats, speculative_tokens
+from verisplit.impl.node import direct, speculative  # issue 16: direct data path, speculative decoding
 from verisplit.impl.node.views import audit_view, providers_view, request_view
 from verisplit.impl.records.requests import RecordError, RequestRecord, RequestStore, StepRecord
 from verisplit.impl.runtime.config import ModelConfig
@@ -92,6 +91,7 @@ class RequestRun:
     seed_commitment: bytes = NO_SEED_COMMITMENT
     step_positions: list[int] | None = None  # speculative runs: positions of each completed step (F1)
     speculative: dict[str, Any] | None = None  # speculative runs: steps, drafted, accepted
+    owner: str | None = None  # the id of the API key that started it (api_auth.key_id); None without keys
 
     async def tokens(self) -> AsyncIterator[int]:
         """Yield generated token ids as they come; raises ``CohortError`` when a link breaks.
@@ -124,13 +124,20 @@ class Lead:
         self.post_request_hooks: list[PostRequestHook] = []
         self.audit: Any = None  # the AuditService, once ``attach_audit`` ran
         self.commitments_checked = 0
-        self.speculative = speculative  # draft length k of speculative decoding (0: off); impl/node/speculative.py
-        self.speculative_stats = SpeculativeStats()
-        self.direct = direct  # the cohort's data path: providers forward to each other (impl/node/direct.py)
+        self.speculative, self.direct = speculative, direct  # draft length k (0: off); providers forward to each other
         self._channels: dict[str, tuple[grpc.aio.Channel, pb_grpc.ProviderStub]] = {}
-        self._info: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._info = InfoCache(retention)
         self._retention = retention
+        self.keep_tensors = True  # False: a record's tensors are dropped once its hooks (audits) are done
         self._tasks: set[asyncio.Task[Any]] = set()
+
+    def configure_retention(self, max_bytes: int, keep_tensors: bool = False) -> None:
+        """Bound the records on disk to ``max_bytes`` and the in-memory request infos to
+        ``min(max_bytes, INFO_MEMORY_BYTES)`` (older infos are then read from disk), oldest first;
+        without ``keep_tensors`` a record keeps digests only once its post-request hooks are done."""
+        self.store.max_bytes = max_bytes
+        self._info.max_bytes = min(max_bytes, INFO_MEMORY_BYTES)
+        self.keep_tensors = keep_tensors
 
     def attach_audit(self, service: Any) -> None:
         """Install ``service`` (a ``verisplit.impl.audit.service.AuditService``) as a post-request hook:
@@ -172,7 +179,7 @@ class Lead:
         except InvalidOffer as exc:  # pragma: no cover - the registry validated every offer
             raise NoCohortError(str(exc)) from None
 
-    def start(self, prompt_ids: list[int], params: SamplingParams) -> RequestRun:
+    def start(self, prompt_ids: list[int], params: SamplingParams, owner: str | None = None) -> RequestRun:
         """Form the cohort and allocate a request id; raises ``NoCohortError`` or ValueError for bad input."""
         if not prompt_ids:
             raise ValueError("prompt: must hold at least one token")
@@ -185,7 +192,7 @@ class Lead:
             raise ValueError(f"max_tokens: prompt ({len(prompt_ids)}) + max_tokens ({params.max_tokens}) exceeds the "
                              f"context length {self.config.max_position_embeddings}")
         cohort, offers = self.route()
-        return RequestRun(self, f"req-{uuid.uuid4().hex}", cohort, offers, list(prompt_ids), params)
+        return RequestRun(self, f"req-{uuid.uuid4().hex}", cohort, offers, list(prompt_ids), params, owner=owner)
 
     def _stub(self, endpoint: str) -> pb_grpc.ProviderStub:
         entry = self._channels.get(endpoint)
@@ -216,8 +223,7 @@ class Lead:
             run.seed_commitment = seed_commitment
             results = await asyncio.gather(*(h.open(self.session_key, session_id, run.request_id, self.model_id, max_length,
                                                     seed_commitment, self.dtype,
-                                                    **(opening_fields(hops, run.cohort.assignments, h.index)
-                                                       if self.direct else {})) for h in hops),
+                                                    **direct.opening_fields(self.direct, hops, run, h.index)) for h in hops),
                                            return_exceptions=True)
             for result in results:
                 if isinstance(result, BaseException):
@@ -226,8 +232,8 @@ class Lead:
                                   audit_seed_commitment=seed_commitment)
             blob = to_canonical(torch.tensor(run.prompt_ids, dtype=torch.int64))
             if self.speculative > 0:  # the generation loop of impl/node/speculative.py over the same _step
-                async with contextlib.aclosing(speculative_tokens(self, run, hops, session_id, context, generator,
-                                                                  self.speculative)) as tokens:
+                async with contextlib.aclosing(speculative.speculative_tokens(self, run, hops, session_id, context,
+                                                                              generator, self.speculative)) as tokens:
                     async for token in tokens:
                         yield token
             for _ in range(0 if self.speculative > 0 else params.max_tokens):
@@ -257,7 +263,7 @@ class Lead:
                     first_blob: bytes) -> torch.Tensor:
         """One step through every hop, checking each link on receipt; returns the logits [T, vocab]."""
         if self.direct:
-            return await direct_step(self, run, hops, session_id, context, first_blob)
+            return await direct.direct_step(self, run, hops, session_id, context, first_blob)
         timings = run.timings
         first_digest = digest_encoded(first_blob)
         record = StepRecord(context.step, context.first_position, context.num_positions, first_digest, [], [], [])
@@ -327,14 +333,13 @@ class Lead:
                    "audit_seed_commitment": run.seed_commitment.hex(), "dtype": self.dtype,
                    "finish_reason": run.finish_reason, "detail": err.detail if err else None,
                    **({"speculative": run.speculative} if run.speculative is not None else {}),
-                   "link": err.link if err else None, "params": run.params.__dict__ | {"stop_token_ids": list(run.params.stop_token_ids)}})
+                   "link": err.link if err else None, "params": run.params.__dict__ | {"stop_token_ids": list(run.params.stop_token_ids)},
+                   "owner": run.owner})
         try:
             await asyncio.to_thread(self.store.save, record)
         except (OSError, RecordError) as exc:  # never lose the response because the disk failed
             log.error("could not save record %s: %s", run.request_id, exc)
-        self._info[run.request_id] = request_view(record, run.offers)
-        while len(self._info) > self._retention:
-            self._info.popitem(last=False)
+        self._info.put(run.request_id, request_view(record, run.offers))
         if self.post_request_hooks:
             self._info[run.request_id]["pending_hooks"] = len(self.post_request_hooks)
             task = asyncio.get_running_loop().create_task(self._run_hooks(record))
@@ -357,6 +362,10 @@ class Lead:
                 info["pending_hooks"] = max(0, info.get("pending_hooks", 1) - 1)
         with contextlib.suppress(OSError, RecordError):
             await asyncio.to_thread(self.store.save_extras, record.request_id, merged)
+        if not self.keep_tensors:  # audits done: the next save drops this record's tensor bytes
+            self.store.mark_compactable(record.request_id)
+            if info is not None:
+                info["tensors_discarded"] = True
 
     async def drain_hooks(self) -> None:
         """Wait for the background hooks scheduled so far."""

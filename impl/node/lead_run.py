@@ -41,19 +41,22 @@ class LeadServeSettings:
     grace_s: float = 10.0
     cut_timeout_s: float = 5.0
     hooks_timeout_s: float = 30.0
+    api: Any = None  # ApiLimits (keys, body bound, concurrency) of the HTTP API; None: the defaults, no keys
 
 
-def build_http_app(lead: Any, drain: Drain, metrics: LeadMetrics, request_log: RequestLog) -> Any:
+def build_http_app(lead: Any, drain: Drain, metrics: LeadMetrics, request_log: RequestLog, limits: Any = None) -> Any:
     """The ASGI app: the OpenAI API of ``verisplit.impl.node.api`` with ``/readyz`` and ``/metrics``
-    added, wrapped in ``OpsMiddleware``. Also installs the lead's drain, metrics and request hook."""
+    added, behind ``ApiGuard`` (keys, limits; ``limits`` or the defaults) inside ``OpsMiddleware``.
+    Also installs the lead's drain, metrics and request hook."""
     from verisplit.impl.node.api import create_app
+    from verisplit.impl.node.api_limits import ApiGuard, ApiLimits
 
     lead.ops_drain = drain
     metrics.attach(lead, drain)
     lead.post_request_hooks.append(request_hook(lead, request_log))
     app = create_app(lead)
     app.include_router(ops_router(lead, drain, metrics))
-    return OpsMiddleware(app, drain, request_log, metrics)
+    return OpsMiddleware(ApiGuard(app, limits or ApiLimits()), drain, request_log, metrics)
 
 
 class _DropCancelNotice(logging.Filter):
@@ -85,7 +88,7 @@ async def serve_lead(settings: LeadServeSettings, build: Callable[[], Any], stop
         drain = Drain(settings.grace_s, settings.cut_timeout_s)
         metrics = LeadMetrics()
         request_log = RequestLog(metrics)
-        app = build_http_app(lead, drain, metrics, request_log)
+        app = build_http_app(lead, drain, metrics, request_log, settings.api)
         add_service(pb_grpc.add_RegistryServicer_to_server, RegistryService(lead.registry), server)
         await server.start()
         started = True
@@ -123,7 +126,9 @@ async def _start_http(app: Any, sock: Any, settings: LeadServeSettings) -> tuple
     import uvicorn
 
     logging.getLogger("uvicorn.error").addFilter(_DropCancelNotice())
-    config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False,
+    from verisplit.impl.node.api_http import OpenAIH11Protocol
+
+    config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False, http=OpenAIH11Protocol,
                             timeout_graceful_shutdown=int(settings.grace_s + settings.cut_timeout_s + 1))
     http_server = _QuietServer(config)
     serve_task = asyncio.create_task(http_server.serve(sockets=[sock]))

@@ -34,16 +34,11 @@ if TYPE_CHECKING:
 
 @dataclass
 class SpeculativeStats:
-    """Counts of one request (or summed over a lead's requests): steps, drafted and accepted tokens."""
+    """Counts of one request: steps, drafted and accepted tokens."""
 
     steps: int = 0
     drafted: int = 0
     accepted: int = 0
-
-    def add(self, other: "SpeculativeStats") -> None:
-        self.steps += other.steps
-        self.drafted += other.drafted
-        self.accepted += other.accepted
 
     @property
     def acceptance(self) -> float:
@@ -100,4 +95,3 @@ async def speculative_tokens(lead: "Lead", run: "RequestRun", hops: "list[Hop]",
         run.finish_reason = "length"
     finally:
         run.speculative = stats.as_dict()
-        lead.speculative_stats.add(stats)

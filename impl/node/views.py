@@ -37,6 +37,8 @@ def request_view(record: RequestRecord, offers: Sequence[Offer] = ()) -> dict[st
         # H(seed) as every provider signed it before serving; the seed itself ("audit_seed") is added
         # by the audit service only once this request's audits are done (rule A1)
         "audit_seed_commitment": record.extra.get("audit_seed_commitment"),
+        "owner": record.extra.get("owner"),  # the creating key's id; the API checks it and never shows it
+        "tensors_discarded": record.tensors_discarded,
         "commitments_checked": sum(len(s.commitments) for s in record.steps) - failed_link,
         "steps": [{"step": s.step, "first_position": s.first_position, "num_positions": s.num_positions,
                    "first_input_digest": s.first_input_digest.hex(),

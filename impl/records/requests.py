@@ -11,12 +11,19 @@ Invariants:
   the record folder is built under a temporary name and renamed into place, so a reader never sees a
   half-written record and a crash leaves no record that references missing tensors.
 - ``load`` returns the exact bytes that were saved; each tensor file is checked against its digest.
-- At most ``max_requests`` records are kept; the oldest (by save order) are deleted first, together
-  with tensors no remaining record references.
+- At most ``max_requests`` records are kept, and (``max_bytes``) at most that many bytes of record
+  files and the tensors they reference (each shared tensor counted once), except that the newest
+  record is always kept; the oldest (by save order) are deleted first, together with tensors no
+  remaining record references.
+- Compaction (``mark_compactable``, done at the next ``save``): a compacted record keeps its
+  commitments (digests, signatures), token ids and extras but no tensor bytes; it loads with
+  ``tensors_discarded`` true and empty ``inputs``/``outputs``. The lead marks a record once its
+  audits are done (unless ``--keep-tensors``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -25,6 +32,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +77,7 @@ class RequestRecord:
     completion_tokens: int
     extra: dict[str, Any] = field(default_factory=dict)  # JSON-able detail (token ids, endpoints, error text)
     prices: dict[str, int] = field(default_factory=dict)  # price per work unit each cohort member offered when routed
+    tensors_discarded: bool = False  # a compacted record: commitments kept, exchanged bytes dropped after its audits
 
 
 def check_request_id(request_id: str) -> str:
@@ -109,14 +118,21 @@ def _atomic_write(path: Path, data: bytes) -> None:
 class RequestStore:
     """Bounded, atomic store of ``RequestRecord``s (thread-safe within one process)."""
 
-    def __init__(self, root: Path, max_requests: int = 1000) -> None:
+    def __init__(self, root: Path, max_requests: int = 1000, max_bytes: int | None = None) -> None:
         if max_requests < 1:
             raise ValueError(f"max_requests: must be >= 1, got {max_requests}")
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError(f"max_bytes: must be >= 1, got {max_bytes}")
         self.root = Path(root)
         self.max_requests = max_requests
+        self.max_bytes = max_bytes
         self.tensors = self.root / "tensors"
         self.tensors.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._sizes: dict[str, int] = {}  # tensor name -> bytes on disk
+        self._json_sizes: dict[str, int] = {}  # request id -> bytes of its record.json and extras.json
+        self._extras_sizes: dict[str, int] = {}
+        self._compactable: set[str] = set()
         self._index: dict[str, tuple[int, set[str]]] = self._scan()  # id -> (saved_at_ns, tensor names)
 
     # --- writing --------------------------------------------------------------------------
@@ -160,14 +176,59 @@ class RequestStore:
                     shutil.rmtree(tmp, ignore_errors=True)
             names = {n for s in steps for n in s["inputs"] + s["outputs"]}
             self._index[record.request_id] = (saved_at, names)
+            self._json_sizes[record.request_id] = len(json.dumps(body)) + self._extras_sizes.get(record.request_id, 0)
+            self._compactable.discard(record.request_id)
+            self._compact_marked()
             self._prune()
+
+    def mark_compactable(self, request_id: str) -> None:
+        """Let the next ``save`` drop this record's tensor bytes (its audits are done)."""
+        with self._lock:
+            if request_id in self._index:
+                self._compactable.add(request_id)
+
+    def compact(self, request_id: str) -> None:
+        """Drop the tensor bytes of one record now (keeps its commitments and extras); idempotent."""
+        with self._lock:
+            self._compactable.add(request_id)
+            self._compact_marked()
+
+    def retained_bytes(self) -> int:
+        """Bytes of the retained record files and of the tensors they reference."""
+        referenced: set[str] = set()
+        for _, names in self._index.values():
+            referenced |= names
+        return sum(self._json_sizes.values()) + sum(self._sizes.get(n, 0) for n in referenced)
+
+    def _compact_marked(self) -> None:
+        dropped: set[str] = set()
+        for rid in sorted(self._compactable):
+            path = self.root / rid / "record.json"
+            try:
+                body = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            body["tensors_discarded"] = True
+            data = json.dumps(body)
+            _atomic_write(path, data.encode("utf-8"))
+            saved_at, names = self._index.get(rid, (int(body.get("saved_at_ns", 0)), set()))
+            self._index[rid] = (saved_at, set())
+            self._json_sizes[rid] = len(data) + self._extras_sizes.get(rid, 0)
+            dropped |= names
+        self._compactable.clear()
+        self._unlink_unreferenced(dropped)
 
     def save_extras(self, request_id: str, extras: dict[str, Any]) -> None:
         """Atomically write the request's public extras (e.g. hook outputs); the record must exist."""
         folder = self.root / check_request_id(request_id)
         if not (folder / "record.json").is_file():
             raise RecordError(f"request_id: no record {request_id!r}")
-        _atomic_write(folder / "extras.json", json.dumps(extras).encode("utf-8"))
+        data = json.dumps(extras).encode("utf-8")
+        _atomic_write(folder / "extras.json", data)
+        with self._lock:
+            if request_id in self._json_sizes:
+                self._json_sizes[request_id] = self._json_sizes[request_id] - self._extras_sizes.get(request_id, 0) + len(data)
+                self._extras_sizes[request_id] = len(data)
 
     def load_extras(self, request_id: str) -> dict[str, Any]:
         path = self.root / check_request_id(request_id) / "extras.json"
@@ -180,6 +241,7 @@ class RequestStore:
         path = self.tensors / f"{name}.vstn"
         if not path.exists():
             _atomic_write(path, blob)
+        self._sizes[name] = len(blob)
         return name
 
     # --- reading --------------------------------------------------------------------------
@@ -197,19 +259,21 @@ class RequestStore:
             raise RecordError(f"request_id: no record {request_id!r} in {self.root}")
         try:
             body = json.loads(path.read_text(encoding="utf-8"))
+            discarded = bool(body.get("tensors_discarded"))
+            get = (lambda name: None) if discarded else self._get
             steps = [StepRecord(
                 step=int(s["step"]), first_position=int(s["first_position"]), num_positions=int(s["num_positions"]),
                 first_input_digest=bytes.fromhex(s["first_input_digest"]),
                 commitments=[commitment_from_dict(c) for c in s["commitments"]],
-                inputs=[self._get(name) for name in s["inputs"]],
-                outputs=[self._get(name) for name in s["outputs"]],
+                inputs=[b for b in (get(name) for name in s["inputs"]) if b is not None],
+                outputs=[b for b in (get(name) for name in s["outputs"]) if b is not None],
             ) for s in body["steps"]]
             return RequestRecord(
                 request_id=body["request_id"], model_id=body["model_id"], cohort=cohort_from_dict(body["cohort"]),
                 steps=steps, status=body["status"], culprit=body["culprit"], reason=body["reason"], fee=int(body["fee"]),
                 prompt_tokens=int(body["prompt_tokens"]), completion_tokens=int(body["completion_tokens"]),
                 extra=dict(body.get("extra") or {}),
-                prices={str(k): int(v) for k, v in (body.get("prices") or {}).items()})
+                prices={str(k): int(v) for k, v in (body.get("prices") or {}).items()}, tensors_discarded=discarded)
         except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
             if isinstance(exc, RecordError):
                 raise
@@ -232,27 +296,51 @@ class RequestStore:
             if folder.name.startswith(".") or folder.name == "tensors" or not folder.is_dir():
                 continue
             try:
-                body = json.loads((folder / "record.json").read_text(encoding="utf-8"))
+                text = (folder / "record.json").read_text(encoding="utf-8")
+                body = json.loads(text)
             except (OSError, ValueError):
                 continue
-            names = {n for st in body.get("steps", []) for n in st.get("inputs", []) + st.get("outputs", [])}
+            names = set() if body.get("tensors_discarded") else {
+                n for st in body.get("steps", []) for n in st.get("inputs", []) + st.get("outputs", [])}
             index[folder.name] = (int(body.get("saved_at_ns", 0)), names)
+            extras = folder / "extras.json"
+            self._extras_sizes[folder.name] = extras.stat().st_size if extras.is_file() else 0
+            self._json_sizes[folder.name] = len(text) + self._extras_sizes[folder.name]
+        for path in self.tensors.glob("*.vstn"):
+            with contextlib.suppress(OSError):
+                self._sizes[path.stem] = path.stat().st_size
         return index
 
     def _ordered(self) -> list[tuple[int, str]]:
         return sorted((saved, rid) for rid, (saved, _) in self._index.items())
 
     def _prune(self) -> None:
+        """Delete the oldest records while over ``max_requests`` or ``max_bytes`` (the newest stays)."""
         ordered = self._ordered()
         excess = len(ordered) - self.max_requests
-        if excess <= 0:
-            return
         dropped: set[str] = set()
-        for _, rid in ordered[:excess]:
+        refs: Counter[str] = Counter(n for _, names in self._index.values() for n in names)
+        total = sum(self._json_sizes.values()) + sum(self._sizes.get(n, 0) for n in refs)
+        for index, (_, rid) in enumerate(ordered[:-1]):
+            over_bytes = self.max_bytes is not None and total > self.max_bytes
+            if index >= excess and not over_bytes:
+                break
             shutil.rmtree(self.root / rid, ignore_errors=True)
-            dropped |= self._index.pop(rid)[1]
+            names = self._index.pop(rid)[1]
+            dropped |= names
+            total -= self._json_sizes.pop(rid, 0)
+            self._extras_sizes.pop(rid, None)
+            for name in names:
+                refs[name] -= 1
+                if refs[name] == 0:
+                    total -= self._sizes.get(name, 0)
+            self._compactable.discard(rid)
+        self._unlink_unreferenced(dropped)
+
+    def _unlink_unreferenced(self, names: set[str]) -> None:
         referenced: set[str] = set()
-        for _, names in self._index.values():
-            referenced |= names
-        for name in dropped - referenced:
+        for _, kept in self._index.values():
+            referenced |= kept
+        for name in names - referenced:
             (self.tensors / f"{name}.vstn").unlink(missing_ok=True)
+            self._sizes.pop(name, None)
