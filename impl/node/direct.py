@@ -35,6 +35,7 @@ from verisplit.impl.records.requests import StepRecord
 from verisplit.spec.commitment import (BAD_SIGNATURE, OUTPUT_MISMATCH, REASONS, InvalidCommitment, StepContext,
                                        check_exchanged_link, check_forwarded)
 from verisplit.spec.encoding import digest_encoded
+from verisplit.spec.faults import TIMEOUT
 
 if TYPE_CHECKING:
     from verisplit.impl.node.hops import Hop
@@ -185,17 +186,21 @@ async def direct_step(lead: "Lead", run: "RequestRun", hops: "list[Hop]", sessio
         output_byte_limit(lead.config, context.num_positions, last=hop is hops[-1]),
         forward=hop is not hops[-1], from_upstream=hop.index > 0)) for hop in hops]
     await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-    failed = [(hop, task) for hop, task in zip(hops, tasks) if task.done() and task.exception() is not None]
-    if failed:
-        for task in tasks:
+    failing = next((i for i, task in enumerate(tasks) if task.done() and task.exception() is not None), None)
+    if failing is not None:  # check the links before it first, as the relay would have (their reports are in flight)
+        for task in tasks[failing + 1:]:
             task.cancel()
-        hop, task = failed[0]
-        error = task.exception()
-        raise _refusal(hop, hops, error) if isinstance(error, CohortError) else error
+        if failing:
+            await asyncio.wait(tasks[:failing], timeout=lead.step_timeout_s)
     t1 = time.perf_counter()
     blob, expected = first_blob, first_digest
     tensor = None
     for hop, task in zip(hops, tasks):
+        if not task.done() or task.exception() is not None:
+            for other in tasks:
+                other.cancel()
+            error = task.exception() if task.done() else hop.fail(TIMEOUT, "no report before a later link failed")
+            raise _refusal(hop, hops, error) if isinstance(error, CohortError) else error
         out, wire = task.result()
         out_digest = digest_encoded(out)
         commitment = commitment_from_pb(wire)
