@@ -87,3 +87,10 @@ def test_forwarding_other_bytes_than_signed_is_caught_at_the_senders_link(net: d
         assert "refused by segment 2" in error["message"] or "output digest" in error["message"], error
     finally:
         group.stop(child, timeout=5)
+
+
+def test_external_lead_checks_pass_on_the_direct_path(net: dict[str, Any]) -> None:
+    from verisplit.conformance.external import check_lead
+
+    results = check_lead(net["http"], max_tokens=4)
+    assert results and all(r.passed for r in results), [(r.name, r.detail) for r in results if not r.passed]

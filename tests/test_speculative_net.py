@@ -154,3 +154,12 @@ def test_cheat_inside_a_speculative_step_is_caught(net: dict[str, Any]) -> None:
         check_paid_exactly(info, {"sneaky": 1, "provider-1": HONEST_PRICE}, {"sneaky"})
     finally:
         group.stop(child, timeout=5)
+
+
+def test_external_lead_checks_accept_speculative_steps(net: dict[str, Any]) -> None:
+    """``verisplit conform lead`` (conformance/external.py) checks each step's chain under its own K1
+    context and the fee as F1 over the signed steps, so a speculative lead passes it."""
+    from verisplit.conformance.external import check_lead
+
+    results = check_lead(net["http"], max_tokens=8)
+    assert results and all(r.passed for r in results), [(r.name, r.detail) for r in results if not r.passed]
