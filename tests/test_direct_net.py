@@ -18,6 +18,7 @@ import torch
 
 import cheatkit
 from verisplit.impl.audit.verifier import record_context
+from verisplit.impl.node.behaviour import Behaviour
 from verisplit.impl.node.procs import ProcessGroup, start_local_cohort
 from verisplit.impl.records.keys import create_key_file
 from verisplit.impl.records.requests import RequestStore
@@ -27,11 +28,39 @@ from verisplit.impl.runtime.loader import load_full
 from verisplit.impl.runtime.tokenizer import load_tokenizer, stop_token_ids
 from verisplit.spec.commitment import OUTPUT_MISMATCH, check_chain
 from verisplit.spec.encoding import digest_encoded
+from verisplit.spec.faults import PROVIDER_ERROR
+from verify_helpers import wait_settled
 
 pytestmark = pytest.mark.net
 
 TESTS_DIR = Path(__file__).resolve().parent
 PROMPT = [5, 17, 99, 260, 3, 41, 7]
+
+
+class ForwardTamperer(Behaviour):
+    """Test cheat (not in the catalogue): reports its true output to the lead but forwards other bytes,
+    under the same signed commitment, to the next segment (it patches this provider process's forward)."""
+
+    name = "forward_tamperer"
+
+    def __init__(self) -> None:
+        from verisplit.impl.node import direct
+        from verisplit.impl.node import verisplit_pb2 as pb
+
+        original = direct.DirectLinks.forward
+
+        def tampered(links: Any, frame: Any, results: list[Any]) -> None:
+            copies = []
+            for result in results:
+                copy = pb.StepResult()
+                copy.CopyFrom(result)
+                copies.append(copy)
+            data = bytearray(copies[-1].output.data)
+            data[-1] ^= 0x01  # one bit of the last element
+            copies[-1].output.data = bytes(data)
+            original(links, frame, copies)
+
+        direct.DirectLinks.forward = tampered  # type: ignore[method-assign]
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +114,34 @@ def test_forwarding_other_bytes_than_signed_is_caught_at_the_senders_link(net: d
         assert (error["culprit"], error["reason"], error["link"]) == ("forger", OUTPUT_MISMATCH, 1), error
         # refused by its receiver before computing, or caught by the lead's own H4 on the reported bytes
         assert "refused by segment 2" in error["message"] or "output digest" in error["message"], error
+    finally:
+        group.stop(child, timeout=5)
+
+
+def test_receiver_refuses_a_forward_that_differs_from_the_signed_output(net: dict[str, Any]) -> None:
+    """The sender's report to the lead is honest, so only the receiving provider's check_forwarded can
+    catch it: segment 2 refuses before computing (nothing wrong is ever computed on), the request aborts
+    at segment 1's link naming it, and, the dispute being unverifiable, nobody is ejected."""
+    client = net["client"]
+    group: ProcessGroup = net["group"]
+    key = net["root"] / "keys" / "tamperer.key"
+    create_key_file(key)
+    args = ("--checkpoint", str(net["checkpoint"]), "--layers", "2:4", "--key", str(key), "--listen", "127.0.0.1:0",
+            "--lead", net["grpc"], "--price", "1", "--provider-id", "tamperer")
+    child = group.spawn("tamperer", cheatkit.provider_command("test_direct_net:ForwardTamperer", *args),
+                        extra_env=cheatkit.provider_env())
+    group.wait_ready([child], timeout=150)
+    try:
+        assert [a["provider_id"] for a in client.get("/v1/cohort").json()["assignments"]][1] == "tamperer"
+        response = client.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 4, "temperature": 0})
+        assert response.status_code == 502, response.text
+        error = response.json()["error"]
+        assert (error["culprit"], error["reason"], error["link"]) == ("tamperer", PROVIDER_ERROR, 1), error
+        assert f"refused by segment 2: {OUTPUT_MISMATCH}" in error["message"], error
+        settled = wait_settled(client, response.headers["x-verisplit-request-id"])  # the chain analysis ran
+        assert settled.get("ejected", []) == [], settled.get("ejected")
+        providers = client.get("/v1/providers").json()
+        assert {"tamperer", "provider-2"} <= {p["provider_id"] for p in providers["data"]}  # neither ejected
     finally:
         group.stop(child, timeout=5)
 

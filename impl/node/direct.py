@@ -12,8 +12,9 @@ Invariants (docs/protocol.md "Direct data path"):
   failure it refuses the step, naming the sender and the reason, and computes nothing.
 - The lead checks every link exactly as on the relay (``check_exchanged_link`` then H5 on the
   reported bytes, in link order) before ``direct_step`` returns, so before any token of the step
-  reaches the client. A refusal by segment k aborts the request blaming segment k-1 (see the caveat
-  in docs/protocol.md: the lead cannot tell a false refusal from a bad forward).
+  reaches the client; on a failure it checks the links before the failing one first. A refusal by
+  segment k whose sender's report passed aborts the request naming segment k-1 as ``provider_error``
+  (no ejection: the lead cannot tell a false refusal from a bad forward; docs/protocol.md).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from verisplit.impl.records.requests import StepRecord
 from verisplit.spec.commitment import (BAD_SIGNATURE, OUTPUT_MISMATCH, REASONS, InvalidCommitment, StepContext,
                                        check_exchanged_link, check_forwarded)
 from verisplit.spec.encoding import digest_encoded
-from verisplit.spec.faults import TIMEOUT
+from verisplit.spec.faults import PROVIDER_ERROR, TIMEOUT
 
 if TYPE_CHECKING:
     from verisplit.impl.node.hops import Hop
@@ -163,14 +164,18 @@ def opening_fields(enabled: bool, hops: "list[Hop]", run: "RequestRun", index: i
 
 
 def _refusal(hop: "Hop", hops: "list[Hop]", error: CohortError) -> CohortError:
-    """A receiver's refusal of its forwarded input becomes a failure of the sender's link."""
+    """A receiver's refusal of its forwarded input, once the sender's own report passed every check of
+    the lead: an abort at the sender's link naming the sender, as ``provider_error`` (an outage class
+    reason, which ejects nobody): the lead cannot tell a bad forward from a false refusal, so neither
+    side is punished on the receiver's word alone (a sender that also reported bad bytes already
+    failed the lead's own check of its link, with that protocol reason)."""
     if REFUSAL not in error.detail or hop.index == 0:
         return error
     reason, _, detail = error.detail.split(REFUSAL, 1)[1].partition(": ")
-    sender = hops[hop.index - 1]
     if reason not in REASONS:
         return error
-    return sender.fail(reason, f"refused by segment {hop.index}: {detail}")
+    return hops[hop.index - 1].fail(PROVIDER_ERROR, f"refused by segment {hop.index}: {reason}: {detail} (unverifiable: "
+                                                   "this sender's own report passed the lead's checks)")
 
 
 async def direct_step(lead: "Lead", run: "RequestRun", hops: "list[Hop]", session_id: str, context: StepContext,
