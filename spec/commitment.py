@@ -450,8 +450,9 @@ def check_forwarded(c: BoundaryCommitment, sender_public_key: bytes, request_id:
     """Direct data path: what segment k checks on the input segment k-1 forwarded, before computing on
     it. Rule H1 (the signature verifies and the signer is the neighbour the lead-signed opening named),
     H2 (this request, this step and these positions) and H4 at the receiver (the commitment's output
-    digest is the digest of the bytes actually received). A failure is the sender's: the receiver
-    refuses the step blaming segment k-1 with the returned reason. The lead still checks every link
+    digest is the digest of the bytes actually received). On a failure the receiver refuses the step
+    naming segment k-1 and the returned reason (an accusation the lead cannot verify, so on its own it
+    ejects nobody: docs/protocol.md "Direct data path"). The lead still checks every link
     itself (``check_exchanged_link``) before the step's token is released. Z3: ``forwarded_concrete``
     (proofs/z3/check_rollback.py, TESTED with real signatures); Lean: none (Ed25519 is not modelled)."""
     _require_commitment(c, "commitment", InvalidChainInput)
