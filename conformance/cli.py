@@ -40,7 +40,7 @@ def _default_trace_dir() -> Path:
 
 
 def run_conformance(adapter_kind: str, profile_name: str, trace_dir: Path, device: str | None,
-                    examples: int | None) -> int:
+                    examples: int | None, direct: bool = False) -> int:
     """Run the machine; print a summary; return the exit code (0 conforms, 1 divergence)."""
     from verisplit.conformance.adapters import SpecAdapter
     from verisplit.conformance.harness import Divergence
@@ -55,7 +55,7 @@ def run_conformance(adapter_kind: str, profile_name: str, trace_dir: Path, devic
         click.echo(f"starting {len(pool)} provider processes (behaviours: "
                    f"{', '.join(sorted({t.behaviour for t in pool}))}) ...")
         try:
-            adapter = ImplAdapter(trace_dir / "pool", pool, device=device)
+            adapter = ImplAdapter(trace_dir / "pool", pool, device=device, direct=direct)
         except ImplAdapterError as exc:
             raise click.ClickException(str(exc)) from None
     else:
@@ -102,15 +102,17 @@ def run_conformance(adapter_kind: str, profile_name: str, trace_dir: Path, devic
 @click.option("--traces", "trace_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where traces go (default: runs/conform/<time>/).")
 @click.option("--device", default=None, help="cpu (default) or cuda: where the implementation side computes.")
+@click.option("--direct", is_flag=True, help="impl adapter: the lead uses the direct data path (providers forward "
+                                              "to each other); every verdict must still be the spec's.")
 @click.pass_context
 def conform_group(ctx: click.Context, profile: str, adapter_kind: str, examples: int | None, trace_dir: Path | None,
-                  device: str | None) -> None:
+                  device: str | None, direct: bool) -> None:
     """Conformance: the reference implementation against the executable spec (the default action),
     test vectors, trace replay, and checks of external providers and leads."""
     if ctx.invoked_subcommand is not None:
         return
     device = _check_device(device)
-    sys.exit(run_conformance(adapter_kind, profile, trace_dir or _default_trace_dir(), device, examples))
+    sys.exit(run_conformance(adapter_kind, profile, trace_dir or _default_trace_dir(), device, examples, direct))
 
 
 @conform_group.command("vectors")

@@ -27,6 +27,7 @@ import click
 from verisplit.spec.settlement import billable_positions
 from verisplit.spec.cohort import Assignment, Cohort, ModelSpec, NoCoverage, Offer, cohort_violations, form_cohort, quote_fee
 from verisplit.spec.commitment import (BAD_SIGNATURE, PROTOCOL_VERSION, WRONG_SIGNER, StepContext, check_chain, check_link,
+                                       step_follows,
                                        check_receipt, commitment_from_dict)
 from verisplit.spec.encoding import EncodingError, decode_tensor, digest_encoded, encode_tensor
 
@@ -325,14 +326,27 @@ def check_lead(url: str, *, max_tokens: int = 3, timeout: float = 120.0) -> list
             prompt = info.get("prompt_token_ids") or []
             completion_ids = info.get("completion_token_ids") or []
             position = 0
+            # A speculative lead's steps roll back (rule K1) and feed drafts the record does not list: then
+            # each step's positions must follow K1 and its chain verify; the fed tokens are checked for plain decoding only.
+            steps = info["steps"]
+            speculative = bool(steps) and (steps[0]["num_positions"] != len(prompt) or any(
+                s["num_positions"] != 1 or s["first_position"] != p["first_position"] + p["num_positions"]
+                for p, s in zip(steps, steps[1:])))
+            previous: tuple[int, int] | None = None
             for index, step in enumerate(info["steps"]):
                 feed = prompt if index == 0 else [completion_ids[index - 1]]
                 first = bytes.fromhex(step["first_input_digest"])
-                expected_first = digest_encoded(encode_tensor("int64", (len(feed),), b"".join(int(t).to_bytes(8, "little", signed=True) for t in feed)))
-                if first != expected_first:
-                    return False, f"step {index}: first input is not the canonical encoding of the tokens fed"
-                if (step["step"], step["first_position"], step["num_positions"]) != (index, position, len(feed)):
-                    return False, f"step {index}: step/positions {step['step'], step['first_position'], step['num_positions']} do not continue"
+                if speculative:
+                    start, count = int(step["first_position"]), int(step["num_positions"])
+                    if step["step"] != index or (start != 0 if previous is None else not step_follows(*previous, start)):
+                        return False, f"step {index}: step/positions {step['step'], start, count} break rule K1"
+                    position, feed, previous = start, [0] * count, (start, count)
+                else:
+                    expected_first = digest_encoded(encode_tensor("int64", (len(feed),), b"".join(int(t).to_bytes(8, "little", signed=True) for t in feed)))
+                    if first != expected_first:
+                        return False, f"step {index}: first input is not the canonical encoding of the tokens fed"
+                    if (step["step"], step["first_position"], step["num_positions"]) != (index, position, len(feed)):
+                        return False, f"step {index}: step/positions {step['step'], step['first_position'], step['num_positions']} do not continue"
                 context = StepContext(info["model"], info["id"], index, position, len(feed),
                                       dtype=str(info.get("dtype") or "float32"),
                                       audit_seed_commitment=bytes.fromhex(info.get("audit_seed_commitment") or "00" * 32))
@@ -359,7 +373,9 @@ def check_lead(url: str, *, max_tokens: int = 3, timeout: float = 120.0) -> list
             if chosen != cohort:
                 return False, f"cohort {cohort.provider_ids} is not the spec's choice {chosen.provider_ids}"
             info = state["info"]
-            positions = billable_positions(int(info["usage"]["prompt_tokens"]), int(info["usage"]["completion_tokens"]))
+            # F1 over the signed steps (for plain decoding the same as prompt + completion - 1)
+            steps = [int(s["num_positions"]) for s in info.get("steps") or []] or None
+            positions = billable_positions(int(info["usage"]["prompt_tokens"]), int(info["usage"]["completion_tokens"]), steps)
             if info.get("status") == "completed" and info.get("fee") is not None:
                 quote = quote_fee(cohort, model, offers, positions)
                 if int(info["fee"]) != quote:

@@ -138,11 +138,13 @@ class ImplAdapter(Adapter):
     auto_settles = True
 
     def __init__(self, workdir: Path, templates: tuple[ProviderTemplate, ...] = DEFAULT_POOL,
-                 audit_p: Fraction = Fraction(2, 3), device: str | None = None, start_timeout: float = 180.0) -> None:
+                 audit_p: Fraction = Fraction(2, 3), device: str | None = None, start_timeout: float = 180.0,
+                 direct: bool = False) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.templates = templates
         self.audit_p = audit_p
+        self.direct = direct  # the lead's data path: providers forward to each other (docs/protocol.md)
         self.audit_seed = AUDIT_SEED
         self.device = device
         self.lead_id = "conformance-lead"
@@ -165,14 +167,15 @@ class ImplAdapter(Adapter):
     def config(self) -> dict[str, Any]:
         return {"kind": self.kind, "workdir": str(self.workdir), "device": self.device,
                 "audit_p": f"{self.audit_p.numerator}/{self.audit_p.denominator}",
-                "templates": [t.to_dict() for t in self.templates]}
+                "templates": [t.to_dict() for t in self.templates], "direct": self.direct}
 
     @staticmethod
     def from_config(config: dict[str, Any]) -> "ImplAdapter":
         num, den = str(config.get("audit_p", "2/3")).split("/")
         templates = tuple(ProviderTemplate.from_dict(t) for t in config.get("templates") or []) or DEFAULT_POOL
         workdir = Path(config.get("workdir") or Path.cwd() / "runs" / "conform" / "replay")
-        return ImplAdapter(workdir, templates, Fraction(int(num), int(den)), config.get("device"))
+        return ImplAdapter(workdir, templates, Fraction(int(num), int(den)), config.get("device"),
+                           direct=bool(config.get("direct", False)))
 
     def _call(self, coro: Coroutine[Any, Any, T], timeout: float = 300.0) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
@@ -253,7 +256,8 @@ class ImplAdapter(Adapter):
         data = self.workdir / "examples" / f"{self._example:04d}"
         shutil.rmtree(data, ignore_errors=True)
         data.mkdir(parents=True)
-        lead = Lead(self.checkpoint, data, offer_ttl_s=1e9, step_timeout_s=60.0, session_key=self._session_key)
+        lead = Lead(self.checkpoint, data, offer_ttl_s=1e9, step_timeout_s=60.0, session_key=self._session_key,
+                    direct=self.direct)
         service = AuditService(self.checkpoint, data / "ledger.sqlite", self._lead_key, self.audit_p, self.audit_seed,
                                self.tolerance, lead.registry.eject, lead_id=self.lead_id, device=self.device,
                                verifier=self.verifier, probation_requests=0, escrow_window=IMPL_ESCROW_WINDOW)

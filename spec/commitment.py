@@ -445,14 +445,59 @@ def check_receipt(c: BoundaryCommitment, sent_input_digest: bytes, received_outp
     return None
 
 
-def next_step_context(previous: StepContext, num_positions: int) -> StepContext:
-    """Step k+1 continues step k: step number +1 and positions start where step k's ended.
-    ``num_positions`` must be an int >= 1 (``InvalidChainInput`` otherwise)."""
+def check_forwarded(c: BoundaryCommitment, sender_public_key: bytes, request_id: str, step: int, first_position: int,
+                    num_positions: int, received_digest: bytes) -> tuple[str, str] | None:
+    """Direct data path: what segment k checks on the input segment k-1 forwarded, before computing on
+    it. Rule H1 (the signature verifies and the signer is the neighbour the lead-signed opening named),
+    H2 (this request, this step and these positions) and H4 at the receiver (the commitment's output
+    digest is the digest of the bytes actually received). On a failure the receiver refuses the step
+    naming segment k-1 and the returned reason (an accusation the lead cannot verify, so on its own it
+    ejects nobody: docs/protocol.md "Direct data path"). The lead still checks every link
+    itself (``check_exchanged_link``) before the step's token is released. Z3: ``forwarded_concrete``
+    (proofs/z3/check_rollback.py, TESTED with real signatures); Lean: none (Ed25519 is not modelled)."""
+    _require_commitment(c, "commitment", InvalidChainInput)
+    _require_digest(received_digest, "received_digest")
+    if not signature_valid(c):
+        return BAD_SIGNATURE, "forwarded commitment's signature does not verify"
+    if c.signer != sender_public_key:
+        return WRONG_SIGNER, "forwarded commitment is not signed by the previous segment named in the session opening"
+    if c.request_id != request_id:
+        return WRONG_REQUEST, f"forwarded commitment is for request {c.request_id!r}"
+    if c.step != step:
+        return (REPLAY if c.step < step else STEP_GAP), f"forwarded commitment for step {c.step}, expected {step}"
+    if (c.first_position, c.num_positions) != (first_position, num_positions):
+        return RANGE_MISMATCH, f"forwarded positions {(c.first_position, c.num_positions)} != {(first_position, num_positions)}"
+    if c.output_digest != received_digest:
+        return OUTPUT_MISMATCH, "forwarded bytes are not the output the previous segment signed"
+    return None
+
+
+def next_step_context(previous: StepContext, num_positions: int, first_position: int | None = None) -> StepContext:
+    """Step k+1 continues step k: step number +1 and positions start where step k's ended, or, with
+    ``first_position``, at any start rule K1 allows (``step_follows``: a speculative rollback to the
+    first rejected position). ``num_positions`` must be an int >= 1 and ``first_position`` satisfy K1
+    (``InvalidChainInput`` otherwise). Z3: ``rollback_context_concrete`` (proofs/z3/check_rollback.py);
+    Lean: ``Verisplit.nextStart_follows``."""
     _require_context(previous)
     require_int(num_positions, "num_positions", InvalidChainInput, minimum=1)
-    return replace(previous, step=previous.step + 1,
-                   first_position=previous.first_position + previous.num_positions,
-                   num_positions=num_positions)
+    start = previous.first_position + previous.num_positions if first_position is None else first_position
+    require_int(start, "first_position", InvalidChainInput, minimum=0)
+    if not step_follows(previous.first_position, previous.num_positions, start):
+        raise InvalidChainInput(f"first_position: {start} breaks rule K1 after step positions "
+                                f"[{previous.first_position}, {previous.first_position + previous.num_positions})")
+    return replace(previous, step=previous.step + 1, first_position=start, num_positions=num_positions)
+
+
+def step_follows(previous_first: Any, previous_positions: Any, first: Any) -> Any:
+    """Rule K1 (KV rollback): a step may start anywhere in ``(previous_first, previous_first +
+    previous_positions]``: at the previous step's end (plain decoding), or earlier, discarding the
+    previous step's positions from ``first`` on (speculative decoding rolls the KV cache back to the
+    first rejected draft). Every step keeps at least its first position, so step starts strictly
+    increase: the positions before a step's start are never rewritten afterwards, and the inputs a
+    step attended to are a prefix of the request's final sequence (what the audit re-executes).
+    Runs on ints and Z3 terms. Z3: ``rollback_context``, ``rollback_prefix_stable``
+    (proofs/z3/check_rollback.py); Lean: ``Verisplit.stepFollows_progress``, ``Verisplit.nextStart_follows``."""
+    return all_of(previous_first < first, first <= previous_first + previous_positions)
 
 
 _BYTES_FIELDS = ("weights_digest", "input_digest", "output_digest", "signer", "signature", "audit_seed_commitment")

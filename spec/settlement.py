@@ -156,13 +156,17 @@ def settle(fee: int, work_by_provider: Mapping[str, int], price_by_provider: Map
     return Settlement(fee, lead, dict(zip(ids, payouts)), residual, refund, failed_set, values)
 
 
-def billable_positions(prompt_tokens: int, completion_tokens: int) -> int:
+def billable_positions(prompt_tokens: int, completion_tokens: int, step_positions: Sequence[int] | None = None) -> int:
     """Rule F1: the token positions a client is charged for, the ones the cohort computed to produce the
-    tokens it received: the prompt, then every generated token but the last (no step consumed it);
-    nothing generated, nothing charged. The fee is ``quote_fee(cohort, ..., billable_positions(...))``,
-    so an honest request's fee equals the total value served and every provider gets exactly its own
-    price x work (``quote_paid_exactly``). Invalid counts raise ``SettlementError`` naming them.
-    Tests: tests/test_spec_settlement.py."""
+    tokens it received: the sum of the positions of every step that completed (``step_positions``,
+    each >= 1; speculative steps count their rejected drafts too, since the cohort computed them);
+    nothing generated, nothing charged. Without ``step_positions`` the steps are those of plain decoding,
+    ``[prompt, 1, ..., 1]`` (one step per generated token but the last, which no step consumed), whose
+    sum is ``prompt + completion - 1`` (``plain_decoding_steps``). The fee is ``quote_fee(cohort, ...,
+    billable_positions(...))``, so an honest request's fee equals the total value served and every
+    provider gets exactly its own price x work (``quote_paid_exactly``). Invalid counts raise
+    ``SettlementError`` naming them. Tests: tests/test_spec_settlement.py, tests/test_spec_speculative.py.
+    Z3: ``billable_sum_plain`` (proofs/z3/check_rollback.py); Lean: ``Verisplit.billable_plain``."""
     for name, value in (("prompt_tokens", prompt_tokens), ("completion_tokens", completion_tokens)):
         if not _natural(value):
             raise SettlementError(f"{name}: must be a non-negative integer, got {value!r}")
@@ -170,7 +174,20 @@ def billable_positions(prompt_tokens: int, completion_tokens: int) -> int:
         return 0
     if prompt_tokens < 1:
         raise SettlementError("prompt_tokens: a request that generated tokens had at least one prompt token")
-    return prompt_tokens + completion_tokens - 1
+    steps = plain_decoding_steps(prompt_tokens, completion_tokens) if step_positions is None else step_positions
+    total = 0
+    for index, positions in enumerate(steps):
+        if not _natural(positions) or positions < 1:
+            raise SettlementError(f"step_positions[{index}]: must be an integer >= 1, got {positions!r}")
+        total = total + positions
+    return total
+
+
+def plain_decoding_steps(prompt_tokens: int, completion_tokens: int) -> list[int]:
+    """The positions of each step of plain (non-speculative) decoding that produced ``completion_tokens``
+    tokens: the prompt, then one position per generated token but the last (``completion_tokens >= 1``).
+    Z3: ``billable_sum_plain``; Lean: ``Verisplit.billable_plain``."""
+    return [prompt_tokens] + [1] * (completion_tokens - 1)
 
 
 def conserved(settlement: Settlement) -> bool:

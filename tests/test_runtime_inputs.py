@@ -56,7 +56,11 @@ def test_position_rules(segs):
         first.step("p", torch.tensor([1, 2]), torch.tensor([0, 2]))
     first.step("p", torch.tensor([1, 2, 3, 4]), torch.arange(4))
     with pytest.raises(SegmentInputError, match="must start at 4"):
-        first.step("p", torch.tensor([1]), torch.tensor([3]))  # replaying a position is refused
+        first.step("p", torch.tensor([1]), torch.tensor([0]))  # replaying the previous step's start is refused (K1)
+    with pytest.raises(SegmentInputError, match="must start at 4"):
+        first.step("p", torch.tensor([1]), torch.tensor([5]))  # a gap is refused
+    first.step("p", torch.tensor([4]), torch.tensor([3]))  # a rollback to position 3 (K1) overwrites it
+    assert first.session_length("p") == 4
     with pytest.raises(SegmentInputError, match="beyond the max_length 6 of session 'p'"):
         first.step("p", torch.tensor([1, 2, 3]), torch.arange(4, 7))
     first.step("p", torch.tensor([1, 2]), torch.arange(4, 6))

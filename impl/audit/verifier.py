@@ -7,7 +7,10 @@ Invariants:
   held against it except as a receipt failure, rule H4).
 - Re-execution is one stateless ``forward_full`` prefill over the request's whole recorded input
   sequence (all prefill and decode positions), on weights loaded by layer range from the
-  verifier's own checkpoint copy; the verifier never trusts the provider's weights.
+  verifier's own checkpoint copy; the verifier never trusts the provider's weights. A request whose
+  steps roll back (rule K1, speculative decoding) is re-executed with the same rollback semantics:
+  step by step through one KV-cache session (``Segment.step`` truncates at each step's start), so
+  every committed position, rejected drafts included, is judged against what it attended to.
 - ``judge_tensors`` is semantically identical to the spec's ``judge`` (rule A3): same pass
   condition, ``max_abs``, ``ratio`` and reason strings, computed in float64.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import math
 import threading
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -26,7 +30,7 @@ from verisplit.impl.runtime.loader import load_segment
 from verisplit.impl.runtime.segment import Segment
 from verisplit.impl.runtime.tensors import dtype_name, from_canonical
 from verisplit.spec.audit import AuditVerdict, Judgement, Tolerance
-from verisplit.spec.commitment import BAD_BOUNDARY, NO_SEED_COMMITMENT, StepContext, check_link, check_receipt
+from verisplit.spec.commitment import BAD_BOUNDARY, NO_SEED_COMMITMENT, StepContext, check_link, check_receipt, step_follows
 from verisplit.spec.encoding import EncodingError, digest_encoded
 
 OTHER_WEIGHTS = "other weights"
@@ -78,6 +82,12 @@ class SegmentEvidence:
     positions: torch.Tensor
     weights_digest: bytes
     steps: int
+    step_lengths: tuple[int, ...] = ()  # positions of each step, in order (for a rollback replay)
+
+    @property
+    def rolls_back(self) -> bool:
+        """Whether some step started before the previous step's end (rule K1 rollback)."""
+        return not torch.equal(self.positions, torch.arange(self.positions.shape[0], dtype=torch.int64))
 
 
 def record_context(record: Any, step_record: Any) -> StepContext:
@@ -113,12 +123,14 @@ def collect_evidence(record: Any, segment_index: int, steps: int | None = None) 
     inputs: list[torch.Tensor] = []
     outputs: list[torch.Tensor] = []
     weights_digest: bytes | None = None
-    next_position = 0
+    previous: tuple[int, int] | None = None  # (first_position, num_positions) of the previous step
+    positions: list[torch.Tensor] = []
     for step_record in chosen:
         where = f"step {step_record.step}"
-        if step_record.first_position != next_position:
-            raise EvidenceError(f"{where}: first_position {step_record.first_position}, expected {next_position} "
-                                "(steps must cover positions from 0 without gaps)")
+        first, count = step_record.first_position, step_record.num_positions
+        if (first != 0) if previous is None else not step_follows(previous[0], previous[1], first):
+            raise EvidenceError(f"{where}: first_position {first} after {previous} breaks rule K1 "
+                                "(steps start at 0 and continue, or roll back into the previous step)")
         for name in ("commitments", "inputs", "outputs"):
             if len(getattr(step_record, name)) <= segment_index:
                 raise EvidenceError(f"{where}: no recorded {name[:-1]} for segment {segment_index}")
@@ -144,14 +156,15 @@ def collect_evidence(record: Any, segment_index: int, steps: int | None = None) 
                         f"{step_record.num_positions} positions")
         inputs.append(x)
         outputs.append(y)
-        next_position += step_record.num_positions
+        positions.append(torch.arange(first, first + count, dtype=torch.int64))
+        previous = (first, count)
     try:
         all_inputs, all_outputs = torch.cat(inputs), torch.cat(outputs)
     except RuntimeError as exc:
         return fail(f"signed tensors of different steps do not stack ({exc})")
     assert weights_digest is not None
-    return SegmentEvidence(all_inputs, all_outputs, torch.arange(next_position, dtype=torch.int64),
-                           weights_digest, len(chosen))
+    return SegmentEvidence(all_inputs, all_outputs, torch.cat(positions), weights_digest, len(chosen),
+                           tuple(int(p.shape[0]) for p in positions))
 
 
 class Verifier:
@@ -214,13 +227,32 @@ class Verifier:
                                 f"{OTHER_WEIGHTS}: committed weights digest {evidence.weights_digest.hex()[:16]}... "
                                 f"is not the verifier's {segment.weights_digest.hex()[:16]}...")
         try:
-            expected = segment.forward_full(evidence.inputs.to(segment.device), evidence.positions.to(segment.device))
+            expected = reexecute(segment, evidence)
         except ValueError as exc:  # SegmentInputError: the signed inputs are not valid inputs of this range
             return AuditVerdict(record.request_id, segment_index, assignment.provider_id, False, math.inf, math.inf,
                                 f"signed inputs rejected by the range: {exc}")
         judgement = judge_tensors(expected, evidence.outputs, tolerance)
         return AuditVerdict(record.request_id, segment_index, assignment.provider_id, judgement.passed,
                             judgement.max_abs, judgement.ratio, judgement.reason)
+
+
+def reexecute(segment: Segment, evidence: SegmentEvidence) -> torch.Tensor:
+    """The range's outputs for the evidence's inputs: one ``forward_full`` when the steps are contiguous,
+    else a step-by-step replay through one private KV-cache session with the recorded rollbacks
+    (rule K1), the provider's own semantics. Raises ``SegmentInputError`` for inputs the range refuses."""
+    inputs, positions = evidence.inputs.to(segment.device), evidence.positions.to(segment.device)
+    if not evidence.rolls_back:
+        return segment.forward_full(inputs, positions)
+    session = f"audit-replay-{uuid.uuid4().hex}"
+    segment.open_session(session, int(evidence.positions.max()) + 1)
+    try:
+        outputs, offset = [], 0
+        for count in evidence.step_lengths:
+            outputs.append(segment.step(session, inputs[offset:offset + count], positions[offset:offset + count]))
+            offset += count
+        return torch.cat(outputs)
+    finally:
+        segment.close_session(session)
 
 
 def verdict_to_dict(v: AuditVerdict) -> dict[str, object]:

@@ -93,6 +93,12 @@ def lead_group() -> None:
                    "routable only after the provider's endpoint proved it holds the key.")
 @click.option("--allowlist", "allowlist_path", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="With --admission allowlist: provider public keys, hex, one per line (# comments).")
+@click.option("--speculative", default=0, show_default=True, type=click.IntRange(min=0, max=16),
+              help="Speculative decoding: draft up to K tokens by prompt lookup and verify them in one traversal "
+                   "of the cohort (0: off; greedy output unchanged up to fp drift, see docs/BENCHMARKS.md).")
+@click.option("--direct", is_flag=True,
+              help="Direct data path: providers forward boundary tensors to each other (K+1 trips per token instead "
+                   "of 2K); the lead still checks every link before a token is released (docs/protocol.md).")
 @click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path), default=None, hidden=True)
 @log_options
 def lead_serve(listen: str, http: str, checkpoint: Path, data_dir: Path, retention: int, heartbeat_interval: float,
@@ -101,7 +107,7 @@ def lead_serve(listen: str, http: str, checkpoint: Path, data_dir: Path, retenti
                calibration: Path | None, no_audit: bool, probation_requests: int | None, escrow_window: int | None,
                allow_undeterred: bool, shutdown_grace: float, api_keys: Path | None, operator_keys: Path | None,
                max_body_bytes: int, max_concurrent: int, retention_bytes: int, keep_tensors: bool,
-               admission: str, allowlist_path: Path | None,
+               admission: str, allowlist_path: Path | None, speculative: int, direct: bool,
                ready_file: Path | None, log_format: str, verbose: bool) -> None:
     """Serve the registry (gRPC) and the HTTP API; route and relay every request through a cohort;
     audit, settle and record every finished request (see docs/protocol.md, "Lead auditing")."""
@@ -142,7 +148,7 @@ def lead_serve(listen: str, http: str, checkpoint: Path, data_dir: Path, retenti
 
         try:
             lead = Lead(checkpoint, data_dir, retention=retention, tls_ca=tls_ca, heartbeat_interval_s=heartbeat_interval,
-                        offer_ttl_s=offer_ttl, admission=policy)
+                        offer_ttl_s=offer_ttl, admission=policy, speculative=speculative, direct=direct)
             lead.configure_retention(retention_bytes, keep_tensors)
         except (ValueError, CheckpointError, OSError) as exc:
             raise click.ClickException(str(exc)) from None

@@ -297,10 +297,13 @@ def open_channel(endpoint: str, tls_ca: Path | None) -> grpc.aio.Channel:
 
 def open_session_request(lead_key: "SigningKey", *, session_id: str, request_id: str, model_id: str,
                          segment_index: int, first_layer: int, end_layer: int, max_length: int,
-                         audit_seed_commitment: bytes, dtype: str) -> pb.OpenSessionRequest:
+                         audit_seed_commitment: bytes, dtype: str, next_endpoint: str = "", next_public_key: bytes = b"",
+                         previous_public_key: bytes = b"") -> pb.OpenSessionRequest:
     """A session opening signed by the lead (``session_signing_bytes``): it fixes, before the first step,
-    the request's audit-seed commitment and dtype that every commitment of the session must repeat."""
+    the request's audit-seed commitment and dtype that every commitment of the session must repeat (and,
+    on the direct path, the neighbours the provider forwards to and accepts input from)."""
     fields = dict(session_id=session_id, request_id=request_id, model_id=model_id, segment_index=segment_index,
                   first_layer=first_layer, end_layer=end_layer, max_length=max_length,
-                  audit_seed_commitment=audit_seed_commitment, dtype=dtype)
+                  audit_seed_commitment=audit_seed_commitment, dtype=dtype, next_endpoint=next_endpoint,
+                  next_public_key=next_public_key, previous_public_key=previous_public_key)
     return pb.OpenSessionRequest(**fields, lead_signature=sign_session(lead_key, **fields))

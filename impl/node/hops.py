@@ -80,13 +80,13 @@ class Hop:
         return self.fail(PROVIDER_ERROR, f"{what}: {code.name}: {exc.details()}")
 
     async def open(self, lead_key: SigningKey, session_id: str, request_id: str, model_id: str, max_length: int,
-                   audit_seed_commitment: bytes, dtype: str) -> None:
+                   audit_seed_commitment: bytes, dtype: str, **direct: Any) -> None:
         """Open the session with a lead-signed opening that fixes the request's audit-seed commitment
         and dtype before the first step."""
         request = open_session_request(lead_key, session_id=session_id, request_id=request_id, model_id=model_id,
                                        segment_index=self.index, first_layer=self.first_layer,
                                        end_layer=self.end_layer, max_length=max_length,
-                                       audit_seed_commitment=audit_seed_commitment, dtype=dtype)
+                                       audit_seed_commitment=audit_seed_commitment, dtype=dtype, **direct)
         try:
             await self.stub.OpenSession(request, timeout=30)
         except grpc.aio.AioRpcError as exc:
@@ -95,17 +95,17 @@ class Hop:
         self.call = self.stub.Steps()
 
     async def exchange(self, session_id: str, context: StepContext, blob: bytes,
-                       max_output_bytes: int | None = None) -> tuple[bytes, pb.Commitment]:
+                       max_output_bytes: int | None = None, **frame: bool) -> tuple[bytes, pb.Commitment]:
         """Send one step's input, return (output bytes, wire commitment). An output announced larger
         than ``max_output_bytes`` is refused at its first chunk (malformed_output), so a provider
         cannot make the lead buffer more than one boundary tensor's worth of bytes."""
         if max_output_bytes is not None:
             self.reassembler.max_tensor_bytes = max_output_bytes
         try:
-            for chunk in chunk_tensor(blob):
+            for chunk in chunk_tensor(blob) if blob else [None]:  # no input: it comes from upstream (direct path)
                 await self.call.write(pb.StepFrame(session_id=session_id, step=context.step,
                                                    first_position=context.first_position,
-                                                   num_positions=context.num_positions, input=chunk))
+                                                   num_positions=context.num_positions, input=chunk, **frame))
             while True:
                 async with asyncio.timeout(self.step_timeout_s):  # no task per read, unlike wait_for
                     message = await self.call.read()

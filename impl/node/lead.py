@@ -28,13 +28,13 @@ import torch
 from nacl.signing import SigningKey
 
 from verisplit.impl.node import verisplit_pb2_grpc as pb_grpc
-from verisplit.impl.node.framing import commitment_from_pb
+from verisplit.impl.node.framing import commitment_from_pb, open_channel
 from verisplit.impl.node.hops import UNAVAILABLE, CohortError, Hop, HopTimings, output_byte_limit
-from verisplit.impl.node.framing import open_channel
 from verisplit.impl.node.admission import AdmissionPolicy, ProbeLoop
 from verisplit.impl.node.lead_info import INFO_MEMORY_BYTES, InfoCache
 from verisplit.impl.node.registry import Registry
 from verisplit.impl.node.reroute import open_hops
+from verisplit.impl.node import direct, speculative  # issue 16: direct data path, speculative decoding
 from verisplit.impl.node.views import audit_view, providers_view, request_view
 from verisplit.impl.records.requests import RecordError, RequestRecord, RequestStore, StepRecord
 from verisplit.impl.runtime.config import ModelConfig
@@ -90,6 +90,8 @@ class RequestRun:
     steps: list[StepRecord] = field(default_factory=list)
     fee: int = 0
     seed_commitment: bytes = NO_SEED_COMMITMENT
+    step_positions: list[int] | None = None  # speculative runs: positions of each completed step (F1)
+    speculative: dict[str, Any] | None = None  # speculative runs: steps, drafted, accepted
     owner: str | None = None  # the id of the API key that started it (api_auth.key_id); None without keys
 
     async def tokens(self) -> AsyncIterator[int]:
@@ -105,7 +107,7 @@ class Lead:
     def __init__(self, checkpoint: str | Path, data_dir: str | Path, *, retention: int = 1000,
                  tls_ca: Path | None = None, heartbeat_interval_s: float = 1.0, offer_ttl_s: float = 5.0,
                  step_timeout_s: float = 120.0, dtype: str = "float32", session_key: SigningKey | None = None,
-                 admission: AdmissionPolicy | None = None) -> None:
+                 admission: AdmissionPolicy | None = None, speculative: int = 0, direct: bool = False) -> None:
         root = Path(checkpoint)
         self.checkpoint = root
         self.config = ModelConfig.from_dir(root)
@@ -124,9 +126,9 @@ class Lead:
         self.post_request_hooks: list[PostRequestHook] = []
         self.audit: Any = None  # the AuditService, once ``attach_audit`` ran
         self.commitments_checked = 0
+        self.speculative, self.direct = speculative, direct  # draft length k (0: off); providers forward to each other
         self._channels: dict[str, tuple[grpc.aio.Channel, pb_grpc.ProviderStub]] = {}
         self._info = InfoCache(retention)
-        self._retention = retention
         self.keep_tensors = True  # False: a record's tensors are dropped once its hooks (audits) are done
         self._tasks: set[asyncio.Task[Any]] = set()
         # Admission: offers become routable once the provider's endpoint proved it holds the key.
@@ -227,7 +229,12 @@ class Lead:
             context = StepContext(self.model_id, run.request_id, 0, 0, len(run.prompt_ids), dtype=self.dtype,
                                   audit_seed_commitment=seed_commitment)
             blob = to_canonical(torch.tensor(run.prompt_ids, dtype=torch.int64))
-            for _ in range(params.max_tokens):
+            if self.speculative > 0:  # the generation loop of impl/node/speculative.py over the same _step
+                async with contextlib.aclosing(speculative.speculative_tokens(self, run, hops, session_id, context,
+                                                                              generator, self.speculative)) as tokens:
+                    async for token in tokens:
+                        yield token
+            for _ in range(0 if self.speculative > 0 else params.max_tokens):
                 logits = await self._step(run, hops, session_id, context, blob)
                 token = sample_next(logits[-1], temperature=params.temperature, top_p=params.top_p, generator=generator)
                 run.generated.append(token)
@@ -253,6 +260,8 @@ class Lead:
     async def _step(self, run: RequestRun, hops: list[Hop], session_id: str, context: StepContext,
                     first_blob: bytes) -> torch.Tensor:
         """One step through every hop, checking each link on receipt; returns the logits [T, vocab]."""
+        if self.direct:
+            return await direct.direct_step(self, run, hops, session_id, context, first_blob)
         timings = run.timings
         first_digest = digest_encoded(first_blob)
         record = StepRecord(context.step, context.first_position, context.num_positions, first_digest, [], [], [])
@@ -309,7 +318,7 @@ class Lead:
         # consumed), also when a request aborts after some tokens (a failed provider's slice of it is
         # refunded at settlement); nothing generated, nothing charged. So an honest request's fee is
         # exactly sum(price x work served) and each provider is paid its own price x work.
-        positions = billable_positions(len(run.prompt_ids), len(run.generated))
+        positions = billable_positions(len(run.prompt_ids), len(run.generated), run.step_positions)
         run.fee = quote_fee(run.cohort, self.model_spec, run.offers, positions)
         err = run.error
         record = RequestRecord(
@@ -321,6 +330,7 @@ class Lead:
             extra={"prompt_token_ids": run.prompt_ids, "completion_token_ids": run.generated,
                    "audit_seed_commitment": run.seed_commitment.hex(), "dtype": self.dtype,
                    "finish_reason": run.finish_reason, "detail": err.detail if err else None,
+                   **({"speculative": run.speculative} if run.speculative is not None else {}),
                    "link": err.link if err else None, "params": run.params.__dict__ | {"stop_token_ids": list(run.params.stop_token_ids)},
                    "owner": run.owner})
         try:

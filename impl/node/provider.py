@@ -35,6 +35,7 @@ from nacl.signing import SigningKey
 from verisplit.impl.node import verisplit_pb2 as pb
 from verisplit.impl.node import verisplit_pb2_grpc as pb_grpc
 from verisplit.impl.node.behaviour import Behaviour
+from verisplit.impl.node.direct import REFUSAL, DirectLinks, UpstreamRefused
 from verisplit.impl.node.framing import (DEFAULT_MAX_TENSOR_BYTES, FramingError, Reassembler, chunk_tensor,
                                          StreamRefused, commitment_to_pb, offer_fields_to_pb)
 from verisplit.impl.records.keys import SignedFields, prove_signing_bytes, session_signature_valid, sign_offer
@@ -94,6 +95,7 @@ class ProviderService(pb_grpc.ProviderServicer):
         # openings that key signed are served. None until registered: every OpenSession is refused.
         self.lead_public_key: bytes | None = None
         self.dtype = dtype_name(segment.dtype)
+        self.direct = DirectLinks()  # direct data path (impl/node/direct.py): neighbours and forwarded inputs
 
     # --- sub-ranges ---------------------------------------------------------------------------
     async def view(self, first_layer: int, end_layer: int) -> Segment:
@@ -152,7 +154,9 @@ class ProviderService(pb_grpc.ProviderServicer):
                                        model_id=request.model_id, segment_index=request.segment_index,
                                        first_layer=request.first_layer, end_layer=request.end_layer,
                                        max_length=request.max_length,
-                                       audit_seed_commitment=bytes(request.audit_seed_commitment), dtype=request.dtype):
+                                       audit_seed_commitment=bytes(request.audit_seed_commitment), dtype=request.dtype,
+                                       next_endpoint=request.next_endpoint, next_public_key=bytes(request.next_public_key),
+                                       previous_public_key=bytes(request.previous_public_key)):
             await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                 "lead_signature: the session opening is not signed by the lead this provider serves")
         if request.dtype != self.dtype:
@@ -191,6 +195,7 @@ class ProviderService(pb_grpc.ProviderServicer):
         self.sessions[request.session_id] = _Session(request.request_id, request.segment_index, request.max_length, seg,
                                                      bytes(request.audit_seed_commitment))
         self.kv_tokens_reserved += request.max_length
+        self.direct.open(request.session_id, request)
         return pb.OpenSessionResponse(weights_digest=seg.weights_digest,
                                       kv_bytes_reserved=request.max_length * seg.kv_bytes_per_token())
 
@@ -204,6 +209,7 @@ class ProviderService(pb_grpc.ProviderServicer):
         if state is None:
             return False
         self.kv_tokens_reserved -= state.max_length
+        self.direct.close(session_id)
         try:
             state.segment.close_session(session_id)
         except SessionError:  # pragma: no cover - the two maps are kept in step
@@ -246,17 +252,26 @@ class ProviderService(pb_grpc.ProviderServicer):
                         raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
                                      "step: step/first_position/num_positions changed inside one chunked tensor")
                     header = this_header
-                    blob = reassembler.add(frame.input)
+                    blob = await self.direct.upstream_input(frame) if frame.from_upstream else reassembler.add(frame.input)
                     if blob is None:
                         continue
                     results = await self._run_step(self.sessions[bound], frame, blob)
+                    if frame.forward:
+                        self.direct.forward(frame, results)
                 except FramingError as exc:
                     raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+                except UpstreamRefused as exc:  # the forwarded input failed check_forwarded: the sender's fault
+                    raise _Abort(grpc.StatusCode.FAILED_PRECONDITION, REFUSAL + str(exc)) from None
                 for result in results:
                     yield result
         finally:
             if bound is not None:
                 self._close(bound)
+
+    async def Forward(self, request_iterator, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+        """Direct path: segment k-1's output for one of this provider's sessions (``DirectLinks.receive``)."""
+        async for ack in self.direct.receive(request_iterator):
+            yield ack
 
     async def _run_step(self, state: _Session, frame: pb.StepFrame, blob: bytes) -> list[pb.StepResult]:
         seg = state.segment

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from verisplit.impl.node import direct
 from verisplit.impl.node import verisplit_pb2 as pb
 from verisplit.impl.node.hops import CohortError, Hop
 from verisplit.spec.faults import RESOURCE_EXHAUSTED, UNAVAILABLE
@@ -33,7 +34,9 @@ async def open_hops(lead: "Lead", run: "RequestRun", hops: list[Hop], session_id
     opened hops; raises the ``CohortError`` that ended the attempt."""
     for attempt in range(MAX_REROUTES + 1):
         results = await asyncio.gather(*(h.open(lead.session_key, session_id, run.request_id, lead.model_id, max_length,
-                                                seed_commitment, lead.dtype) for h in hops), return_exceptions=True)
+                                                seed_commitment, lead.dtype,
+                                                **direct.opening_fields(lead.direct, hops, run, h.index))
+                                         for h in hops), return_exceptions=True)
         failures = [r for r in results if isinstance(r, BaseException)]
         if not failures:
             return hops

@@ -59,6 +59,11 @@ class ProviderStub:
                 request_serializer=verisplit__pb2.ProveRequest.SerializeToString,
                 response_deserializer=verisplit__pb2.ProveResponse.FromString,
                 _registered_method=True)
+        self.Forward = channel.stream_stream(
+                '/verisplit.v1.Provider/Forward',
+                request_serializer=verisplit__pb2.StepFrame.SerializeToString,
+                response_deserializer=verisplit__pb2.ForwardAck.FromString,
+                _registered_method=True)
 
 
 class ProviderServicer:
@@ -94,6 +99,13 @@ class ProviderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Forward(self, request_iterator, context):
+        """direct path: segment k-1 -> segment k
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ProviderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -121,6 +133,11 @@ def add_ProviderServicer_to_server(servicer, server):
                     servicer.Prove,
                     request_deserializer=verisplit__pb2.ProveRequest.FromString,
                     response_serializer=verisplit__pb2.ProveResponse.SerializeToString,
+            ),
+            'Forward': grpc.stream_stream_rpc_method_handler(
+                    servicer.Forward,
+                    request_deserializer=verisplit__pb2.StepFrame.FromString,
+                    response_serializer=verisplit__pb2.ForwardAck.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -258,6 +275,33 @@ class Provider:
             '/verisplit.v1.Provider/Prove',
             verisplit__pb2.ProveRequest.SerializeToString,
             verisplit__pb2.ProveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Forward(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/verisplit.v1.Provider/Forward',
+            verisplit__pb2.StepFrame.SerializeToString,
+            verisplit__pb2.ForwardAck.FromString,
             options,
             channel_credentials,
             insecure,

@@ -202,15 +202,22 @@ SESSION_DOMAIN = b"verisplit/open-session/v1\x00"
 
 
 def session_signing_bytes(session_id: str, request_id: str, model_id: str, segment_index: int, first_layer: int,
-                          end_layer: int, max_length: int, audit_seed_commitment: bytes, dtype: str) -> bytes:
+                          end_layer: int, max_length: int, audit_seed_commitment: bytes, dtype: str,
+                          next_endpoint: str = "", next_public_key: bytes = b"", previous_public_key: bytes = b"") -> bytes:
     """Canonical bytes the lead signs when it opens a session (docs/protocol.md, "Session opening"): the
     provider serves the session only if the signature verifies under the key of the lead it registered
-    with, and repeats ``audit_seed_commitment`` in every commitment of the request."""
-    return b"".join([
+    with, and repeats ``audit_seed_commitment`` in every commitment of the request. A direct-path opening
+    also signs its neighbours (next endpoint and key, previous key: text, then each key as u16 length +
+    bytes), appended only when one is set, so lead-mediated openings keep their bytes."""
+    parts = [
         SESSION_DOMAIN, _text(session_id), _text(request_id), _text(model_id),
         struct.pack("<IIII", segment_index, first_layer, end_layer, max_length),
         _fixed("audit_seed_commitment", audit_seed_commitment, 32), _text(dtype),
-    ])
+    ]
+    if next_endpoint or next_public_key or previous_public_key:
+        parts += [b"direct\x00", _text(next_endpoint), struct.pack("<H", len(next_public_key)), next_public_key,
+                  struct.pack("<H", len(previous_public_key)), previous_public_key]
+    return b"".join(parts)
 
 
 def sign_session(key: SigningKey, **fields: object) -> bytes:

@@ -1,8 +1,11 @@
 """A loaded layer range with per-session KV caches: the compute core of providers and verifiers.
 
 Invariants:
-- ``step`` accepts only positions that continue the session exactly (``positions[0]`` equals the
-  tokens already cached, then consecutive), so a cache can never hold holes or overwritten rows.
+- ``step`` accepts only consecutive positions that continue the session (``positions[0]`` equals the
+  tokens already cached) or roll it back (rule K1, ``verisplit.spec.commitment.step_follows``: a start
+  after the previous step's start and at most the cached length; the cache is truncated there and the
+  step overwrites the rows from that position on), so a cache never holds holes, and rows before a
+  step's start are never rewritten by a later step.
 - Sessions are isolated: each owns its K/V tensors; closing frees them.
 - Inputs are validated before any cache write, so a rejected call leaves the session unchanged.
 """
@@ -19,6 +22,7 @@ from verisplit.impl.runtime.config import ModelConfig
 from verisplit.impl.runtime.errors import SegmentInputError, SessionError
 from verisplit.impl.runtime.model import SegmentModel, checkpoint_tensor_names, rope_inv_freq
 from verisplit.impl.runtime.tensors import digest_named_tensors
+from verisplit.spec.commitment import step_follows
 
 
 @dataclass
@@ -26,6 +30,7 @@ class _Session:
     caches: dict[int, tuple[torch.Tensor, torch.Tensor]]
     max_length: int
     length: int = 0
+    last_first: int = -1  # the previous step's first position (-1 before the first step)
 
 
 class Segment:
@@ -133,20 +138,25 @@ class Segment:
         """Run ``T`` new tokens of a session (prefill when T > 1, decode when T == 1).
 
         Returns the residual stream ``[T, hidden]`` in ``self.dtype``, or fp32 logits
-        ``[T, vocab]`` on the last segment.
+        ``[T, vocab]`` on the last segment. A start before the cached length rolls the session back
+        (rule K1): rows from ``positions[0]`` on are overwritten, later ones dropped.
         """
         with self._lock:
             session = self._get(session_id)
-            pos = self._check_positions(positions, start=session.length)
-            t = pos.shape[0]
-            if session.length + t > session.max_length:
+            pos = self._check_positions(positions, start=None)
+            first, t = int(pos[0]), pos.shape[0]
+            if not step_follows(session.last_first, session.length - session.last_first, first):
                 raise SegmentInputError(
-                    f"positions: {session.length}..{session.length + t - 1} go beyond the max_length "
+                    f"positions: must start at {session.length} (tokens already in the session) or roll back to a "
+                    f"position after the previous step's start {session.last_first} (rule K1), got {first}")
+            if first + t > session.max_length:
+                raise SegmentInputError(
+                    f"positions: {first}..{first + t - 1} go beyond the max_length "
                     f"{session.max_length} of session {session_id!r}")
             x = self._check_inputs(inputs, t)
             with torch.no_grad():
-                out = self.module.run(x, pos, self.inv_freq, self.layer_indices, session.caches, session.length)
-            session.length += t
+                out = self.module.run(x, pos, self.inv_freq, self.layer_indices, session.caches, first)
+            session.length, session.last_first = first + t, first
             return out
 
     def forward_full(self, inputs: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

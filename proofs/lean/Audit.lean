@@ -47,3 +47,7 @@ import Verisplit
 #print axioms Verisplit.probation_deters
 #print axioms Verisplit.franchise_scales
 #print axioms Verisplit.franchise_deters_every_shard
+#print axioms Verisplit.stepFollows_progress
+#print axioms Verisplit.nextStart_follows
+#print axioms Verisplit.stepFollows_trans_lt
+#print axioms Verisplit.billable_plain

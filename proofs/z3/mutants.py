@@ -345,6 +345,7 @@ def commitment_always_fresh(revealed: Any, commitment: Any) -> bool:
 _ORIG_ESCROW_STEP = spec_escrow.escrow_step
 _ORIG_RESIZE = spec_escrow.resize_window
 _ORIG_MEMBER_STEP = spec_escrow.member_step
+_ORIG_FORWARDED = spec_commitment.check_forwarded
 
 
 def escrow_forfeit_drops_held(window: Sequence[Any], payout: Any, failed: Any) -> Any:
@@ -424,6 +425,28 @@ def exposure_ignores_probation(probation_requests: Any, escrow_window: Any) -> A
 
 def exposure_without_payout(probation_requests: Any, escrow_window: Any) -> Any:
     return ite(probation_requests < escrow_window, probation_requests, escrow_window)
+
+
+def follows_allows_restart(previous_first: Any, previous_positions: Any, first: Any) -> Any:
+    return all_of(previous_first <= first, first <= previous_first + previous_positions)
+
+
+def follows_allows_gap(previous_first: Any, previous_positions: Any, first: Any) -> Any:
+    return all_of(previous_first < first, first <= previous_first + previous_positions + 1)
+
+
+def plain_steps_count_last(prompt_tokens: Any, completion_tokens: int) -> list[Any]:
+    return [prompt_tokens] + [1] * completion_tokens
+
+
+def forwarded_ignores_digest(c: Any, sender_public_key: bytes, request_id: str, step: int, first_position: int,
+                             num_positions: int, received_digest: bytes) -> Any:
+    return _ORIG_FORWARDED(c, sender_public_key, request_id, step, first_position, num_positions, c.output_digest)
+
+
+def forwarded_ignores_signer(c: Any, sender_public_key: bytes, request_id: str, step: int, first_position: int,
+                             num_positions: int, received_digest: bytes) -> Any:
+    return _ORIG_FORWARDED(c, c.signer, request_id, step, first_position, num_positions, received_digest)
 
 
 C = "verisplit.spec.cohort"
@@ -592,6 +615,25 @@ MUTANTS: list[Mutant] = [
            exposure_ignores_probation, "a short probation passes the check though little is held when p drops"),
     Mutant("deterrence_config_concrete", "exposure_without_payout", f"{E}:exposure_requests", exposure_without_payout,
            "off by one: configurations that deter exactly are refused"),
+    # speculative rollback (rule K1) and F1 over steps (the latency engineer owns these rows)
+    Mutant("rollback_context", "allows_restart", f"{H}:step_follows", follows_allows_restart,
+           "off by one: a step may restart at the previous step's start (no progress)"),
+    Mutant("rollback_context", "allows_gap", f"{H}:step_follows", follows_allows_gap,
+           "off by one: a step may start one past the previous end (a position never computed)"),
+    Mutant("rollback_prefix_stable", "allows_restart", f"{H}:step_follows", follows_allows_restart,
+           "starts no longer strictly increase: a later step could rewrite an earlier step's context"),
+    Mutant("rollback_prefix_stable", "allows_gap", f"{H}:step_follows", follows_allows_gap,
+           "the final sequence may hold a position no step computed"),
+    Mutant("rollback_context_concrete", "allows_restart", f"{H}:step_follows", follows_allows_restart,
+           "next_step_context accepts a restart at the previous start"),
+    Mutant("rollback_context_concrete", "allows_gap", f"{H}:step_follows", follows_allows_gap,
+           "next_step_context accepts a start past the previous end"),
+    Mutant("billable_sum_plain", "counts_last", f"{S}:plain_decoding_steps", plain_steps_count_last,
+           "off by one: plain decoding bills the last generated token, which no step consumed"),
+    Mutant("forwarded_concrete", "ignores_digest", f"{H}:check_forwarded", forwarded_ignores_digest,
+           "dropped condition: a receiver computes on bytes other than the ones its sender signed"),
+    Mutant("forwarded_concrete", "ignores_signer", f"{H}:check_forwarded", forwarded_ignores_signer,
+           "dropped condition: any key may sign a forwarded input"),
 ]
 
 

@@ -1,0 +1,153 @@
+"""The direct data path on real processes (``lead serve --direct``): providers forward boundary tensors
+to each other; greedy output equals one process (and so the relayed cohort, tests/test_net_cohort.py);
+every link is still checked and recorded by the lead; a provider that forwards a tensor different from
+what it signed is refused by its receiver and caught at its own link; speculative steps run on it too.
+
+Model: 6-layer hidden-64 random checkpoint, fp32, CPU, providers [0,2), [2,4), [4,6).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import pytest
+import torch
+
+import cheatkit
+from verisplit.impl.audit.verifier import record_context
+from verisplit.impl.node.behaviour import Behaviour
+from verisplit.impl.node.procs import ProcessGroup, start_local_cohort
+from verisplit.impl.records.keys import create_key_file
+from verisplit.impl.records.requests import RequestStore
+from verisplit.impl.runtime.checkpoint import make_random_checkpoint
+from verisplit.impl.runtime.generate import generate_reference
+from verisplit.impl.runtime.loader import load_full
+from verisplit.impl.runtime.tokenizer import load_tokenizer, stop_token_ids
+from verisplit.spec.commitment import OUTPUT_MISMATCH, check_chain
+from verisplit.spec.encoding import digest_encoded
+from verisplit.spec.faults import PROVIDER_ERROR
+from verify_helpers import wait_settled
+
+pytestmark = pytest.mark.net
+
+TESTS_DIR = Path(__file__).resolve().parent
+PROMPT = [5, 17, 99, 260, 3, 41, 7]
+
+
+class ForwardTamperer(Behaviour):
+    """Test cheat (not in the catalogue): reports its true output to the lead but forwards other bytes,
+    under the same signed commitment, to the next segment (it patches this provider process's forward)."""
+
+    name = "forward_tamperer"
+
+    def __init__(self) -> None:
+        from verisplit.impl.node import direct
+        from verisplit.impl.node import verisplit_pb2 as pb
+
+        original = direct.DirectLinks.forward
+
+        def tampered(links: Any, frame: Any, results: list[Any]) -> None:
+            copies = []
+            for result in results:
+                copy = pb.StepResult()
+                copy.CopyFrom(result)
+                copies.append(copy)
+            data = bytearray(copies[-1].output.data)
+            data[-1] ^= 0x01  # one bit of the last element
+            copies[-1].output.data = bytes(data)
+            original(links, frame, copies)
+
+        direct.DirectLinks.forward = tampered  # type: ignore[method-assign]
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("direct-net")
+    checkpoint = make_random_checkpoint(root / "ckpt", layers=6, hidden=64, heads=4, kv_heads=2, vocab=320,
+                                        max_position=128, seed=9)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    with ProcessGroup(root / "logs", env=env) as group:
+        info = start_local_cohort(group, checkpoint, [(0, 2), (2, 4), (4, 6)], keys_dir=root / "keys",
+                                  data_dir=root / "lead", prices=[10] * 3, lead_args=["--direct"])
+        info.update(group=group, checkpoint=checkpoint, root=root, client=httpx.Client(base_url=info["http"], timeout=120))
+        yield info
+        info["client"].close()
+
+
+def test_direct_greedy_equals_one_process_and_every_link_is_recorded(net: dict[str, Any]) -> None:
+    client = net["client"]
+    response = client.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 10, "temperature": 0})
+    assert response.status_code == 200, response.text
+    tokens = response.json()["verisplit"]["completion_token_ids"]
+    reference = generate_reference(load_full(net["checkpoint"], device="cpu", dtype=torch.float32), PROMPT, 10,
+                                   eos_token_id=stop_token_ids(load_tokenizer(net["checkpoint"])))
+    assert tokens == reference  # exact: fp32, greedy
+    record = RequestStore(net["root"] / "lead" / "requests").load(response.json()["id"])
+    assert record.status == "completed" and len(record.steps) == len(tokens)
+    for step in record.steps:
+        assert check_chain(record.cohort, step.commitments, step.first_input_digest, record_context(record, step)).valid
+        for k, commitment in enumerate(step.commitments):  # the lead holds the bytes of every link
+            assert digest_encoded(step.inputs[k]) == commitment.input_digest
+            assert digest_encoded(step.outputs[k]) == commitment.output_digest
+    info = client.get(f"/v1/requests/{record.request_id}").json()
+    assert info["commitments_checked"] == 3 * len(tokens)
+
+
+def test_forwarding_other_bytes_than_signed_is_caught_at_the_senders_link(net: dict[str, Any]) -> None:
+    client = net["client"]
+    group: ProcessGroup = net["group"]
+    key = net["root"] / "keys" / "forger.key"
+    create_key_file(key)
+    args = ("--checkpoint", str(net["checkpoint"]), "--layers", "2:4", "--key", str(key), "--listen", "127.0.0.1:0",
+            "--lead", net["grpc"], "--price", "1", "--provider-id", "forger")
+    child = group.spawn("forger", cheatkit.provider_command("substitute_output", *args), extra_env=cheatkit.provider_env())
+    group.wait_ready([child], timeout=150)
+    try:
+        assert [a["provider_id"] for a in client.get("/v1/cohort").json()["assignments"]][1] == "forger"
+        response = client.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 4, "temperature": 0})
+        assert response.status_code == 502, response.text
+        error = response.json()["error"]
+        assert (error["culprit"], error["reason"], error["link"]) == ("forger", OUTPUT_MISMATCH, 1), error
+        # refused by its receiver before computing, or caught by the lead's own H4 on the reported bytes
+        assert "refused by segment 2" in error["message"] or "output digest" in error["message"], error
+    finally:
+        group.stop(child, timeout=5)
+
+
+def test_receiver_refuses_a_forward_that_differs_from_the_signed_output(net: dict[str, Any]) -> None:
+    """The sender's report to the lead is honest, so only the receiving provider's check_forwarded can
+    catch it: segment 2 refuses before computing (nothing wrong is ever computed on), the request aborts
+    at segment 1's link naming it, and, the dispute being unverifiable, nobody is ejected."""
+    client = net["client"]
+    group: ProcessGroup = net["group"]
+    key = net["root"] / "keys" / "tamperer.key"
+    create_key_file(key)
+    args = ("--checkpoint", str(net["checkpoint"]), "--layers", "2:4", "--key", str(key), "--listen", "127.0.0.1:0",
+            "--lead", net["grpc"], "--price", "1", "--provider-id", "tamperer")
+    child = group.spawn("tamperer", cheatkit.provider_command("test_direct_net:ForwardTamperer", *args),
+                        extra_env=cheatkit.provider_env())
+    group.wait_ready([child], timeout=150)
+    try:
+        assert [a["provider_id"] for a in client.get("/v1/cohort").json()["assignments"]][1] == "tamperer"
+        response = client.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 4, "temperature": 0})
+        assert response.status_code == 502, response.text
+        error = response.json()["error"]
+        assert (error["culprit"], error["reason"], error["link"]) == ("tamperer", PROVIDER_ERROR, 1), error
+        assert f"refused by segment 2: {OUTPUT_MISMATCH}" in error["message"], error
+        settled = wait_settled(client, response.headers["x-verisplit-request-id"])  # the chain analysis ran
+        assert settled.get("ejected", []) == [], settled.get("ejected")
+        providers = client.get("/v1/providers").json()
+        assert {"tamperer", "provider-2"} <= {p["provider_id"] for p in providers["data"]}  # neither ejected
+    finally:
+        group.stop(child, timeout=5)
+
+
+def test_external_lead_checks_pass_on_the_direct_path(net: dict[str, Any]) -> None:
+    from verisplit.conformance.external import check_lead
+
+    results = check_lead(net["http"], max_tokens=4)
+    assert results and all(r.passed for r in results), [(r.name, r.detail) for r in results if not r.passed]
