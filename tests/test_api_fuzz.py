@@ -188,3 +188,13 @@ def test_prompt_length_is_refused_before_tokenizing(lead_url: str) -> None:
     assert "characters" in answer.json()["error"]["message"]
     answer = httpx.post(f"{lead_url}/v1/completions", json={"prompt": [1] * (CONTEXT + 1), "max_tokens": 1})
     assert answer.status_code == 400 and "token ids" in answer.json()["error"]["message"]
+
+
+def test_out_of_range_token_ids_are_400_before_anything_decodes_them(lead_url: str) -> None:
+    """Token ids outside the vocabulary are refused naming the prompt, also with ``logprobs`` (which
+    decodes the prompt) and for ids too large for the tokenizer's integer type."""
+    for prompt in ([-1], [2 ** 70], [0, 10 ** 9]):
+        for extra in ({}, {"logprobs": 0}):
+            answer = httpx.post(f"{lead_url}/v1/completions", json={"prompt": prompt, "max_tokens": 1} | extra)
+            assert answer.status_code == 400, answer.text
+            assert answer.json()["error"]["param"] == "prompt" and "outside" in answer.json()["error"]["message"]

@@ -147,3 +147,45 @@ def test_guard_refuses_a_body_that_never_completes_with_408() -> None:
     asyncio.run(run([{"type": "http.request", "body": b"ab", "more_body": True},
                      {"type": "http.request", "body": b"cd", "more_body": False}]))
     assert reached == [b"abcd"]  # within the bound: the app reads the whole body at once
+
+
+def test_info_cache_remeasures_a_view_that_grew() -> None:
+    from verisplit.impl.node.lead_info import InfoCache
+
+    cache = InfoCache(max_count=10, max_bytes=2500)
+    cache.put("req-0", {"small": 0})
+    cache.put("req-1", {"small": 1})
+    cache["req-0"]["audits"] = "z" * 3000  # a hook adds to the view after it was put
+    cache.remeasure("req-0")
+    assert list(cache) == ["req-0"]  # the grown view is the newest; the bound holds again
+
+
+def test_draining_a_refused_body_ends_within_the_body_timeout() -> None:
+    """A client that trickles a refused (Content-Length over the bound) body holds no slot beyond
+    ``body_timeout_s``: the 413 is sent and the slot released."""
+    import asyncio
+
+    from verisplit.impl.node.api_limits import ApiGuard, ApiLimits
+
+    async def app(scope: dict, receive: object, send: object) -> None:
+        raise AssertionError("a refused body never reaches the app")
+
+    async def run() -> list[dict]:
+        sent: list[dict] = []
+
+        async def receive() -> dict:
+            await asyncio.sleep(0.05)  # 1 byte every 50 ms: far slower than the drain would need
+            return {"type": "http.request", "body": b"x", "more_body": True}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        guard = ApiGuard(app, ApiLimits(max_body_bytes=4096, body_timeout_s=0.2))
+        scope = {"type": "http", "path": "/v1/completions", "method": "POST",
+                 "headers": [(b"content-length", b"8192")], "client": ("1.2.3.4", 5)}
+        await asyncio.wait_for(guard(scope, receive, send), 5)
+        assert not guard.active
+        return sent
+
+    sent = asyncio.run(run())
+    assert sent[0]["status"] == 413

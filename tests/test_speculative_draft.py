@@ -86,3 +86,11 @@ def test_speculative_sampling_point_mass_target_always_accepts() -> None:
     rows = _rows([3, 3, 3]) * 100  # p is (numerically) a point mass on 3
     gen = torch.Generator().manual_seed(0)
     assert speculative_accept([3, 3], rows, 1.0, 1.0, gen) == [3, 3, 3]
+
+
+def test_drafting_searches_a_bounded_window() -> None:
+    """A match older than the window is not found (the search is bounded), one inside it is."""
+    from verisplit.impl.runtime.draft import propose_ngram
+    history = [7, 8, 9] + list(range(100, 200)) + [7, 8]
+    assert propose_ngram(history, 2, window=len(history)) == [9, 100]
+    assert propose_ngram(history, 2, window=50) == []

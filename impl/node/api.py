@@ -218,6 +218,10 @@ def create_app(lead: Lead) -> FastAPI:
         elif isinstance(prompt, list) and prompt and not all(isinstance(p, int) for p in prompt):
             raise invalid("prompt", "only one prompt per request is supported", "unsupported_value")
         is_ids = isinstance(prompt, list)
+        if is_ids:  # before anything decodes them (the tokenizer overflows on ids outside its range)
+            bad = [p for p in prompt if not isinstance(p, int) or not 0 <= p < vocab]
+            if bad:
+                raise invalid("prompt", f"token id {bad[0]} outside [0, {vocab})")
         check_prompt_size(0 if is_ids else len(prompt), len(prompt) if is_ids else 0, context_length, "prompt")
         ids = [int(p) for p in prompt] if is_ids else await asyncio.to_thread(encode, tokenizer, prompt)
         if not ids:

@@ -176,9 +176,15 @@ class ApiGuard:
 
     async def _discard(self, receive: Any, seen: int = 0) -> None:
         """Read and drop the rest of a refused body, up to ``DRAIN_FACTOR`` times the bound, so that the
-        client (still sending) reads the 413 instead of a connection reset; nothing is kept."""
+        client (still sending) reads the 413 instead of a connection reset; nothing is kept. The drain
+        ends within ``body_timeout_s`` however slowly the client sends, so it never holds a slot."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.limits.body_timeout_s
         while seen <= DRAIN_FACTOR * self.limits.max_body_bytes:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                return
             seen += len(message.get("body", b""))
             if message["type"] != "http.request" or not message.get("more_body", False):
                 return

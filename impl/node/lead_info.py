@@ -35,3 +35,10 @@ class InfoCache(OrderedDict[str, dict[str, Any]]):
                                  (self.max_bytes is not None and self._total > self.max_bytes)):
             old, _ = self.popitem(last=False)
             self._total -= self._sizes.pop(old, 0)
+
+    def remeasure(self, request_id: str) -> None:
+        """Re-measure a view that grew after ``put`` (hooks add audits and settlement to it), then
+        evict as ``put`` does, so the byte bound holds for views as they are now."""
+        info = self.get(request_id)
+        if info is not None:
+            self.put(request_id, info)

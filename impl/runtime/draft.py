@@ -26,13 +26,19 @@ import torch
 from verisplit.impl.runtime.errors import SegmentInputError
 
 
-def propose_ngram(history: Sequence[int], k: int, max_ngram: int = 3, min_ngram: int = 1) -> list[int]:
+DRAFT_WINDOW = 4096  # tokens of history searched for a match: bounds the lead's per-step drafting cost
+
+
+def propose_ngram(history: Sequence[int], k: int, max_ngram: int = 3, min_ngram: int = 1,
+                  window: int = DRAFT_WINDOW) -> list[int]:
     """Up to ``k`` tokens that followed the most recent earlier occurrence of the history's last n
     tokens, trying n = ``max_ngram`` down to ``min_ngram`` (longest match first, as vLLM's n-gram
-    proposer); ``[]`` when nothing matches or ``k <= 0``."""
+    proposer), searched within the last ``window`` tokens only, so one call costs
+    O(window x max_ngram) however long the request (drafting runs on the lead's event loop);
+    ``[]`` when nothing matches or ``k <= 0``."""
     if k <= 0 or min_ngram < 1 or max_ngram < min_ngram:
         return []
-    tokens = list(history)
+    tokens = list(history[-window:]) if window > 0 else list(history)
     length = len(tokens)
     for n in range(min(max_ngram, length - 1), min_ngram - 1, -1):
         suffix = tokens[length - n:]
