@@ -47,3 +47,6 @@ import Verisplit
 #print axioms Verisplit.probation_deters
 #print axioms Verisplit.franchise_scales
 #print axioms Verisplit.franchise_deters_every_shard
+#print axioms Verisplit.replacement_covers
+#print axioms Verisplit.replay_positions
+#print axioms Verisplit.outage_refund_exact

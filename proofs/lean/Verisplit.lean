@@ -8,9 +8,11 @@ import Verisplit.Spec.Commitment
 import Verisplit.Spec.Cohort
 import Verisplit.Spec.Boundary
 import Verisplit.Spec.Escrow
+import Verisplit.Spec.Recovery
 import Verisplit.Thm.Settlement
 import Verisplit.Thm.Deterrence
 import Verisplit.Thm.Commitment
 import Verisplit.Thm.Cohort
 import Verisplit.Thm.Boundary
 import Verisplit.Thm.Escrow
+import Verisplit.Thm.Recovery
