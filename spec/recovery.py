@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Collection, Sequence
 
-from verisplit.spec.cohort import Assignment, Offer
+from verisplit.spec.cohort import Assignment, Cohort, Offer
 from verisplit.spec.commitment import BoundaryCommitment, StepContext, check_exchanged_link, link_rule
 from verisplit.spec.encoding import EncodingError, decode_tensor, digest_encoded, encode_tensor
 
@@ -141,3 +141,14 @@ def recovered_fee(values: Sequence[Any]) -> Any:
     for value in values:
         total = total + value
     return total
+
+
+def effective_cohort(cohort: Cohort, replacements: Sequence[tuple[int, int, Assignment]], step: int) -> Cohort:
+    """The cohort that served ``step``: ``cohort`` with every replacement ``(segment_index, at_step,
+    assignment)`` whose ``at_step <= step`` applied in order (rule R1: same index, same range). The
+    chain rules H1-H4 of a step are checked against this cohort. Tests: tests/test_faults_spec.py."""
+    assignments = list(cohort.assignments)
+    for segment_index, at_step, assignment in replacements:
+        if at_step <= step:
+            assignments[segment_index] = assignment
+    return Cohort(cohort.model_id, tuple(assignments))

@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 import grpc
 from nacl.signing import SigningKey
 
@@ -28,7 +30,9 @@ from verisplit.impl.node import verisplit_pb2_grpc as pb_grpc
 from verisplit.impl.node.framing import FramingError, Reassembler, chunk_tensor, open_session_request
 from verisplit.impl.node.stream_meta import stream_metadata
 from verisplit.impl.runtime.config import ModelConfig
-from verisplit.spec.commitment import MISSING_LINK, StepContext
+from verisplit.spec.cohort import Assignment
+from verisplit.impl.runtime.tensors import decode_boundary
+from verisplit.spec.commitment import MISSING_LINK, StepContext, boundary_spec, check_boundary
 from verisplit.spec.faults import MALFORMED_OUTPUT, PROVIDER_ERROR, RESOURCE_EXHAUSTED, TIMEOUT, UNAVAILABLE
 
 if TYPE_CHECKING:
@@ -93,6 +97,7 @@ class Hop:
         self.provider_id = offer.fields.provider_id
         self.first_layer = first_layer
         self.end_layer = end_layer
+        self.assignment = Assignment(self.provider_id, offer.fields.public_key, first_layer, end_layer)
         self.stub = stub
         self.step_timeout_s = step_timeout_s
         self.opened = False
@@ -201,3 +206,16 @@ def output_byte_limit(config: ModelConfig, positions: int, last: bool) -> int:
     dtype), plus header slack. Anything larger cannot pass the boundary rule H5 anyway."""
     width = config.vocab_size if last else config.hidden_size
     return positions * width * 4 + OUTPUT_HEADER_SLACK
+
+
+def check_hop_boundary(hop: Hop, out: bytes, positions: int, num_hops: int, dtype: str, config: ModelConfig) -> torch.Tensor:
+    """Rule H5 on an output whose commitment passed H1-H4: a finite canonical tensor of the
+    boundary's shape and the cohort's dtype, else ``bad_boundary`` blamed on its signer.
+    Returns the decoded tensor."""
+    expected = boundary_spec(hop.index, num_hops, dtype, positions, config.hidden_size, config.vocab_size)
+    tensor, facts = decode_boundary(out)
+    failure = check_boundary(*facts, expected)
+    if failure is not None:
+        raise hop.fail(failure[0], failure[1])
+    assert tensor is not None  # H5 fails every blob that does not decode
+    return tensor

@@ -108,14 +108,18 @@ def head_bytes(count: int, last_hash: str) -> bytes:
 def settlement_body(*, request_id: str, model_id: str, cohort: Any, work: Mapping[str, int],
                     settlement: Settlement, prices: Mapping[str, int], audits: list[dict[str, Any]],
                     chain: dict[str, Any] | None = None, extra: Mapping[str, Any] | None = None,
-                    recorded_at_ms: int | None = None, escrow_terms: EscrowTerms | None = None) -> dict[str, Any]:
+                    recorded_at_ms: int | None = None, escrow_terms: EscrowTerms | None = None,
+                    forfeited: frozenset[str] = frozenset()) -> dict[str, Any]:
     """The body of a ledger record (without seq, prev_hash, lead_public_key and the escrow members,
     which ``append`` sets).
 
     Per provider it holds the layers (``cohort``), the work units served (``work``), the price per
     work unit offered (``prices``), the value ``price x work`` the fee was split by (``values``) and
     the payout; ``recorded_at_ms`` is the lead's wall clock when it settled; ``escrow.terms`` the
-    franchise settings in force (default: no probation, window 0, so payouts vest at once)."""
+    franchise settings in force (default: no probation, window 0, so payouts vest at once).
+    ``forfeited`` are providers lost to an outage and replaced (rule R3): their slice is refunded like
+    a failed one's (S2), but they are listed apart from ``failed``, so the escrow does not forfeit what
+    they hold (E2 is for culprits) and nobody ejects them."""
     body: dict[str, Any] = {
         "version": LEDGER_VERSION,
         "request_id": request_id,
@@ -132,9 +136,11 @@ def settlement_body(*, request_id: str, model_id: str, cohort: Any, work: Mappin
         "payouts": dict(settlement.payouts),
         "residual": settlement.residual,
         "refund": settlement.refund,
-        "failed": sorted(settlement.failed),
+        "failed": sorted(settlement.failed - forfeited),
         "lead": settlement.lead,
     }
+    if forfeited:
+        body["forfeited"] = sorted(forfeited)
     if extra:
         body["extra"] = dict(extra)
     body["escrow"] = {"terms": terms_to_json(escrow_terms if escrow_terms is not None else EscrowTerms())}
@@ -166,6 +172,10 @@ def check_body(body: Mapping[str, Any]) -> None:
         raise LedgerError(f"record {body['request_id']!r}: not conserved: payouts {sum(payouts.values())} + "
                           f"residual {body['residual']} + refund {body['refund']} != fee {fee}")
     failed = set(body["failed"])
+    forfeited = body.get("forfeited", [])
+    if not isinstance(forfeited, list) or not all(isinstance(p, str) for p in forfeited):
+        raise LedgerError("record field 'forfeited': expected a list of provider ids")
+    failed |= set(forfeited)  # rule R3: an outage-lost provider's slice is refunded (S2), without E2
     prices = _prices(body)
     try:
         expected = settle(fee, work, prices, body["lead"], failed)
