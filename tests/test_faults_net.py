@@ -15,10 +15,12 @@ import json
 import os
 import random
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
+import cheatkit
 import grpc
 import httpx
 import pytest
@@ -46,35 +48,47 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     checkpoint = make_random_checkpoint(root / "ckpt", layers=6, hidden=64, heads=4, kv_heads=2, vocab=512,
                                         max_position=256, seed=5)
     with ProcessGroup(root / "logs") as group:
-        info = start_local_cohort(group, checkpoint, RANGES, keys_dir=root / "keys", data_dir=root / "lead",
-                                  prices=[PRICE] * 3, extra_provider_args=["--kv-budget-mb", "0.1"])
+        info = start_local_cohort(group, checkpoint, [], keys_dir=root / "keys", data_dir=root / "lead")
         info.update(group=group, checkpoint=checkpoint, root=root, restarts=0,
                     client=httpx.Client(base_url=info["http"], timeout=120))
-        info["victim"] = info["provider_children"][1]
-        info["spare"] = spawn(info, "spare-1", SPARE_PRICE)
-        group.wait_ready([info["spare"]], timeout=120)
+        # provider-0 is paced (tests/faults_pace.py) so that a stream lasts long enough to be hit mid-way
+        children = [spawn(info, "provider-0", "0:2", PRICE, paced=True), spawn(info, "provider-1", "2:4", PRICE),
+                    spawn(info, "provider-2", "4:6", PRICE), spawn(info, "spare-1", "2:4", SPARE_PRICE)]
+        group.wait_ready(children, timeout=120)
+        info["victim"] = children[1]
+        deadline = time.monotonic() + 30
+        while len(info["client"].get("/v1/providers").json()["data"]) < 4:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
         for seed in range(50):  # a prompt whose greedy run does not hit eos early (random weights)
-            prompt = [random.Random(seed).randrange(512) for _ in range(8)]
+            prompt = [random.Random(seed).randrange(512) for _ in range(PROMPT_LEN)]
             response = info["client"].post("/v1/completions", json={"prompt": prompt, "max_tokens": TOKENS,
                                                                     "temperature": 0})
             assert response.status_code == 200, response.text
             if len(response.json()["verisplit"]["completion_token_ids"]) == TOKENS:
                 break
         info["prompt"], info["reference"] = prompt, response.json()["verisplit"]["completion_token_ids"]
+        started = time.monotonic()
+        again = info["client"].post("/v1/completions", json={"prompt": prompt, "max_tokens": TOKENS, "temperature": 0})
+        info["duration"] = time.monotonic() - started
+        assert again.json()["verisplit"]["completion_token_ids"] == info["reference"]
         assert len(info["reference"]) == TOKENS
         yield info
         info["client"].close()
 
 
-def spawn(net: dict[str, Any], provider_id: str, price: int, child_name: str | None = None) -> Any:
+def spawn(net: dict[str, Any], provider_id: str, layers: str, price: int, child_name: str | None = None,
+          paced: bool = False) -> Any:
     key = net["root"] / "keys" / f"{provider_id}.key"
+    key.parent.mkdir(parents=True, exist_ok=True)
     if not key.exists():
         create_key_file(key)
-    layers = "2:4"
-    return net["group"].spawn(child_name or provider_id, verisplit_command(
-        "provider", "serve", "--checkpoint", str(net["checkpoint"]), "--layers", layers, "--key", str(key),
-        "--listen", "127.0.0.1:0", "--lead", net["grpc"], "--price", str(price), "--provider-id", provider_id,
-        "--kv-budget-mb", "0.1"))
+    args = ("--checkpoint", str(net["checkpoint"]), "--layers", layers, "--key", str(key), "--listen", "127.0.0.1:0",
+            "--lead", net["grpc"], "--price", str(price), "--provider-id", provider_id, "--kv-budget-mb", "0.1")
+    if paced:
+        return net["group"].spawn(child_name or provider_id, cheatkit.provider_command("faults_pace:Paced", *args),
+                                  extra_env=cheatkit.provider_env())
+    return net["group"].spawn(child_name or provider_id, verisplit_command("provider", "serve", *args))
 
 
 def cohort_ids(client: httpx.Client) -> list[str]:
@@ -85,7 +99,7 @@ def restart_victim(net: dict[str, Any]) -> None:
     """Start provider-1 again (same id and key) and wait until the router picks it again."""
     net["group"].stop(net["victim"], sig=signal.SIGKILL)
     net["restarts"] += 1
-    net["victim"] = spawn(net, "provider-1", PRICE, f"provider-1-r{net['restarts']}")
+    net["victim"] = spawn(net, "provider-1", "2:4", PRICE, f"provider-1-r{net['restarts']}")
     net["group"].wait_ready([net["victim"]], timeout=120)
     deadline = time.monotonic() + 30
     while cohort_ids(net["client"])[1] != "provider-1":
@@ -93,28 +107,28 @@ def restart_victim(net: dict[str, Any]) -> None:
         time.sleep(0.05)
 
 
-def stream_with_fault(net: dict[str, Any], after_chunks: int, sig: int) -> tuple[str, list[str], float]:
-    """Stream a 64-token greedy completion; after ``after_chunks`` chunks send ``sig`` to the provider
-    in use for [2, 4). Returns (request id, the data lines, seconds from the fault to the next chunk)."""
+def stream_with_fault(net: dict[str, Any], fraction: float, sig: int) -> tuple[str, list[str]]:
+    """Stream a 64-token greedy completion; ``fraction`` of an uninterrupted run's duration after the
+    first chunk, send ``sig`` to the provider in use for [2, 4) (a timer: text deltas may be held back,
+    so chunk counts are no clock). Returns (request id, the data lines)."""
     assert cohort_ids(net["client"])[1] == "provider-1"
     body = {"prompt": net["prompt"], "max_tokens": TOKENS, "temperature": 0, "stream": True}
     lines: list[str] = []
-    faulted_at: float | None = None
-    gap = 0.0
-    with net["client"].stream("POST", "/v1/completions", json=body) as response:
-        assert response.status_code == 200
-        request_id = response.headers["x-verisplit-request-id"]
-        for line in response.iter_lines():
-            if not line.startswith("data: "):
-                continue
-            if faulted_at is not None and not gap:
-                gap = time.monotonic() - faulted_at
-            lines.append(line[6:])
-            if faulted_at is None and len(lines) >= after_chunks:
-                os.killpg(net["victim"].process.pid, sig)
-                faulted_at = time.monotonic()
-    assert faulted_at is not None, "the stream ended before the fault"
-    return request_id, lines, gap
+    pgid = net["victim"].process.pid
+    timer = threading.Timer(fraction * net["duration"], os.killpg, (pgid, sig))
+    try:
+        with net["client"].stream("POST", "/v1/completions", json=body) as response:
+            assert response.status_code == 200
+            request_id = response.headers["x-verisplit-request-id"]
+            for line in response.iter_lines():
+                if not line.startswith("data: "):
+                    continue
+                if not lines:
+                    timer.start()
+                lines.append(line[6:])
+    finally:
+        timer.join()
+    return request_id, lines
 
 
 def check_recovered(net: dict[str, Any], request_id: str, lines: list[str]) -> dict[str, Any]:
@@ -149,7 +163,7 @@ def open_sessions(endpoint: str) -> int:
 
 
 def all_endpoints(net: dict[str, Any]) -> list[str]:
-    return [p["endpoint"] for p in net["client"].get("/v1/providers").json()]
+    return [p["endpoint"] for p in net["client"].get("/v1/providers").json()["data"]]
 
 
 def wait_no_sessions(net: dict[str, Any], timeout: float = 2.0, exclude: str = "") -> dict[str, int]:
@@ -163,7 +177,7 @@ def wait_no_sessions(net: dict[str, Any], timeout: float = 2.0, exclude: str = "
 
 
 def test_kill_mid_stream_recovers_with_identical_tokens_and_settles(net: dict[str, Any]) -> None:
-    request_id, lines, _ = stream_with_fault(net, 20, signal.SIGKILL)
+    request_id, lines = stream_with_fault(net, 0.3, signal.SIGKILL)
     replacement = check_recovered(net, request_id, lines)
     assert replacement["reason"] == "unavailable" and replacement["at_step"] > 0
     assert replacement["replay_commitment"]["num_positions"] == PROMPT_LEN + replacement["at_step"] - 1
@@ -187,11 +201,10 @@ def test_kill_mid_stream_recovers_with_identical_tokens_and_settles(net: dict[st
 
 
 def test_frozen_provider_is_replaced_after_the_step_deadline(net: dict[str, Any]) -> None:
-    request_id, lines, gap = stream_with_fault(net, 24, signal.SIGSTOP)
+    request_id, lines = stream_with_fault(net, 0.4, signal.SIGSTOP)
     try:
         replacement = check_recovered(net, request_id, lines)
         assert replacement["reason"] == "timeout" and "step deadline" in replacement["detail"]
-        print(f"SIGSTOP: next chunk {gap:.2f}s after the freeze")
     finally:
         os.killpg(net["victim"].process.pid, signal.SIGCONT)
     restart_victim(net)
@@ -220,7 +233,7 @@ def test_refused_open_closes_the_sessions_already_opened(net: dict[str, Any]) ->
     the request's opening while provider-0 and provider-1 accept theirs: those must be closed at once."""
     lead_key = load_key_file(net["root"] / "lead" / "lead.key")
     model_id = net["client"].get("/v1/models").json()["data"][0]["id"]
-    endpoint2 = [p["endpoint"] for p in net["client"].get("/v1/providers").json() if p["provider_id"] == "provider-2"][0]
+    endpoint2 = [p["endpoint"] for p in net["client"].get("/v1/providers").json()["data"] if p["provider_id"] == "provider-2"][0]
     with grpc.insecure_channel(endpoint2) as channel:
         stub = pb_grpc.ProviderStub(channel)
         stub.OpenSession(open_session_request(lead_key, session_id="filler", request_id="filler", model_id=model_id,
@@ -242,7 +255,6 @@ def test_refused_open_closes_the_sessions_already_opened(net: dict[str, Any]) ->
 def test_twenty_random_kill_points_recover(net: dict[str, Any]) -> None:
     rng = random.Random(13)
     for trial in range(20):
-        after = rng.randint(1, 56)
-        request_id, lines, _ = stream_with_fault(net, after, signal.SIGKILL)
+        request_id, lines = stream_with_fault(net, rng.uniform(0.02, 0.8), signal.SIGKILL)
         check_recovered(net, request_id, lines)
         restart_victim(net)
