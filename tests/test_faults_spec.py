@@ -119,3 +119,51 @@ def test_settle_pending_settles_each_unsettled_record_exactly_once(tmp_path) -> 
         assert sorted(r.body["request_id"] for r in ledger.records()) == ["req-a", "req-b"]
         assert ledger.verify().ok
     assert store.load_extras("req-b")["ledger_seq"] == 2
+
+
+def test_protocol_replacement_trace_settles_by_rule_r3() -> None:
+    """The state machine: an outage at segment 1 after step 0, the spec's replacement with its replay,
+    step 1 through the replacement; the lost provider forfeits (not failed, not ejectable), the
+    replacement is paid for its replay, and a fee equal to the total value pays everyone exactly."""
+    from spec_helpers import digest_of, key, signed_chain
+
+    from verisplit.spec.cohort import ModelSpec
+    from verisplit.spec.encoding import encode_tensor
+    from verisplit.spec.protocol import (AddOffer, CommitStep, CompleteRequest, Eject, FormCohort, IllegalTransition,
+                                         OpenRequest, ReplaceProvider, SettleRequest, apply, initial_state)
+
+    keys = {"p0": key(0), "p1": key(1), "spare": key(2)}
+    pub = {p: bytes(k.verify_key) for p, k in keys.items()}
+    state = initial_state(ModelSpec("m", 4))
+    for pid, first, end, price in (("p0", 0, 2, 1), ("p1", 2, 4, 1), ("spare", 2, 4, 2)):
+        state = apply(state, AddOffer(Offer(pid, pub[pid], first, end, price, "e")))
+    state = apply(state, FormCohort("c"))
+    cohort = state.cohorts["c"]
+    assert cohort.provider_ids == ("p0", "p1")
+    state = apply(state, OpenRequest("r", "c", 30))
+    ctx0 = StepContext("m", "r", 0, 0, 3)
+    state = apply(state, CommitStep("r", digest_of(1), 3, tuple(signed_chain(cohort, ctx0, [1, 2, 3], keys))))
+    received = encode_tensor("float32", (1,), (2).to_bytes(4, "little"))  # what p1 got at step 0
+    assert digest_encoded(received) == digest_of(2)
+    spare = Assignment("spare", pub["spare"], 2, 4)
+    replay = sign_commitment(BoundaryCommitment(PROTOCOL_VERSION, "m", bytes(32), "r", 0, 1, 2, 4, 0, 3, digest_of(2),
+                                                digest_of(30), pub["spare"]), keys["spare"])
+    event = ReplaceProvider("r", 1, "unavailable", spare, replay, (received,), digest_of(30))
+    for bad in (ReplaceProvider("r", 1, "bad_signature", spare, replay, (received,), digest_of(30)),
+                ReplaceProvider("r", 1, "unavailable", Assignment("p0", pub["p0"], 2, 4), replay, (received,), digest_of(30)),
+                ReplaceProvider("r", 1, "unavailable", spare, replay, (encode_tensor("float32", (1,), bytes(4)),),
+                                digest_of(30))):
+        with pytest.raises(IllegalTransition):
+            apply(state, bad)
+    state = apply(state, event)
+    ctx1 = StepContext("m", "r", 1, 3, 1)
+    now = effective_cohort(cohort, [(1, 1, spare)], 1)
+    state = apply(state, CommitStep("r", digest_of(4), 1, tuple(signed_chain(now, ctx1, [4, 5, 6], keys))))
+    state = apply(state, CompleteRequest("r"))
+    state = apply(state, SettleRequest("r", "lead"))
+    s = state.requests["r"].settlement
+    assert s.values == {"p0": 8, "spare": 2 * (2 * 3 + 2 * 1), "p1": 2 * 3}
+    assert s.payouts == {"p0": 8, "spare": 16, "p1": 0} and s.refund == 6 and s.residual == 0
+    assert state.requests["r"].failed == frozenset() and state.requests["r"].lost == {"p1"}
+    with pytest.raises(IllegalTransition, match="no failed audit"):
+        apply(state, Eject("p1", "outage"))
