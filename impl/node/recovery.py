@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import TYPE_CHECKING, Any
 
 from verisplit.impl.node.framing import commitment_from_pb
@@ -41,6 +42,7 @@ async def replace_hop(lead: "Lead", run: "RequestRun", hops: list[Hop], index: i
                       context: StepContext, session_id: str, max_length: int) -> Hop:
     """Replace ``hops[index]`` after the outage ``error`` at ``context``'s step; returns the new hop
     (also stored in ``hops``) or raises ``error`` (or a protocol failure of the replacement)."""
+    started = time.perf_counter()
     lost = hops[index]
     lead.registry.report_outage(lost.provider_id, error.reason)
     lead.spawn(_close_quietly(lost, session_id))
@@ -71,6 +73,7 @@ async def replace_hop(lead: "Lead", run: "RequestRun", hops: list[Hop], index: i
             excluded_ids.add(choice.provider_id)
             excluded_keys.add(choice.public_key)
             continue
+        replacement.recovery_s = time.perf_counter() - started
         run.replacements.append(replacement)
         hops[index] = hop
         return hop

@@ -29,6 +29,7 @@ class Replacement:
     price: int
     replay_commitment: BoundaryCommitment | None = None
     replay_output: bytes = b""
+    recovery_s: float = 0.0  # from the outage's detection to the replacement ready (open + replay)
 
     def to_dict(self) -> dict[str, Any]:
         a = self.assignment
@@ -37,7 +38,8 @@ class Replacement:
                 "assignment": {"provider_id": a.provider_id, "public_key": a.public_key.hex(),
                                "first_layer": a.first_layer, "end_layer": a.end_layer},
                 "replay_commitment": commitment_to_dict(self.replay_commitment) if self.replay_commitment else None,
-                "replay_output": base64.b64encode(self.replay_output).decode("ascii")}
+                "replay_output": base64.b64encode(self.replay_output).decode("ascii"),
+                "recovery_s": round(self.recovery_s, 6)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Replacement":
@@ -47,7 +49,7 @@ class Replacement:
                    str(d.get("detail", "")), Assignment(str(a["provider_id"]), bytes.fromhex(a["public_key"]),
                                                         int(a["first_layer"]), int(a["end_layer"])),
                    int(d["price"]), commitment_from_dict(commitment) if commitment else None,
-                   base64.b64decode(d.get("replay_output") or ""))
+                   base64.b64decode(d.get("replay_output") or ""), float(d.get("recovery_s", 0.0)))
 
 
 def replacements_of(record: Any) -> list[Replacement]:
