@@ -8,7 +8,8 @@ client got exactly the uninterrupted run's tokens, then restarts the victim unde
 
 Columns: *recovery* = lead-side time from the outage's detection to the replacement ready (OpenSession
 + the replay prefill), from the request record; *stall* = the client's longest gap between stream
-chunks in that request (detection + recovery + the step); *replay* = positions replayed.
+chunks (or from the response start to the first chunk) in that request: detection + recovery + the
+step, plus any text the tokenizer held back (a random model's tokens are often partial UTF-8); *replay* = positions replayed.
 
 Usage: python bench/recovery.py [--trials 10] [--write]   (--write updates docs/BENCHMARKS.md, Recovery section)
 """
@@ -69,6 +70,7 @@ def trial(net: dict[str, Any], fraction: float, sig: int) -> dict[str, Any] | No
     with client.stream("POST", "/v1/completions", json=body) as response:
         request_id = response.headers["x-verisplit-request-id"]
         timer.start()
+        stamps.append(time.monotonic())  # the response start: text deltas may be held back at first
         for line in response.iter_lines():
             if line.startswith("data: "):
                 stamps.append(time.monotonic())

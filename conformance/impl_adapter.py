@@ -407,7 +407,8 @@ class ImplAdapter(Adapter):
 
 def _settlement(body: dict[str, Any]) -> Settlement:
     return Settlement(int(body["fee"]), str(body["lead"]), {str(k): int(v) for k, v in body["payouts"].items()},
-                      int(body["residual"]), int(body["refund"]), frozenset(body["failed"]),
+                      int(body["residual"]), int(body["refund"]),
+                      frozenset(body["failed"]) | frozenset(body.get("forfeited") or ()),  # R3: the spec's failed set
                       {str(k): int(v) for k, v in (body.get("values") or {}).items()})
 
 
