@@ -30,7 +30,8 @@ from verisplit.spec import audit as spec_audit
 from verisplit.spec.cohort import Cohort, NoCoverage, Offer, cohort_violations, form_cohort
 from verisplit.spec.commitment import MISSING_LINK, VALID, ChainVerdict, StepContext, check_exchanged_chain
 from verisplit.spec.escrow import EscrowMember, cohort_members, settle_escrow
-from verisplit.spec.recovery import effective_cohort
+from verisplit.spec.encoding import digest_encoded
+from verisplit.spec.recovery import check_replay, effective_cohort, replay_input
 from verisplit.spec.protocol import (
     ABORTED,
     COMPLETED,
@@ -222,10 +223,20 @@ class Harness:
                 self._fail("run_request", f"implementation continued to step {step.step} after the chain broke at step {index - 1}")
             context = StepContext(self.state.model.model_id, request_id, index, position, step.num_positions,
                                   dtype=self.state.dtype, audit_seed_commitment=obs.audit_seed_commitment)
+            replay_failure = None
             for r in obs.replacements:
                 if r.at_step == index:
                     self._apply("run_request", ReplaceProvider(request_id, r.segment_index, r.outage, r.assignment, r.replay,
                                                                r.replay_inputs, r.received_digest))
+                    if self.state.requests[request_id].status == ABORTED:  # the replay broke R2: its signer is the culprit
+                        failure = check_replay(r.assignment, r.segment_index, r.replay, r.replay_inputs,
+                                               digest_encoded(replay_input(r.replay_inputs)), r.received_digest, context)
+                        replay_failure = ChainVerdict(False, r.segment_index, r.assignment.provider_id,
+                                                      failure[0] if failure else "", failure[1] if failure else "")
+            if replay_failure is not None:
+                final = replay_failure
+                self._oracle_step(obs.cohort, index, replay_failure)
+                break
             cohort = effective_cohort(obs.cohort, [(r.segment_index, r.at_step, r.assignment) for r in obs.replacements],
                                       index)
             verdict = expected_verdict(cohort, step, context)
@@ -412,7 +423,7 @@ class Harness:
                 self._fail(rule, f"ledger record {settlement_to_dict(record)} does not conserve its fee")
         for request_id, request in self.state.requests.items():
             if request.status == SETTLED and request.settlement is not None:
-                for provider_id in request.settlement.failed:
+                for provider_id in request.settlement.failed - request.lost:  # R3: an outage forfeits by rule
                     if self.behaviour.get(provider_id, HONEST) == HONEST:
                         self._fail(rule, f"honest provider '{provider_id}' forfeited its slice of '{request_id}'")
 

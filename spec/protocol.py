@@ -317,7 +317,8 @@ def _replace_provider(state: State, event: ReplaceProvider) -> State:
             raise IllegalTransition(str(exc)) from None
         if failure is not None:  # the replacement broke a signed rule: a culprit, the request aborts
             return _with_request(state, replace(request, status=ABORTED, failed=request.failed | {choice.provider_id},
-                                                retired=request.retired + ((choice.provider_id, price, 0),)))
+                                                retired=request.retired + ((choice.provider_id, price, 0),),
+                                                lost=request.lost | {lost.provider_id}))
     work[k] = units * request.positions  # the replay (rule R3: the replacement is paid for it)
     prices[k] = price
     updated = replace(request, work=tuple(work), prices=tuple(prices), retired=retired,

@@ -68,6 +68,8 @@ async def replace_hop(lead: "Lead", run: "RequestRun", hops: list[Hop], index: i
         except CohortError as exc:
             lead.spawn(_close_quietly(hop, session_id))
             if not is_outage(exc.reason):
+                if replacement.replay_commitment is not None:  # a bad replay: recorded, so it is blamed
+                    run.replacements.append(replacement)
                 raise
             lead.registry.report_outage(choice.provider_id, exc.reason)
             excluded_ids.add(choice.provider_id)
@@ -90,12 +92,12 @@ async def _replay(lead: "Lead", run: "RequestRun", hop: Hop, replacement: Replac
     limit = output_byte_limit(lead.config, replay.num_positions, last=hop.index == num_hops - 1)
     out, wire = await hop.exchange(session_id, replay, blob, limit)
     commitment = commitment_from_pb(wire)
+    replacement.replay_commitment = commitment
+    replacement.replay_output = out
     failure = check_replay(hop.assignment, hop.index, commitment, inputs, digest_encoded(blob), digest_encoded(out), at)
     if failure is not None:
         raise hop.fail(failure[0], failure[1])
     check_hop_boundary(hop, out, replay.num_positions, num_hops, lead.dtype, lead.config)
-    replacement.replay_commitment = commitment
-    replacement.replay_output = out
 
 
 async def _close_quietly(hop: Hop, session_id: str) -> None:
