@@ -250,7 +250,8 @@ class Harness:
             good = len(cohort.assignments) if verdict.valid else (verdict.link or 0)
             for a in cohort.assignments[:good]:
                 served[a.provider_id] = served.get(a.provider_id, 0) + 1
-            self._oracle_step(cohort, index, verdict)
+            if outage is None or verdict.reason != MISSING_LINK:  # a step cut by an outage blames nobody
+                self._oracle_step(cohort, index, verdict)
             final = verdict
             position += step.num_positions
         if obs.outage is not None:
@@ -364,10 +365,16 @@ class Harness:
         request = self.state.requests[request_id]
         cohort = self.state.cohorts[request.cohort_id]
         members = cohort_members(cohort, request.work, spec.payouts, spec.failed)
-        if request.replacements:  # the ledger's members: the cohort, then each replacement (R3: lost is no E2 failure)
-            everyone = list(cohort.assignments) + [a for _, _, a in request.replacements]
-            members = [EscrowMember(a.provider_id, a.public_key.hex(), _work_of(request, a.provider_id, cohort),
-                                    spec.payouts[a.provider_id], a.provider_id in request.failed) for a in everyone]
+        if request.replacements or request.retired:
+            # the ledger's members: the cohort, then each replacement in order (one whose replay failed is
+            # last); a provider lost to an outage is no E2 failure (R3)
+            everyone = [(a.provider_id, a.public_key) for a in cohort.assignments]
+            everyone += [(a.provider_id, a.public_key) for _, _, a in request.replacements]
+            for provider_id, _, _ in request.retired:
+                if provider_id not in {pid for pid, _ in everyone}:
+                    everyone.append((provider_id, self.adapter.public_key(provider_id)))
+            members = [EscrowMember(pid, key.hex(), _work_of(request, pid, cohort), spec.payouts[pid],
+                                    pid in request.failed) for pid, key in everyone]
         self.escrow = settle_escrow(self.escrow, request_id, members, terms).book
         got = self.adapter.escrow_book()
 
