@@ -285,9 +285,11 @@ class AuditService:
         # -- end franchise --
         audited_segments = self.selected(record.request_id, len(assignments), probabilities)
         for index in audited_segments:
-            if index == analysis.link or analysis.valid_steps[index] == 0:
+            if analysis.valid_steps[index] == 0:
                 continue
             for view, steps in signer_views(record, index, analysis.valid_steps[index]):  # each signer on its own steps
+                if view.cohort.assignments[index].provider_id == analysis.culprit:
+                    continue  # already failed by the chain
                 try:
                     verdict = self.verifier.audit(view, index, self.tolerance, steps=steps)
                 except (EvidenceError, ValueError, OSError) as exc:
