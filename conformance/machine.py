@@ -133,7 +133,7 @@ def build_machine(adapter: Adapter, profile: Profile, trace_dir: Path | None, st
             self._act(self.harness.run_request, *shape)
 
         @precondition(lambda self: adapter.supports_faults and profile.max_tokens >= 2)
-        @rule(kind=st.sampled_from(["kill", "kill", "hang"]), segment=st.integers(0, 3), data=st.data(),
+        @rule(kind=st.sampled_from(["kill"] * 4 + ["hang"]), segment=st.integers(0, 3), data=st.data(),  # a hang costs >= 2 s
               prompt_len=st.integers(1, profile.max_prompt))
         def faulted_request(self, kind: str, segment: int, data: st.DataObject, prompt_len: int) -> None:
             """Kill / hang actions (issue 13): a greedy request whose provider at ``segment`` (modulo the
