@@ -26,7 +26,7 @@ from typing import Iterator
 import z3
 
 from verisplit.proofs_z3.check_chain import INJECTIVE_DIGEST
-from verisplit.proofs_z3.core import Evidence, Obligation, concrete, register, valid
+from verisplit.proofs_z3.core import Evidence, Kind, Obligation, concrete, register, valid
 from verisplit.spec.cohort import Assignment, Offer
 from verisplit.spec.recovery import choose_replacement, covers, recovered_fee, replacement_work, replay_pinned
 from verisplit.spec.settlement import settle_parts
@@ -116,3 +116,19 @@ def outage_refund_exact() -> Iterator[Obligation]:
             yield concrete("replacement_work", False, time.perf_counter() - start, f"{units} {replay} {served}")
             return
     yield concrete("recovered fee pays exact values, refunds the forfeited", True, time.perf_counter() - start)
+
+
+@register("replay_pinned_mutant_no_injectivity", kind=Kind.MUTANT, property="replay_pinned",
+          spec_functions=(PINNED,), bound="s=2")
+def replay_pinned_mutant() -> Iterator[Obligation]:
+    """Mutant claim: without an injective digest the replay's input is still fixed by the chain
+    (refuted: two different inputs with equal digests replay differently)."""
+    data = z3.DeclareSort("Bytes")
+    digest = z3.DeclareSort("Digest")
+    h = z3.Function("H", data, digest)
+    xs = [z3.Const(f"x{i}", data) for i in range(2)]
+    ys = [z3.Const(f"y{i}", data) for i in range(2)]
+    committed = [z3.Const(f"d{i}", digest) for i in range(2)]
+    concat = z3.Function("Concat2", data, data, data)
+    hyps = [replay_pinned(committed, [h(x) for x in xs]), replay_pinned(committed, [h(y) for y in ys])]
+    yield valid("mutant replay fixed without injectivity, s=2", h(concat(*xs)) == h(concat(*ys)), hyps)
