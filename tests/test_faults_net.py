@@ -135,6 +135,20 @@ def stream_with_fault(net: dict[str, Any], fraction: float, sig: int) -> tuple[s
     return request_id, lines
 
 
+def fault_mid_stream(net: dict[str, Any], fraction: float, sig: int) -> tuple[str, list[str]]:
+    """``stream_with_fault``, retried earlier when the (wall-clock) fault landed after the stream ended
+    (a loaded machine): the victim is restarted and the fault sent at half the delay."""
+    for _ in range(4):
+        request_id, lines = stream_with_fault(net, fraction, sig)
+        if RequestStore(net["root"] / "lead" / "requests").load(request_id).extra["replacements"]:
+            return request_id, lines
+        if sig == signal.SIGSTOP:
+            os.killpg(net["victim"].process.pid, signal.SIGCONT)
+        restart_victim(net)
+        fraction /= 2
+    raise AssertionError("the fault never landed mid-stream")
+
+
 def check_recovered(net: dict[str, Any], request_id: str, lines: list[str]) -> dict[str, Any]:
     """The client saw no error and got exactly the reference tokens; the record names the replacement."""
     assert lines[-1] == "[DONE]"
@@ -181,7 +195,7 @@ def wait_no_sessions(net: dict[str, Any], timeout: float = 2.0, exclude: str = "
 
 
 def test_kill_mid_stream_recovers_with_identical_tokens_and_settles(net: dict[str, Any]) -> None:
-    request_id, lines = stream_with_fault(net, 0.4, signal.SIGKILL)
+    request_id, lines = fault_mid_stream(net, 0.4, signal.SIGKILL)
     replacement = check_recovered(net, request_id, lines)
     assert replacement["reason"] == "unavailable" and replacement["at_step"] > 0
     assert replacement["replay_commitment"]["num_positions"] == PROMPT_LEN + replacement["at_step"] - 1
@@ -233,8 +247,25 @@ def test_audit_re_executes_every_signer_of_a_recovered_request(net: dict[str, An
                for a in out["audits"])
 
 
+def test_provider_dead_before_the_request_is_replaced_at_open(net: dict[str, Any]) -> None:
+    """A provider killed while idle is still routed (its offer has not expired): its OpenSession fails
+    (unavailable) and the spare takes its range before the first step (no replay); the next request no
+    longer routes to it (it left routing at once)."""
+    assert cohort_ids(net["client"])[1] == "provider-1"
+    net["group"].stop(net["victim"], sig=signal.SIGKILL)
+    response = net["client"].post("/v1/completions", json={"prompt": net["prompt"], "max_tokens": TOKENS, "temperature": 0})
+    assert response.status_code == 200, response.text
+    assert response.json()["verisplit"]["completion_token_ids"] == net["reference"]
+    record = RequestStore(net["root"] / "lead" / "requests").load(response.json()["id"])
+    [replacement] = record.extra["replacements"]
+    assert (replacement["at_step"], replacement["assignment"]["provider_id"], replacement["replay_commitment"]) == \
+        (0, "spare-1", None)
+    assert cohort_ids(net["client"])[1] == "spare-1"
+    restart_victim(net)
+
+
 def test_frozen_provider_is_replaced_after_the_step_deadline(net: dict[str, Any]) -> None:
-    request_id, lines = stream_with_fault(net, 0.5, signal.SIGSTOP)
+    request_id, lines = fault_mid_stream(net, 0.5, signal.SIGSTOP)
     try:
         replacement = check_recovered(net, request_id, lines)
         assert replacement["reason"] == "timeout" and "step deadline" in replacement["detail"]

@@ -38,7 +38,7 @@ from nacl.signing import SigningKey
 from verisplit.impl.node import verisplit_pb2_grpc as pb_grpc
 from verisplit.impl.node.framing import open_channel
 from verisplit.impl.node.hops import UNAVAILABLE, CohortError, Hop, HopTimings
-from verisplit.impl.node.recovery import recovered_request_fee
+from verisplit.impl.node.recovery import OPEN_RECOVERED, recovered_request_fee, replace_hop
 from verisplit.impl.records.replacements import Replacement
 from verisplit.impl.node.relay import run_step
 from verisplit.impl.node.registry import Registry
@@ -238,11 +238,13 @@ class Lead:
             results = await asyncio.gather(*(h.open(self.session_key, session_id, run.request_id, self.model_id, max_length,
                                                     seed_commitment, self.dtype) for h in hops),
                                            return_exceptions=True)
-            for result in results:
-                if isinstance(result, BaseException):
-                    raise result
             context = StepContext(self.model_id, run.request_id, 0, 0, len(run.prompt_ids), dtype=self.dtype,
                                   audit_seed_commitment=seed_commitment)
+            for index, result in enumerate(results):
+                if isinstance(result, CohortError) and self.recover and result.reason in OPEN_RECOVERED:
+                    await replace_hop(self, run, hops, index, result, context, session_id, max_length)  # gone or frozen
+                elif isinstance(result, BaseException):
+                    raise result
             blob = to_canonical(torch.tensor(run.prompt_ids, dtype=torch.int64))
             for _ in range(params.max_tokens):
                 logits = await run_step(self, run, hops, session_id, context, blob, max_length)
