@@ -99,6 +99,31 @@ class RequestObservation:
     error_layer: int | None = None
     audit_seed_commitment: bytes = NO_SEED_COMMITMENT  # what the lead signed into the sessions (rule A1)
     outage: str | None = None  # the outage reason when the last step was cut by a provider going away
+    replacements: tuple["ReplacementObservation", ...] = ()  # mid-request recovery (spec/recovery.py)
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A fault the harness injects into one request: ``kind`` "kill" (the lead's link to the provider
+    is cut: a dead stream) or "hang" (the provider is frozen: a missed step deadline), at the provider
+    in use for ``segment`` once ``after_tokens`` tokens were generated."""
+
+    kind: str
+    segment: int
+    after_tokens: int
+
+
+@dataclass(frozen=True)
+class ReplacementObservation:
+    """A replacement the implementation made (rules R1-R2): what ``ReplaceProvider`` needs."""
+
+    segment_index: int
+    at_step: int
+    outage: str
+    assignment: Any
+    replay: BoundaryCommitment | None
+    replay_inputs: tuple[bytes, ...]
+    received_digest: bytes
 
 
 @dataclass(frozen=True)
@@ -127,6 +152,7 @@ class Adapter(ABC):
 
     kind: str = "abstract"
     auto_settles: bool = False  # True: the implementation audits and settles each request by itself
+    supports_faults: bool = False  # True: ``run_request`` takes ``fault=Fault(...)`` (kill / hang actions)
     model: ModelSpec
     templates: tuple[ProviderTemplate, ...]
     audit_seed: bytes  # the lead's audit secret; each request's seed is request_seed(secret, request_id)

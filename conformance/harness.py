@@ -29,7 +29,9 @@ from verisplit.conformance.traces import (
 from verisplit.spec import audit as spec_audit
 from verisplit.spec.cohort import Cohort, NoCoverage, Offer, cohort_violations, form_cohort
 from verisplit.spec.commitment import MISSING_LINK, VALID, ChainVerdict, StepContext, check_exchanged_chain
-from verisplit.spec.escrow import cohort_members, settle_escrow
+from verisplit.spec.escrow import EscrowMember, cohort_members, settle_escrow
+from verisplit.spec.encoding import digest_encoded
+from verisplit.spec.recovery import check_replay, effective_cohort, replay_input
 from verisplit.spec.protocol import (
     ABORTED,
     COMPLETED,
@@ -42,6 +44,7 @@ from verisplit.spec.protocol import (
     IllegalTransition,
     OpenRequest,
     RecordAudit,
+    ReplaceProvider,
     RevealSeed,
     SettleRequest,
     State,
@@ -186,12 +189,22 @@ class Harness:
             self._fail(rule, f"cohort {[(a.provider_id, a.first_layer, a.end_layer) for a in cohort.assignments]} is not the "
                              f"spec's choice {[(a.provider_id, a.first_layer, a.end_layer) for a in spec_cohort.assignments]}")
 
-    def run_request(self, prompt_len: int, max_tokens: int, seed: int) -> dict[str, Any]:
-        """Run a request; every observed step is checked link by link and mirrored into the spec."""
+    def run_request(self, prompt_len: int, max_tokens: int, seed: int, fault: Any = None) -> dict[str, Any]:
+        """Run a request; every observed step is checked link by link and mirrored into the spec. With
+        ``fault`` (``adapters.Fault``: the kill / hang actions) a provider fails mid-request; every
+        replacement the implementation made is mirrored as the spec's ``ReplaceProvider`` (R1-R2) before
+        the step it joined at, and nobody may be blamed for the fault."""
         request_id = self.next_id("req")
-        args = {"prompt_len": prompt_len, "max_tokens": max_tokens, "seed": seed}
-        obs = self.adapter.run_request(request_id, prompt_len, max_tokens, seed)
+        args: dict[str, Any] = {"prompt_len": prompt_len, "max_tokens": max_tokens, "seed": seed}
+        if fault is not None:
+            args["fault"] = {"kind": fault.kind, "segment": fault.segment, "after_tokens": fault.after_tokens}
+            obs = self.adapter.run_request(request_id, prompt_len, max_tokens, seed, fault=fault)
+        else:
+            obs = self.adapter.run_request(request_id, prompt_len, max_tokens, seed)
         outcome = _request_outcome(obs)
+        if obs.replacements:
+            outcome["replacements"] = [{"segment_index": r.segment_index, "at_step": r.at_step, "outage": r.outage,
+                                        "provider_id": r.assignment.provider_id} for r in obs.replacements]
         self.trace.add("run_request", args, outcome)
         spec_cohort, spec_gap = self._spec_cohort()
         self._compare_cohort("run_request", obs.cohort, obs.error_layer if obs.cohort is None else None, spec_cohort, spec_gap)
@@ -210,7 +223,23 @@ class Harness:
                 self._fail("run_request", f"implementation continued to step {step.step} after the chain broke at step {index - 1}")
             context = StepContext(self.state.model.model_id, request_id, index, position, step.num_positions,
                                   dtype=self.state.dtype, audit_seed_commitment=obs.audit_seed_commitment)
-            verdict = expected_verdict(obs.cohort, step, context)
+            replay_failure = None
+            for r in obs.replacements:
+                if r.at_step == index:
+                    self._apply("run_request", ReplaceProvider(request_id, r.segment_index, r.outage, r.assignment, r.replay,
+                                                               r.replay_inputs, r.received_digest))
+                    if self.state.requests[request_id].status == ABORTED:  # the replay broke R2: its signer is the culprit
+                        failure = check_replay(r.assignment, r.segment_index, r.replay, r.replay_inputs,
+                                               digest_encoded(replay_input(r.replay_inputs)), r.received_digest, context)
+                        replay_failure = ChainVerdict(False, r.segment_index, r.assignment.provider_id,
+                                                      failure[0] if failure else "", failure[1] if failure else "")
+            if replay_failure is not None:
+                final = replay_failure
+                self._oracle_step(obs.cohort, index, replay_failure)
+                break
+            cohort = effective_cohort(obs.cohort, [(r.segment_index, r.at_step, r.assignment) for r in obs.replacements],
+                                      index)
+            verdict = expected_verdict(cohort, step, context)
             outage = obs.outage if index == len(obs.steps) - 1 else None
             self._apply("run_request", CommitStep(request_id, step.first_input_digest, step.num_positions,
                                                   tuple(step.commitments), tuple(step.sent_digests),
@@ -218,10 +247,11 @@ class Harness:
             spec_verdict = self.state.requests[request_id].chain_verdicts[-1]
             if (spec_verdict.valid, spec_verdict.link, spec_verdict.culprit) != (verdict.valid, verdict.link, verdict.culprit):
                 self._fail("run_request", f"internal: spec verdict {spec_verdict} disagrees with the harness's {verdict}")
-            good = len(obs.cohort.assignments) if verdict.valid else (verdict.link or 0)
-            for a in obs.cohort.assignments[:good]:
+            good = len(cohort.assignments) if verdict.valid else (verdict.link or 0)
+            for a in cohort.assignments[:good]:
                 served[a.provider_id] = served.get(a.provider_id, 0) + 1
-            self._oracle_step(obs.cohort, index, verdict)
+            if outage is None or verdict.reason != MISSING_LINK:  # a step cut by an outage blames nobody
+                self._oracle_step(cohort, index, verdict)
             final = verdict
             position += step.num_positions
         if obs.outage is not None:
@@ -284,7 +314,7 @@ class Harness:
             if request.work[index] > 0 and a.provider_id not in request.failed and spec_audit.is_audited(
                     self.adapter.seed_for(request_id), request_id, index, self.adapter.audit_p):
                 expected.append(index)
-        got = sorted(v.segment_index for v in verdicts)
+        got = sorted({v.segment_index for v in verdicts})  # a replaced segment has one verdict per signer
         if got != expected:
             self._fail("audit", f"audited segments {got}, the commit-reveal rule selects {expected}")
         revealed = self.adapter.revealed_seed(request_id)
@@ -320,7 +350,7 @@ class Harness:
         request = self.state.requests[request_id]
         spec = expected_settlement(self.state, request, self.adapter.lead_id)
         for provider_id, payout in spec.payouts.items():
-            if self.behaviour.get(provider_id, HONEST) == HONEST and provider_id in spec.failed:
+            if self.behaviour.get(provider_id, HONEST) == HONEST and provider_id in spec.failed - request.lost:
                 self._fail("settle", f"honest provider '{provider_id}' marked failed in '{request_id}'")
         self._apply("settle", SettleRequest(request_id, self.adapter.lead_id, claimed))
         self._check_escrow(request_id, spec)
@@ -335,6 +365,16 @@ class Harness:
         request = self.state.requests[request_id]
         cohort = self.state.cohorts[request.cohort_id]
         members = cohort_members(cohort, request.work, spec.payouts, spec.failed)
+        if request.replacements or request.retired:
+            # the ledger's members: the cohort, then each replacement in order (one whose replay failed is
+            # last); a provider lost to an outage is no E2 failure (R3)
+            everyone = [(a.provider_id, a.public_key) for a in cohort.assignments]
+            everyone += [(a.provider_id, a.public_key) for _, _, a in request.replacements]
+            for provider_id, _, _ in request.retired:
+                if provider_id not in {pid for pid, _ in everyone}:
+                    everyone.append((provider_id, self.adapter.public_key(provider_id)))
+            members = [EscrowMember(pid, key.hex(), _work_of(request, pid, cohort), spec.payouts[pid],
+                                    pid in request.failed) for pid, key in everyone]
         self.escrow = settle_escrow(self.escrow, request_id, members, terms).book
         got = self.adapter.escrow_book()
 
@@ -390,7 +430,7 @@ class Harness:
                 self._fail(rule, f"ledger record {settlement_to_dict(record)} does not conserve its fee")
         for request_id, request in self.state.requests.items():
             if request.status == SETTLED and request.settlement is not None:
-                for provider_id in request.settlement.failed:
+                for provider_id in request.settlement.failed - request.lost:  # R3: an outage forfeits by rule
                     if self.behaviour.get(provider_id, HONEST) == HONEST:
                         self._fail(rule, f"honest provider '{provider_id}' forfeited its slice of '{request_id}'")
 
@@ -399,3 +439,10 @@ def _request_outcome(obs: RequestObservation) -> dict[str, Any]:
     return {"cohort": cohort_to_dict(obs.cohort), "fee": obs.fee, "error": obs.error, "error_layer": obs.error_layer,
             "verdict": chain_verdict_to_dict(obs.verdict), "tokens": list(obs.tokens),
             "steps": [step_to_dict(s) for s in obs.steps]}
+
+
+def _work_of(request: Any, provider_id: str, cohort: Cohort) -> int:
+    """The work a provider served in a request with replacements (current signers, then retired)."""
+    current = effective_cohort(cohort, request.replacements, request.steps)
+    total = sum(w for a, w in zip(current.assignments, request.work) if a.provider_id == provider_id)
+    return total + sum(w for pid, _, w in request.retired if pid == provider_id)

@@ -46,6 +46,7 @@ from verisplit.conformance.adapters import (
     EjectResult,
     OfferResult,
     ProviderTemplate,
+    ReplacementObservation,
     RequestObservation,
     RouteResult,
     StepObservation,
@@ -338,9 +339,21 @@ class ImplAdapter(Adapter):
         return RouteResult(cohort)
 
     # --- requests ----------------------------------------------------------------------------------
-    def run_request(self, request_id: str, prompt_len: int, max_tokens: int, seed: int) -> RequestObservation:
+    supports_faults = True
+
+    def run_request(self, request_id: str, prompt_len: int, max_tokens: int, seed: int,
+                    fault: Any = None) -> RequestObservation:
+        """Run one request on the real lead. With ``fault`` (``adapters.Fault``), once ``after_tokens``
+        tokens came, the provider in use for ``fault.segment`` fails: "kill" cuts the lead's channel to
+        it (a dead stream; the process lives on), "hang" freezes its process (SIGSTOP, a missed step
+        deadline; SIGCONT after the request). It is reported healthy again afterwards, since the spec's
+        registry has no suspension (the provider is back for the next request)."""
+        import signal
+
         from verisplit.impl.node.hops import CohortError
         from verisplit.impl.node.lead import NoCohortError, SamplingParams
+        from verisplit.spec.faults import is_outage
+        from verisplit.spec.recovery import effective_cohort
 
         rng = _prompt(prompt_len, seed, self.vocab)
         params = SamplingParams(max_tokens=max_tokens, temperature=0.0 if seed == 0 else 1.0, top_p=1.0, seed=seed,
@@ -352,27 +365,56 @@ class ImplAdapter(Adapter):
                                       error_layer=_no_coverage_layer(str(exc)))
         run.request_id = request_id  # the harness's id, so audit selection is reproducible across runs
         self._used_ids.add(request_id)
+        frozen: list[int] = []
+        victims: list[str] = []
 
-        async def drive() -> ChainVerdict:
-            verdict = VALID
+        async def inject() -> None:
+            triples = [(r.segment_index, r.at_step, r.assignment) for r in run.replacements]
+            victim = effective_cohort(run.cohort, triples, len(run.steps)).assignments[fault.segment].provider_id
+            victims.append(victim)
+            endpoint = self._lead.registry.get(victim).fields.endpoint
+            if fault.kind == "hang":
+                pid = self._procs.children[[c.name for c in self._procs.children].index(victim)].process.pid
+                os.kill(pid, signal.SIGSTOP)
+                frozen.append(pid)
+            else:
+                channel, _ = self._lead._channels.pop(endpoint)
+                await channel.close()
+
+        async def drive() -> tuple[ChainVerdict, str | None]:
+            verdict, outage = VALID, None
+            count = 0
             try:
                 async for _ in run.tokens():
-                    pass
+                    count += 1
+                    if fault is not None and count == fault.after_tokens and count < max_tokens:
+                        await inject()
             except CohortError as exc:
                 verdict = ChainVerdict(False, exc.link, exc.culprit, exc.reason, exc.detail)
+                outage = exc.reason if is_outage(exc.reason) else None
+            finally:
+                for pid in frozen:
+                    os.kill(pid, signal.SIGCONT)
             await self._lead.drain_hooks()
-            return verdict
+            return verdict, outage
 
-        verdict = self._call(drive())
+        verdict, outage = self._call(drive())
+        for victim in victims:
+            self._lead.registry.report_healthy(victim)
         steps = []
         for s in run.steps:
             steps.append(StepObservation(s.step, s.first_position, s.num_positions, s.first_input_digest,
                                          tuple(s.commitments), tuple(digest_encoded(b) for b in s.inputs),
                                          tuple(digest_encoded(b) for b in s.outputs)))
+        replacements = tuple(
+            ReplacementObservation(r.segment_index, r.at_step, r.reason, r.assignment, r.replay_commitment,
+                                   tuple(st.inputs[r.segment_index] for st in run.steps[:r.at_step]),
+                                   digest_encoded(r.replay_output) if r.replay_commitment else bytes(32))
+            for r in run.replacements)
         info = self._lead.request_info(request_id) or {}
         self._summaries[request_id] = info
         return RequestObservation(request_id, run.cohort, run.fee, tuple(steps), verdict, tuple(run.generated),
-                                  audit_seed_commitment=run.seed_commitment)
+                                  audit_seed_commitment=run.seed_commitment, outage=outage, replacements=replacements)
 
     def audit(self, request_id: str) -> list[AuditVerdict]:
         from verisplit.impl.audit.verifier import verdict_from_dict
@@ -411,7 +453,8 @@ class ImplAdapter(Adapter):
 
 def _settlement(body: dict[str, Any]) -> Settlement:
     return Settlement(int(body["fee"]), str(body["lead"]), {str(k): int(v) for k, v in body["payouts"].items()},
-                      int(body["residual"]), int(body["refund"]), frozenset(body["failed"]),
+                      int(body["residual"]), int(body["refund"]),
+                      frozenset(body["failed"]) | frozenset(body.get("forfeited") or ()),  # R3: the spec's failed set
                       {str(k): int(v) for k, v in (body.get("values") or {}).items()})
 
 

@@ -1,7 +1,8 @@
 """Hypothesis ``RuleBasedStateMachine`` over the harness: random protocol runs, shrunk failures as JSON.
 
 Rules: add a provider offer (a template: range + behaviour, random price), form a cohort, run a
-request (random prompt length, max tokens, sampling seed), audit, settle, eject. After every step the
+request (random prompt length, max tokens, sampling seed), run a request with a fault (kill / hang a
+provider mid-request, adapters that support it: the real implementation), audit, settle, eject. After every step the
 invariant compares implementation and spec (``Harness.check_invariants``). One adapter is shared by
 every example (``reset`` between examples), so a real-process adapter starts its processes once.
 
@@ -130,6 +131,26 @@ def build_machine(adapter: Adapter, profile: Profile, trace_dir: Path | None, st
             """A request: (prompt length, max tokens, sampling seed; 0 = greedy)."""
             stats.requests += 1
             self._act(self.harness.run_request, *shape)
+
+        @precondition(lambda self: adapter.supports_faults and profile.max_tokens >= 2)
+        @rule(kind=st.sampled_from(["kill"] * 4 + ["hang"]), segment=st.integers(0, 3), data=st.data(),  # a hang costs >= 2 s
+              prompt_len=st.integers(1, profile.max_prompt))
+        def faulted_request(self, kind: str, segment: int, data: st.DataObject, prompt_len: int) -> None:
+            """Kill / hang actions (issue 13): a greedy request whose provider at ``segment`` (modulo the
+            cohort's length) is cut off (kill) or frozen (hang) mid-request; the implementation must
+            recover with the spec's replacement (or abort blaming nobody when there is none)."""
+            from verisplit.conformance.adapters import Fault
+
+            spec_cohort, _ = self.harness._spec_cohort()
+            if spec_cohort is None:
+                return
+            # a hang is noticed by the derived step deadline, which needs two measured decode steps
+            low = 3 if kind == "hang" else 1
+            max_tokens = data.draw(st.integers(low + 1, max(low + 1, profile.max_tokens)), label="max_tokens")
+            after = data.draw(st.integers(low, max_tokens - 1), label="after_tokens")
+            stats.requests += 1
+            self._act(self.harness.run_request, prompt_len, max_tokens, 0,
+                      Fault(kind, segment % len(spec_cohort.assignments), after))
 
         @precondition(lambda self: bool(self.harness.unaudited_requests()))
         @rule(data=st.data())

@@ -154,7 +154,13 @@ def run_action(harness: Any, rule: str, args: dict[str, Any]) -> dict[str, Any]:
     if rule == "form_cohort":
         return harness.form_cohort()
     if rule == "run_request":
-        return harness.run_request(int(args["prompt_len"]), int(args["max_tokens"]), int(args["seed"]))
+        fault = None
+        if isinstance(args.get("fault"), dict):  # a kill / hang action (issue 13)
+            from verisplit.conformance.adapters import Fault
+
+            f = args["fault"]
+            fault = Fault(str(f["kind"]), int(f["segment"]), int(f["after_tokens"]))
+        return harness.run_request(int(args["prompt_len"]), int(args["max_tokens"]), int(args["seed"]), fault)
     if rule == "audit":
         return harness.audit(str(args["request_id"]))
     if rule == "settle":

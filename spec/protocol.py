@@ -11,11 +11,13 @@ from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence, Union
 
 from verisplit.spec.audit import AuditVerdict, Registry, commitment_fresh, eject, reveal_valid
-from verisplit.spec.cohort import (Cohort, InvalidModel, ModelSpec, NoCoverage, Offer, form_cohort, segment_work,
-                                   validate_offer)
+from verisplit.spec.cohort import (Assignment, Cohort, InvalidModel, ModelSpec, NoCoverage, Offer, form_cohort,
+                                   segment_work, validate_offer)
 from verisplit.spec.commitment import (MISSING_LINK, NO_SEED_COMMITMENT, BoundaryCommitment, ChainVerdict, InvalidChainInput,
                                        StepContext, check_exchanged_chain)
+from verisplit.spec.encoding import digest_encoded
 from verisplit.spec.faults import is_outage
+from verisplit.spec.recovery import (RecoveryInputError, check_replay, choose_replacement, effective_cohort, replay_pinned)
 from verisplit.spec.settlement import Settlement, settle
 
 OPEN, ABORTED, COMPLETED, SETTLED = "open", "aborted", "completed", "settled"
@@ -46,6 +48,14 @@ class RequestState:
     settlement: Settlement | None = None
     seed_commitment: bytes = NO_SEED_COMMITMENT
     seed: bytes | None = None
+    # Recovery (spec/recovery.py): replacements (segment, at_step, assignment) in order; providers lost
+    # to an outage (their slice forfeited, rule R3, never ejected); the work each lost or failed
+    # replacement had served, at its price, as (provider_id, price, work); and per accepted step the
+    # committed input digest of every link (what a replay must be pinned to, rule R2).
+    replacements: tuple[tuple[int, int, Assignment], ...] = ()
+    lost: frozenset[str] = frozenset()
+    retired: tuple[tuple[str, int, int], ...] = ()
+    input_digests: tuple[tuple[bytes, ...], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -101,6 +111,23 @@ class CommitStep:
 
 
 @dataclass(frozen=True)
+class ReplaceProvider:
+    """Segment ``segment_index`` of an open request lost its provider to ``outage`` before step
+    ``request.steps``; ``chosen`` is the lead's replacement (it must be the spec's, rule R1). Unless the
+    request is at position 0, ``replay`` is the replacement's signed replay (rule R2) over
+    ``replay_inputs`` (the bytes the lost segment received at every earlier step, in order) with the
+    digest of the output it returned in ``received_digest``."""
+
+    request_id: str
+    segment_index: int
+    outage: str
+    chosen: Assignment
+    replay: BoundaryCommitment | None = None
+    replay_inputs: tuple[bytes, ...] = ()
+    received_digest: bytes = bytes(32)
+
+
+@dataclass(frozen=True)
 class CompleteRequest:
     request_id: str
 
@@ -134,7 +161,8 @@ class Eject:
     reason: str
 
 
-Event = Union[AddOffer, FormCohort, OpenRequest, CommitStep, CompleteRequest, RecordAudit, SettleRequest, RevealSeed, Eject]
+Event = Union[AddOffer, FormCohort, OpenRequest, CommitStep, ReplaceProvider, CompleteRequest, RecordAudit, SettleRequest,
+              RevealSeed, Eject]
 
 
 def initial_state(model: ModelSpec) -> State:
@@ -219,7 +247,7 @@ def _commit_step(state: State, event: CommitStep) -> State:
         raise IllegalTransition(f"request '{request.request_id}' is {request.status}, not open")
     if isinstance(event.num_positions, bool) or not isinstance(event.num_positions, int) or event.num_positions < 1:
         raise IllegalTransition(f"num_positions: a step covers at least one position, got {event.num_positions!r}")
-    cohort = state.cohorts[request.cohort_id]
+    cohort = effective_cohort(state.cohorts[request.cohort_id], request.replacements, request.steps)
     context = StepContext(state.model.model_id, request.request_id, request.steps, request.positions, event.num_positions,
                           dtype=state.dtype, audit_seed_commitment=request.seed_commitment)
     if event.outage is not None and not is_outage(event.outage):
@@ -238,7 +266,8 @@ def _commit_step(state: State, event: CommitStep) -> State:
         work[index] += segment_work(state.model, a.first_layer, a.end_layer) * event.num_positions
     updated = replace(request, work=tuple(work), chain_verdicts=request.chain_verdicts + (verdict,))
     if verdict.valid:
-        updated = replace(updated, steps=request.steps + 1, positions=request.positions + event.num_positions)
+        updated = replace(updated, steps=request.steps + 1, positions=request.positions + event.num_positions,
+                          input_digests=request.input_digests + (tuple(c.input_digest for c in event.commitments),))
     elif verdict.culprit is None or cut_by_outage:
         # An extra commitment no cohort member validly signed, or a step cut by an outage (the missing
         # link's provider went away without breaking a signed rule): the step is broken, but no
@@ -247,6 +276,62 @@ def _commit_step(state: State, event: CommitStep) -> State:
     else:
         updated = replace(updated, status=ABORTED, failed=request.failed | {verdict.culprit})
     return _with_request(state, updated)
+
+
+def _replace_provider(state: State, event: ReplaceProvider) -> State:
+    """Rules R1-R2 (spec/recovery.py): the replacement must be the spec's choice; its replay must be
+    pinned to the committed inputs and pass H1-H4; then the lost provider's work so far is retired
+    (forfeited at settlement, R3) and the segment's work restarts with the replay's."""
+    request = _request(state, event.request_id)
+    if request.status != OPEN:
+        raise IllegalTransition(f"request '{request.request_id}' is {request.status}, not open")
+    if not is_outage(event.outage):
+        raise IllegalTransition(f"outage: {event.outage!r} is not an outage reason: a protocol failure is never recovered")
+    base = state.cohorts[request.cohort_id]
+    current = effective_cohort(base, request.replacements, request.steps)
+    k = event.segment_index
+    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < len(current.assignments):
+        raise IllegalTransition(f"segment_index: {k!r} is not a segment of the cohort")
+    lost = current.assignments[k]
+    excluded_ids = set(current.provider_ids) | set(base.provider_ids) | set(request.lost)
+    excluded_keys = {a.public_key for a in current.assignments} | {a.public_key for a in base.assignments}
+    choice = choose_replacement(state.registry.offers, lost, excluded_ids, excluded_keys)
+    if choice is None or event.chosen != choice:
+        raise IllegalTransition(f"chosen: {event.chosen!r} is not the spec's replacement {choice!r} (rule R1)")
+    price = next(o.price_per_work_unit for o in state.registry.offers if o.provider_id == choice.provider_id)
+    units = segment_work(state.model, choice.first_layer, choice.end_layer)
+    at = StepContext(state.model.model_id, request.request_id, request.steps, request.positions, 1, dtype=state.dtype,
+                     audit_seed_commitment=request.seed_commitment)
+    work = list(request.work)
+    prices = list(request.prices)
+    retired = request.retired + ((lost.provider_id, prices[k], work[k]),)
+    if request.positions > 0:
+        committed = [digests[k] for digests in request.input_digests]
+        recorded = [digest_encoded(blob) for blob in event.replay_inputs]
+        if not replay_pinned(committed, recorded) or event.replay is None:
+            raise IllegalTransition("replay_inputs: not the inputs the lost segment committed to (rule R2)")
+        try:
+            failure = check_replay(choice, k, event.replay, event.replay_inputs, digest_encoded(replay_input_of(event)),
+                                   event.received_digest, at)
+        except RecoveryInputError as exc:
+            raise IllegalTransition(str(exc)) from None
+        if failure is not None:  # the replacement broke a signed rule: a culprit, the request aborts
+            return _with_request(state, replace(request, status=ABORTED, failed=request.failed | {choice.provider_id},
+                                                retired=request.retired + ((choice.provider_id, price, 0),),
+                                                lost=request.lost | {lost.provider_id}))
+    work[k] = units * request.positions  # the replay (rule R3: the replacement is paid for it)
+    prices[k] = price
+    updated = replace(request, work=tuple(work), prices=tuple(prices), retired=retired,
+                      replacements=request.replacements + ((k, request.steps, choice),),
+                      lost=request.lost | {lost.provider_id})
+    return _with_request(state, updated)
+
+
+def replay_input_of(event: ReplaceProvider) -> bytes:
+    """The bytes a replay must consume: ``replay_input`` of the event's recorded inputs (rule R2)."""
+    from verisplit.spec.recovery import replay_input
+
+    return replay_input(event.replay_inputs)
 
 
 def _complete(state: State, event: CompleteRequest) -> State:
@@ -273,9 +358,11 @@ def _record_audit(state: State, event: RecordAudit) -> State:
     cohort = state.cohorts[request.cohort_id]
     if not 0 <= verdict.segment_index < len(cohort.assignments):
         raise IllegalTransition(f"segment {verdict.segment_index} is not in the cohort")
-    if cohort.assignments[verdict.segment_index].provider_id != verdict.provider_id:
+    signers = {cohort.assignments[verdict.segment_index].provider_id}
+    signers |= {a.provider_id for index, _, a in request.replacements if index == verdict.segment_index}
+    if verdict.provider_id not in signers:
         raise IllegalTransition(f"segment {verdict.segment_index} was not served by '{verdict.provider_id}'")
-    if any(a.segment_index == verdict.segment_index for a in request.audits):
+    if any((a.segment_index, a.provider_id) == (verdict.segment_index, verdict.provider_id) for a in request.audits):
         raise IllegalTransition(f"segment {verdict.segment_index} of '{request.request_id}' already audited")
     failed = request.failed if verdict.passed else request.failed | {verdict.provider_id}
     return _with_request(state, replace(request, audits=request.audits + (verdict,), failed=failed))
@@ -285,10 +372,13 @@ def expected_settlement(state: State, request: RequestState, lead: str) -> Settl
     """The spec's settlement of a finished request: ``settle`` over the work served, at the prices
     fixed when the request was opened, failed providers forfeiting. If nothing of value was served
     (no work, or only zero-price work) the whole fee is refunded (rule S0)."""
-    cohort = state.cohorts[request.cohort_id]
+    cohort = effective_cohort(state.cohorts[request.cohort_id], request.replacements, request.steps)
     work_by_provider = {a.provider_id: w for a, w in zip(cohort.assignments, request.work)}
     price_by_provider = {a.provider_id: p for a, p in zip(cohort.assignments, request.prices)}
-    failed = frozenset(p for p in request.failed if p in work_by_provider)
+    for provider_id, price, work in request.retired:  # lost (R3) or failed replacements: their own entry
+        work_by_provider[provider_id] = work_by_provider.get(provider_id, 0) + work
+        price_by_provider[provider_id] = price
+    failed = frozenset(p for p in request.failed | request.lost if p in work_by_provider)
     return settle(request.fee, work_by_provider, price_by_provider, lead, failed)
 
 
@@ -334,6 +424,7 @@ _HANDLERS = {
     FormCohort: _form_cohort,
     OpenRequest: _open_request,
     CommitStep: _commit_step,
+    ReplaceProvider: _replace_provider,
     CompleteRequest: _complete,
     RecordAudit: _record_audit,
     SettleRequest: _settle,
@@ -347,6 +438,7 @@ _TEXT_FIELDS: dict[type, tuple[str, ...]] = {
     FormCohort: ("cohort_id",),
     OpenRequest: ("request_id", "cohort_id"),
     CommitStep: ("request_id",),
+    ReplaceProvider: ("request_id", "outage"),
     CompleteRequest: ("request_id",),
     SettleRequest: ("request_id",),
 }

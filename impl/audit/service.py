@@ -31,12 +31,15 @@ from nacl.signing import SigningKey
 from verisplit.impl.runtime.config import ModelConfig
 from verisplit.impl.records.ledger import Ledger, LedgerError, settlement_body
 from verisplit.impl.audit.franchise import Franchise, probabilities_text
+from verisplit.impl.audit.recovered import cohort_at, replay_failure, signer_views
 from verisplit.impl.audit.verifier import EvidenceError, Verifier, record_context, verdict_to_dict
+from verisplit.impl.records.replacements import replacements_of
 from verisplit.spec.audit import AuditVerdict, Tolerance, is_audited, request_seed, seed_commitment
 from verisplit.impl.runtime.tensors import boundary_facts
 from verisplit.spec.commitment import MISSING_LINK, StepContext, boundary_spec, check_boundary, check_exchanged_chain
 from verisplit.spec.encoding import digest_encoded
 from verisplit.spec.faults import is_protocol_failure
+from verisplit.spec.cohort import Cohort
 from verisplit.spec.settlement import Settlement, settle
 
 
@@ -53,6 +56,7 @@ class ChainAnalysis:
     reason: str = ""
     detail: str = ""
     notes: list[str] = field(default_factory=list)
+    forfeited: set[str] = field(default_factory=set)  # lost to an outage and replaced (rule R3): no payout, no blame
 
 
 def boundary_failures(step_record: Any, context: StepContext, num_segments: int,
@@ -73,12 +77,15 @@ def analyse_chain(record: Any, layer_work: Sequence[int] | None = None,
     """Chain + receipt verdict of every recorded step (stopping at the first failure) and the work
     served. ``layer_work[i]`` is layer i's work per position (1 each by default)."""
     assignments = record.cohort.assignments
+    replacements = replacements_of(record)
     work = {a.provider_id: 0 for a in assignments}
+    for r in replacements:
+        work.setdefault(r.assignment.provider_id, 0)
     valid_steps = [0 for _ in assignments]
-    analysis = ChainAnalysis(work, valid_steps)
+    analysis = ChainAnalysis(work, valid_steps, forfeited={r.failed_provider for r in replacements} & set(work))
 
-    def units(index: int) -> int:
-        a = assignments[index]
+    def units(index: int, cohort: Any = record.cohort) -> int:
+        a = cohort.assignments[index]
         if layer_work is None:
             return a.end_layer - a.first_layer
         return sum(layer_work[a.first_layer:a.end_layer])
@@ -87,16 +94,29 @@ def analyse_chain(record: Any, layer_work: Sequence[int] | None = None,
     extra = getattr(record, "extra", None) or {}
     abort_link = extra.get("link") if isinstance(extra.get("link"), int) else None
 
+    cohort = record.cohort
+
     def credit(good: int, positions: int) -> None:
         for index in range(good):
-            work[assignments[index].provider_id] += units(index) * positions
+            work[cohort.assignments[index].provider_id] += units(index, cohort) * positions
             valid_steps[index] += 1
 
     for position, step_record in enumerate(record.steps):
         context = record_context(record, step_record)
+        cohort = cohort_at(record, replacements, step_record.step)
+        for r in replacements:  # rule R2: a replacement's replay, checked before the step it joined at
+            if r.at_step != step_record.step or r.at_step == 0:
+                continue
+            failure = replay_failure(record, r)
+            if failure is not None:
+                analysis.culprit, analysis.link, analysis.step = r.assignment.provider_id, r.segment_index, r.at_step - 1
+                analysis.reason, analysis.detail = failure[0], f"replay: {failure[1]}"
+                return analysis
+            assert r.replay_commitment is not None
+            work[r.assignment.provider_id] += units(r.segment_index, cohort) * r.replay_commitment.num_positions
         # A commitment whose exchanged bytes were not recorded counts as not received (missing_link there).
         known = min(len(step_record.commitments), len(step_record.inputs), len(step_record.outputs))
-        verdict = check_exchanged_chain(record.cohort, step_record.commitments[:known], step_record.first_input_digest,
+        verdict = check_exchanged_chain(cohort, step_record.commitments[:known], step_record.first_input_digest,
                                         [digest_encoded(b) for b in step_record.inputs[:known]],
                                         [digest_encoded(b) for b in step_record.outputs[:known]], context,
                                         boundary_failures(step_record, context, len(assignments), sizes))
@@ -113,6 +133,7 @@ def analyse_chain(record: Any, layer_work: Sequence[int] | None = None,
             continue
         link = min(verdict.link if verdict.link is not None else len(assignments), len(assignments))
         credit(link, step_record.num_positions)
+        assignments = cohort.assignments
         analysis.link, analysis.reason, analysis.detail = min(link, len(assignments) - 1), verdict.reason or "", verdict.detail
         analysis.culprit = verdict.culprit
         analysis.step = step_record.step
@@ -210,6 +231,31 @@ class AuditService:
         result["ejected"] = ejected
         return result
 
+    async def settle_pending(self, store: Any) -> list[str]:
+        """Crash recovery at lead start: settle, oldest first, every request ``store`` recorded that the
+        ledger does not hold (a lead killed after saving a record, before appending its settlement).
+        Exactly once: ids already in the ledger are skipped, and ``Ledger.append`` refuses a second
+        record of one request. Returns the ids settled now."""
+        from verisplit.impl.records.requests import RecordError
+
+        done = self.ledger.request_ids()
+        settled: list[str] = []
+        for request_id in store.list_ids():
+            if request_id in done:
+                continue
+            try:
+                record = store.load(request_id)
+            except (RecordError, OSError, ValueError, KeyError):
+                continue
+            result = await self(record)
+            if result.get("ledger_seq") is not None:
+                settled.append(request_id)
+            try:
+                store.save_extras(request_id, result)
+            except (RecordError, OSError):
+                pass
+        return settled
+
     def process(self, record: Any) -> tuple[dict[str, Any], dict[str, str]]:
         """Everything but ejection: returns (summary, failed provider -> reason)."""
         with self._lock:
@@ -239,33 +285,42 @@ class AuditService:
         # -- end franchise --
         audited_segments = self.selected(record.request_id, len(assignments), probabilities)
         for index in audited_segments:
-            if index == analysis.link or analysis.valid_steps[index] == 0:
+            if analysis.valid_steps[index] == 0:
                 continue
-            try:
-                verdict = self.verifier.audit(record, index, self.tolerance, steps=analysis.valid_steps[index])
-            except (EvidenceError, ValueError, OSError) as exc:
-                errors.append(f"audit of segment {index}: {exc}")
-                continue
-            verdicts.append(("audit", verdict))
+            for view, steps in signer_views(record, index, analysis.valid_steps[index]):  # each signer on its own steps
+                if view.cohort.assignments[index].provider_id == analysis.culprit:
+                    continue  # already failed by the chain
+                try:
+                    verdict = self.verifier.audit(view, index, self.tolerance, steps=steps)
+                except (EvidenceError, ValueError, OSError) as exc:
+                    errors.append(f"audit of segment {index}: {exc}")
+                    continue
+                verdicts.append(("audit", verdict))
         failed: dict[str, str] = {}
         for _, verdict in verdicts:
             if not verdict.passed and verdict.provider_id not in failed:
                 failed[verdict.provider_id] = verdict.reason or "failed audit"
         fee = int(getattr(record, "fee", 0) or 0)
         prices = dict(getattr(record, "prices", None) or {})
-        settlement = settle_request(fee, analysis.work, prices, self.lead_id, set(failed))
+        forfeited = frozenset(analysis.forfeited - set(failed))  # rule R3: slice refunded, nobody ejected
+        settlement = settle_request(fee, analysis.work, prices, self.lead_id, set(failed) | forfeited)
         audits = [dict(verdict_to_dict(v), source=source) for source, v in verdicts]
         chain = None
         if analysis.culprit is not None:
             chain = {"culprit": analysis.culprit, "link": analysis.link, "step": analysis.step,
                      "reason": analysis.reason, "detail": analysis.detail}
-        body = settlement_body(request_id=record.request_id, model_id=record.model_id, cohort=record.cohort,
+        members = Cohort(record.cohort.model_id, record.cohort.assignments
+                         + tuple(r.assignment for r in replacements_of(record)))
+        body = settlement_body(request_id=record.request_id, model_id=record.model_id, cohort=members, forfeited=forfeited,
                                work=analysis.work, settlement=settlement, prices=prices, audits=audits, chain=chain,
                                extra={"audit_seed_commitment": seed_commitment(seed).hex(), "audit_seed": seed.hex(),
                                       "audit_p": str(self.audit_p),
                                       "tolerance": {"dtype": self.tolerance.dtype, "atol": self.tolerance.atol,
                                                     "rtol": self.tolerance.rtol}},
                                escrow_terms=self.franchise.terms())
+        if forfeited:
+            body["extra"]["replacements"] = [{k: v for k, v in r.to_dict().items() if k != "replay_output"}
+                                             for r in replacements_of(record)]
         ledger_seq: int | None = None
         escrow: dict[str, Any] | None = None
         try:
@@ -278,5 +333,6 @@ class AuditService:
                    "ejected": sorted(failed), "audit_seed_commitment": seed_commitment(seed).hex(),
                    # the reveal (rule A1): only now, with the chain final and the audits done
                    "audit_seed": seed.hex(), "audited_segments": audited_segments,
-                   "ledger_seq": ledger_seq, "escrow": escrow, "errors": errors}
+                   "ledger_seq": ledger_seq, "escrow": escrow, "errors": errors,
+                   "ledger_head": f"{self.ledger.head[0]}:{self.ledger.head[1]}", "forfeited": sorted(forfeited)}
         return summary, failed

@@ -14,7 +14,7 @@ def _open(path: Path):  # type: ignore[no-untyped-def]
     from verisplit.impl.records.ledger import Ledger, LedgerError
 
     try:
-        return Ledger(path, create=False)
+        return Ledger(path, read_only=True)  # SQLite mode=ro: no pragma, no checkpoint, no write
     except LedgerError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -141,11 +141,25 @@ def _totals_table(bodies: list[tuple[int, dict]]) -> Any:
               help="Expected lead public key (64 hex characters) [default: the first record's].")
 @click.option("--lead-key", "lead_key_file", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="Expected lead key, as the key file given to `lead serve --lead-key` (its public key is used).")
-def verify_command(path: Path, lead_public_key: str | None, lead_key_file: Path | None) -> None:
-    """Re-check hash chain, signatures and conservation of every record; exit 1 naming the first bad one."""
+@click.option("--expect-head", "expect_head", default=None, metavar="SEQ:HASH",
+              help="A ledger head published earlier (the `ledger_head` of a response): its record must be in "
+                   "the file with that hash [default: the head file LEDGER.head, if present].")
+def verify_command(path: Path, lead_public_key: str | None, lead_key_file: Path | None, expect_head: str | None) -> None:
+    """Re-check hash chain, signatures and conservation of every record, and that no record past an
+    expected head was lost; exit 1 naming the first bad (or missing) seq. Never writes the ledger."""
+    from verisplit.impl.records.ledger import LedgerError
+    from verisplit.impl.records.ledger_head import parse_head, read_head_file
+
     expected = _lead_key(lead_public_key, lead_key_file)
+    try:
+        head = parse_head(expect_head) if expect_head is not None else read_head_file(path)
+    except LedgerError as exc:
+        raise click.ClickException(str(exc)) from None
     ledger = _open(path)
-    report = ledger.verify(expected)
+    try:
+        report = ledger.verify(expected, expect_head=head)
+    finally:
+        ledger.close()
     if report.ok:
         click.echo(f"ok: {report.message}")
         return

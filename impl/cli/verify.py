@@ -112,6 +112,7 @@ def audit_command(checkpoint: Path, data_dir: Path, request_id: str, segments: t
                   calibration: Path | None, atol: float | None, rtol: float | None, dtype: str | None,
                   device: str | None) -> None:
     """Audit a stored request: print one JSON verdict per segment; exit 1 if any fails."""
+    from verisplit.impl.audit.recovered import signer_views
     from verisplit.impl.audit.service import analyse_chain
     from verisplit.impl.audit.calibrate import load_tolerance
     from verisplit.impl.records.requests import RequestStore
@@ -148,14 +149,15 @@ def audit_command(checkpoint: Path, data_dir: Path, request_id: str, segments: t
             if analysis.valid_steps[index] == 0:
                 click.echo(json.dumps({"segment_index": index, "skipped": "no validly served steps"}))
                 continue
-            try:
-                verdict = verifier.audit(record, index, tolerance, steps=analysis.valid_steps[index])
-            except EvidenceError as exc:
-                click.echo(json.dumps({"segment_index": index, "error": str(exc)}))
-                failed = True
-                continue
-            click.echo(json.dumps(verdict_to_dict(verdict)))
-            failed = failed or not verdict.passed
+            for view, steps in signer_views(record, index, analysis.valid_steps[index]):  # each signer (issue 13)
+                try:
+                    verdict = verifier.audit(view, index, tolerance, steps=steps)
+                except EvidenceError as exc:
+                    click.echo(json.dumps({"segment_index": index, "error": str(exc)}))
+                    failed = True
+                    continue
+                click.echo(json.dumps(verdict_to_dict(verdict)))
+                failed = failed or not verdict.passed
     except (ValueError, OSError) as exc:
         _fail(str(exc))
         return

@@ -364,7 +364,7 @@ def create_app(lead: Lead) -> FastAPI:
             body = envelope(job, [choice], streamed=False)
             body["usage"] = usage(run)
             body["verisplit"].update(fee=run.fee, commitments_checked=sum(len(s.commitments) for s in run.steps),
-                                     completion_token_ids=run.generated)
+                                     completion_token_ids=run.generated, ledger_head=run.ledger_head)
             return JSONResponse(body, headers=headers)
 
         async def events() -> AsyncIterator[bytes]:
@@ -375,6 +375,7 @@ def create_app(lead: Lead) -> FastAPI:
                     yield _sse(chunk(job, delta, None, ready))
                 final = chunk(job, None if job.chat else "", run.finish_reason, [])
                 final["verisplit"]["fee"] = run.fee
+                final["verisplit"]["ledger_head"] = run.ledger_head  # issue 13: tail loss is detectable
                 yield _sse(final)
                 if job.body.include_usage:
                     last = envelope(job, [], streamed=True)

@@ -31,7 +31,7 @@ import torch
 from verisplit.impl.node import verisplit_pb2 as pb
 from verisplit.impl.node import verisplit_pb2_grpc as pb_grpc
 from verisplit.impl.node.framing import FramingError, Reassembler, commitment_from_pb, open_channel
-from verisplit.impl.node.hops import CohortError, output_byte_limit
+from verisplit.impl.node.hops import CohortError, check_hop_boundary, output_byte_limit
 from verisplit.impl.records.requests import StepRecord
 from verisplit.spec.commitment import (BAD_SIGNATURE, OUTPUT_MISMATCH, REASONS, InvalidCommitment, StepContext,
                                        check_exchanged_link, check_forwarded)
@@ -217,7 +217,7 @@ async def direct_step(lead: "Lead", run: "RequestRun", hops: "list[Hop]", sessio
         if failure is not None:
             raise hop.fail(failure[0], failure[1])
         lead.commitments_checked += 1
-        tensor = lead._check_boundary(hop, out, context.num_positions, len(hops))
+        tensor = check_hop_boundary(hop, out, context.num_positions, len(hops), lead.dtype, lead.config)
         blob, expected = out, out_digest
     timings.round_trip += t1 - t0
     timings.verify += time.perf_counter() - t1

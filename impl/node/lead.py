@@ -8,8 +8,15 @@ logits are sampled here. Invariants:
   layers and positions, input digest == previous output digest; H4: digests are of the bytes actually
   sent and received). The per-link checks in order are exactly ``check_exchanged_chain``; the first
   failure aborts the request and names the culprit provider and the reason.
-- Every request, completed or aborted, is saved to the ``RequestStore`` with the bytes exchanged,
-  then the post-request hooks run in the background.
+- An outage at a hop (no culprit) is recovered mid-request (``verisplit.impl.node.recovery``: a
+  replacement for the lost range, its cache rebuilt by replaying the recorded inputs); the client's
+  stream goes on. A protocol failure is never recovered.
+- Every request, completed or aborted, is saved to the ``RequestStore`` with the bytes exchanged
+  before its response completes, also when the client disconnects (the finish is shielded from
+  cancellation); then the post-request hooks (audit, settlement) run in the background, and a lead
+  restarted after a crash settles every recorded but unsettled request (``AuditService.settle_pending``).
+- Every response carries the ledger head (``seq:hash``) as of its finish, so a lost ledger tail is
+  detectable (``verisplit ledger verify --expect-head``).
 """
 
 from __future__ import annotations
@@ -17,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,22 +34,23 @@ import torch
 from nacl.signing import SigningKey
 
 from verisplit.impl.node import verisplit_pb2_grpc as pb_grpc
-from verisplit.impl.node.framing import commitment_from_pb, open_channel
-from verisplit.impl.node.hops import UNAVAILABLE, CohortError, Hop, HopTimings, output_byte_limit
+from verisplit.impl.node.framing import open_channel
+from verisplit.impl.node.hops import UNAVAILABLE, CohortError, Hop, HopTimings
 from verisplit.impl.node.admission import AdmissionPolicy, ProbeLoop
 from verisplit.impl.node.lead_info import INFO_MEMORY_BYTES, InfoCache
+from verisplit.impl.node.recovery import recovered_request_fee
+from verisplit.impl.records.replacements import Replacement
+from verisplit.impl.node.relay import run_step
 from verisplit.impl.node.registry import Registry
-from verisplit.impl.node.reroute import open_hops
+from verisplit.impl.node.reroute import build_hops, open_hops
 from verisplit.impl.node import direct, speculative  # issue 16: direct data path, speculative decoding
 from verisplit.impl.node.views import audit_view, providers_view, request_view
 from verisplit.impl.records.requests import RecordError, RequestRecord, RequestStore, StepRecord
 from verisplit.impl.runtime.config import ModelConfig
 from verisplit.impl.runtime.generate import sample_next
-from verisplit.impl.runtime.tensors import decode_boundary, to_canonical
+from verisplit.impl.runtime.tensors import to_canonical
 from verisplit.spec.cohort import Cohort, InvalidOffer, ModelSpec, NoCoverage, Offer, form_cohort, quote_fee
-from verisplit.spec.commitment import (DTYPES, NO_SEED_COMMITMENT, StepContext, boundary_spec, check_boundary, check_exchanged_link,
-                                       next_step_context)
-from verisplit.spec.encoding import digest_encoded
+from verisplit.spec.commitment import DTYPES, NO_SEED_COMMITMENT, StepContext, next_step_context
 from verisplit.spec.settlement import billable_positions
 
 log = logging.getLogger("verisplit.lead")
@@ -93,12 +100,16 @@ class RequestRun:
     step_positions: list[int] | None = None  # speculative runs: positions of each completed step (F1)
     speculative: dict[str, Any] | None = None  # speculative runs: steps, drafted, accepted
     owner: str | None = None  # the id of the API key that started it (api_auth.key_id); None without keys
+    replacements: list[Replacement] = field(default_factory=list)
+    ledger_head: str | None = None  # "seq:hash" of the ledger as of this request's finish
 
     async def tokens(self) -> AsyncIterator[int]:
         """Yield generated token ids as they come; raises ``CohortError`` when a link breaks.
-        Closing the iterator early (e.g. a stop string matched) ends the request as completed."""
-        async for token in self.lead._relay(self):
-            yield token
+        Closing the iterator early (e.g. a stop string matched) ends the request as completed, at
+        once: the relay is closed with it (not left to the garbage collector)."""
+        async with contextlib.aclosing(self.lead._relay(self)) as relay:
+            async for token in relay:
+                yield token
 
 
 class Lead:
@@ -107,7 +118,8 @@ class Lead:
     def __init__(self, checkpoint: str | Path, data_dir: str | Path, *, retention: int = 1000,
                  tls_ca: Path | None = None, heartbeat_interval_s: float = 1.0, offer_ttl_s: float = 5.0,
                  step_timeout_s: float = 120.0, dtype: str = "float32", session_key: SigningKey | None = None,
-                 admission: AdmissionPolicy | None = None, speculative: int = 0, direct: bool = False) -> None:
+                 admission: AdmissionPolicy | None = None, speculative: int = 0, direct: bool = False,
+                 recover: bool = True) -> None:
         root = Path(checkpoint)
         self.checkpoint = root
         self.config = ModelConfig.from_dir(root)
@@ -123,6 +135,9 @@ class Lead:
         self.store = RequestStore(Path(data_dir) / "requests", max_requests=retention)
         self.tls_ca = tls_ca
         self.step_timeout_s = step_timeout_s
+        # Replace a provider lost to an outage mid-request (impl/node/recovery.py): on the plain relay only (a
+        # replay rebuilds a contiguous KV cache; speculative rollbacks and direct forwarding do not replay).
+        self.recover = recover and speculative == 0 and not direct
         self.post_request_hooks: list[PostRequestHook] = []
         self.audit: Any = None  # the AuditService, once ``attach_audit`` ran
         self.commitments_checked = 0
@@ -197,7 +212,8 @@ class Lead:
         cohort, offers = self.route()
         return RequestRun(self, f"req-{uuid.uuid4().hex}", cohort, offers, list(prompt_ids), params, owner=owner)
 
-    def _stub(self, endpoint: str) -> pb_grpc.ProviderStub:
+    def stub_for(self, endpoint: str) -> pb_grpc.ProviderStub:
+        """The (cached) gRPC stub of the provider at ``endpoint``."""
         entry = self._channels.get(endpoint)
         if entry is None:
             channel = open_channel(endpoint, self.tls_ca)
@@ -205,18 +221,30 @@ class Lead:
             self._channels[endpoint] = entry
         return entry[1]
 
+
+    def spawn(self, coro: Awaitable[Any]) -> "asyncio.Task[Any]":
+        """Run ``coro`` in the background; ``drain_hooks`` and ``close`` wait for it."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def ledger_head(self) -> str | None:
+        """The ledger's last committed ``seq:hash`` (None without a ledger)."""
+        ledger = getattr(self.audit, "ledger", None)
+        head = getattr(ledger, "head", None)
+        return None if head is None else f"{head[0]}:{head[1]}"
+
     # --- relay -------------------------------------------------------------------------------
     async def _relay(self, run: RequestRun) -> AsyncIterator[int]:
         params = run.params
-        hops = []
-        for index, assignment in enumerate(run.cohort.assignments):
-            entry = self.registry.get(assignment.provider_id)
-            if entry is None:
-                run.error = CohortError(assignment.provider_id, UNAVAILABLE, "offer expired before the request started", index)
-                await self._finish(run, hops)
-                raise run.error
-            hops.append(Hop(index, entry, assignment.first_layer, assignment.end_layer,
-                             self._stub(entry.fields.endpoint), self.step_timeout_s))
+        try:
+            hops = build_hops(self, run)
+        except LookupError as gone:
+            index = run.cohort.provider_ids.index(gone.args[0])
+            run.error = CohortError(gone.args[0], UNAVAILABLE, "offer expired before the request started", index)
+            await self._finish(run, [])
+            raise run.error from None
         session_id = run.request_id
         max_length = len(run.prompt_ids) + max(params.max_tokens, 1)
         generator = torch.Generator().manual_seed(params.seed)
@@ -224,7 +252,7 @@ class Lead:
         try:
             seed_commitment = self.seed_commitment_for(run.request_id)
             run.seed_commitment = seed_commitment
-            # Capacity refusals at OpenSession re-route before any step (impl/node/reroute.py).
+            # Refusals, dead or frozen providers at OpenSession re-route before any step (impl/node/reroute.py).
             hops[:] = await open_hops(self, run, list(hops), session_id, max_length, seed_commitment)
             context = StepContext(self.model_id, run.request_id, 0, 0, len(run.prompt_ids), dtype=self.dtype,
                                   audit_seed_commitment=seed_commitment)
@@ -235,7 +263,7 @@ class Lead:
                     async for token in tokens:
                         yield token
             for _ in range(0 if self.speculative > 0 else params.max_tokens):
-                logits = await self._step(run, hops, session_id, context, blob)
+                logits = await self._step(run, hops, session_id, context, blob, max_length)
                 token = sample_next(logits[-1], temperature=params.temperature, top_p=params.top_p, generator=generator)
                 run.generated.append(token)
                 yield token
@@ -255,55 +283,20 @@ class Lead:
             run.status = "completed"
             raise
         finally:
-            await self._finish(run, hops)
+            await self._finish_shielded(run, hops)
 
     async def _step(self, run: RequestRun, hops: list[Hop], session_id: str, context: StepContext,
-                    first_blob: bytes) -> torch.Tensor:
-        """One step through every hop, checking each link on receipt; returns the logits [T, vocab]."""
+                    first_blob: bytes, max_length: int = 0) -> torch.Tensor:
+        """One step through every hop, every link checked on receipt (``relay.run_step``, which also
+        recovers outages on the plain relay; ``direct.direct_step`` on the direct path)."""
         if self.direct:
             return await direct.direct_step(self, run, hops, session_id, context, first_blob)
-        timings = run.timings
-        first_digest = digest_encoded(first_blob)
-        record = StepRecord(context.step, context.first_position, context.num_positions, first_digest, [], [], [])
-        run.steps.append(record)
-        blob, expected = first_blob, first_digest
-        for hop in hops:
-            t0 = time.perf_counter()
-            limit = output_byte_limit(self.config, context.num_positions, last=hop is hops[-1])
-            out, wire = await hop.exchange(session_id, context, blob, limit)
-            t1 = time.perf_counter()
-            out_digest = digest_encoded(out)
-            t2 = time.perf_counter()
-            commitment = commitment_from_pb(wire)
-            record.commitments.append(commitment)
-            record.inputs.append(blob)
-            record.outputs.append(out)
-            failure = check_exchanged_link(run.cohort.assignments[hop.index], hop.index, commitment, expected,
-                                           out_digest, context)
-            t3 = time.perf_counter()
-            timings.round_trip += t1 - t0
-            timings.digest += t2 - t1
-            timings.verify += t3 - t2
-            timings.hops += 1
-            if failure is not None:
-                raise hop.fail(failure[0], failure[1])
-            self.commitments_checked += 1
-            tensor = self._check_boundary(hop, out, context.num_positions, len(hops))
-            blob, expected = out, out_digest
-        return tensor  # the last hop's logits, decoded once by the boundary check
+        return await run_step(self, run, hops, session_id, context, first_blob, max_length)
 
-    def _check_boundary(self, hop: Hop, out: bytes, positions: int, num_hops: int) -> torch.Tensor:
-        """Rule H5 on an output whose commitment passed H1-H4: a finite canonical tensor of the
-        boundary's shape and the cohort's dtype, else ``bad_boundary`` blamed on its signer.
-        Returns the decoded tensor."""
-        expected = boundary_spec(hop.index, num_hops, self.dtype, positions, self.config.hidden_size,
-                                 self.config.vocab_size)
-        tensor, facts = decode_boundary(out)
-        failure = check_boundary(*facts, expected)
-        if failure is not None:
-            raise hop.fail(failure[0], failure[1])
-        assert tensor is not None  # H5 fails every blob that does not decode
-        return tensor
+    async def _finish_shielded(self, run: RequestRun, hops: list[Hop]) -> None:
+        """``_finish`` in its own task: a client that disconnects cancels the relay, never the
+        recording and settlement of the work done (the task runs on; ``drain_hooks`` waits for it)."""
+        await asyncio.shield(self.spawn(self._finish(run, hops)))
 
     async def _finish(self, run: RequestRun, hops: list[Hop]) -> None:
         """Close every session, save the record, publish its info and schedule the hooks."""
@@ -319,25 +312,30 @@ class Lead:
         # refunded at settlement); nothing generated, nothing charged. So an honest request's fee is
         # exactly sum(price x work served) and each provider is paid its own price x work.
         positions = billable_positions(len(run.prompt_ids), len(run.generated), run.step_positions)
+        prices = {o.provider_id: o.price_per_work_unit for o in run.offers if o.provider_id in run.cohort.provider_ids}
+        prices.update({r.assignment.provider_id: r.price for r in run.replacements})
         run.fee = quote_fee(run.cohort, self.model_spec, run.offers, positions)
+        if run.replacements:  # rule R3: the total value served, the replay included
+            run.fee = recovered_request_fee(self, run, prices)
         err = run.error
         record = RequestRecord(
             request_id=run.request_id, model_id=self.model_id, cohort=run.cohort, steps=run.steps,
             status=run.status, culprit=err.culprit if err else None, reason=err.reason if err else None,
             fee=run.fee, prompt_tokens=len(run.prompt_ids), completion_tokens=len(run.generated),
-            prices={o.provider_id: o.price_per_work_unit for o in run.offers
-                    if o.provider_id in run.cohort.provider_ids},
+            prices=prices,
             extra={"prompt_token_ids": run.prompt_ids, "completion_token_ids": run.generated,
                    "audit_seed_commitment": run.seed_commitment.hex(), "dtype": self.dtype,
                    "finish_reason": run.finish_reason, "detail": err.detail if err else None,
                    **({"speculative": run.speculative} if run.speculative is not None else {}),
                    "link": err.link if err else None, "params": run.params.__dict__ | {"stop_token_ids": list(run.params.stop_token_ids)},
-                   "owner": run.owner})
+                   "owner": run.owner, "replacements": [r.to_dict() for r in run.replacements]})
         try:
             await asyncio.to_thread(self.store.save, record)
         except (OSError, RecordError) as exc:  # never lose the response because the disk failed
             log.error("could not save record %s: %s", run.request_id, exc)
         self._info.put(run.request_id, request_view(record, run.offers))
+        run.ledger_head = self.ledger_head()
+        self._info[run.request_id]["ledger_head"] = run.ledger_head
         if self.post_request_hooks:
             self._info[run.request_id]["pending_hooks"] = len(self.post_request_hooks)
             task = asyncio.get_running_loop().create_task(self._run_hooks(record))

@@ -2,7 +2,8 @@
 
 Order (each step only after the previous one succeeded): bind the HTTP socket and the Registry gRPC
 port (``BindError`` naming the address, nothing written yet); ``build()`` the ``Lead`` (this is when
-the data folder, lead key and ledger are created); start gRPC, then HTTP (the OpenAI API plus
+the data folder, lead key and ledger are created); settle every request an earlier run recorded but
+never settled (crash recovery, ``AuditService.settle_pending``); start gRPC, then HTTP (the OpenAI API plus
 ``/readyz`` and ``/metrics``, behind ``OpsMiddleware``); log and write the ready file. On the first
 signal: drain (``verisplit.impl.node.drain``), stop the registry, finish the post-request hooks (audits,
 settlement) within ``hooks_timeout_s``, close the lead. The whole shutdown is bounded by
@@ -86,6 +87,7 @@ async def serve_lead(settings: LeadServeSettings, build: Callable[[], Any], stop
     try:
         grpc_port = bind_grpc(server, "--listen", settings.listen, settings.tls_cert, settings.tls_key)
         lead = build()
+        await settle_pending(lead)
         drain = Drain(settings.grace_s, settings.cut_timeout_s)
         metrics = LeadMetrics()
         request_log = RequestLog(metrics)
@@ -122,6 +124,19 @@ async def serve_lead(settings: LeadServeSettings, build: Callable[[], Any], stop
         if lead is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(lead.close(), 10.0)
+
+
+async def settle_pending(lead: Any) -> list[str]:
+    """Before serving: settle every request recorded by an earlier run of this lead but never settled
+    (it was killed between saving the record and appending the settlement), exactly once."""
+    audit = getattr(lead, "audit", None)
+    if audit is None or not hasattr(audit, "settle_pending"):
+        return []
+    settled = await audit.settle_pending(lead.store)
+    if settled:
+        log.info("settled %d request(s) recorded before a restart", len(settled),
+                 extra={"fields": {"event": "settled_pending", "count": len(settled)}})
+    return settled
 
 
 async def _start_http(app: Any, sock: Any, settings: LeadServeSettings) -> tuple[Any, asyncio.Task[None]]:

@@ -36,6 +36,7 @@ from verisplit.impl.node import verisplit_pb2 as pb
 from verisplit.impl.node import verisplit_pb2_grpc as pb_grpc
 from verisplit.impl.node.behaviour import Behaviour
 from verisplit.impl.node.direct import REFUSAL, DirectLinks, UpstreamRefused
+from verisplit.impl.node.stream_meta import STREAM_FIRST_STEP_KEY, STREAM_SESSION_KEY
 from verisplit.impl.node.framing import (DEFAULT_MAX_TENSOR_BYTES, FramingError, Reassembler, chunk_tensor,
                                          StreamRefused, commitment_to_pb, offer_fields_to_pb)
 from verisplit.impl.records.keys import SignedFields, prove_signing_bytes, session_signature_valid, sign_offer
@@ -232,18 +233,30 @@ class ProviderService(pb_grpc.ProviderServicer):
         reassembler = Reassembler("input", self.max_tensor_bytes)
         bound: str | None = None
         header: tuple[int, int, int] | None = None
+
+        def bind(session_id: str) -> str:
+            state = self.sessions.get(session_id)
+            if state is None:
+                raise _Abort(grpc.StatusCode.NOT_FOUND, f"session_id: {session_id!r} is not open")
+            if state.busy:
+                raise _Abort(grpc.StatusCode.FAILED_PRECONDITION,
+                             f"session_id: {session_id!r} is already attached to another stream")
+            state.busy = state.attached = True
+            return session_id
+
         try:
+            # The lead names the session in the stream's metadata (bound at once, so it is closed when
+            # the stream ends even if no frame ever comes) and, for a replacement, its first step number.
+            metadata = dict(context.invocation_metadata() or ())
+            if STREAM_SESSION_KEY in metadata:
+                bound = bind(str(metadata[STREAM_SESSION_KEY]))
+                first_step = str(metadata.get(STREAM_FIRST_STEP_KEY, "0"))
+                if first_step.isdigit() and self.sessions[bound].next_step == 0:
+                    self.sessions[bound].next_step = int(first_step)
             async for frame in request_iterator:
                 try:
                     if bound is None:
-                        state = self.sessions.get(frame.session_id)
-                        if state is None:
-                            raise _Abort(grpc.StatusCode.NOT_FOUND, f"session_id: {frame.session_id!r} is not open")
-                        if state.busy:
-                            raise _Abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                         f"session_id: {frame.session_id!r} is already attached to another stream")
-                        bound = frame.session_id
-                        state.busy = state.attached = True
+                        bound = bind(frame.session_id)
                     elif frame.session_id != bound:
                         raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
                                      f"session_id: this stream carries session {bound!r}, got {frame.session_id!r}")

@@ -2,7 +2,7 @@
 
 Invariant: a re-route happens only at OpenSession, before any step ran (nothing was committed or
 relayed yet, so nothing is billed or judged twice); the provider that answered RESOURCE_EXHAUSTED
-or was unreachable is suspended without blame (``Registry.report_outage``, back after a passing
+was unreachable or did not answer in time is suspended without blame (``Registry.report_outage``, back after a passing
 health probe) and the cohort is formed again over the remaining offers, at most ``MAX_REROUTES``
 times. Any other failure, or no cohort without it, is the original error.
 """
@@ -18,13 +18,13 @@ import grpc
 from verisplit.impl.node import direct
 from verisplit.impl.node import verisplit_pb2 as pb
 from verisplit.impl.node.hops import CohortError, Hop
-from verisplit.spec.faults import RESOURCE_EXHAUSTED, UNAVAILABLE
+from verisplit.spec.faults import RESOURCE_EXHAUSTED, TIMEOUT, UNAVAILABLE
 
 if TYPE_CHECKING:
     from verisplit.impl.node.lead import Lead, RequestRun
 
 MAX_REROUTES = 2
-REROUTABLE = (RESOURCE_EXHAUSTED, UNAVAILABLE)
+REROUTABLE = (RESOURCE_EXHAUSTED, UNAVAILABLE, TIMEOUT)  # full, gone or frozen
 
 
 async def open_hops(lead: "Lead", run: "RequestRun", hops: list[Hop], session_id: str, max_length: int,
@@ -71,5 +71,5 @@ def build_hops(lead: "Lead", run: "RequestRun") -> list[Hop]:
         if entry is None:
             raise LookupError(assignment.provider_id)
         hops.append(Hop(index, entry, assignment.first_layer, assignment.end_layer,
-                        lead._stub(entry.fields.endpoint), lead.step_timeout_s))
+                        lead.stub_for(entry.fields.endpoint), lead.step_timeout_s))
     return hops

@@ -5,7 +5,10 @@ Record layout: ``body`` is canonical JSON (sorted keys, no whitespace, UTF-8, no
 served per provider), ``fee``, ``audits`` (verdicts with distances), ``chain`` (the chain or
 receipt failure, if any), ``payouts``, ``residual``, ``refund``, ``failed``, ``lead``,
 ``lead_public_key`` and ``prev_hash``. ``hash = SHA-256(RECORD_DOMAIN || body)``; the lead signs
-``hash`` with Ed25519. A signed head (count, last hash) in the ``meta`` table pins the tail.
+``hash`` with Ed25519. A signed head (count, last hash) in the ``meta`` table pins the tail; since it
+is written in the record's own transaction, a torn WAL tail loses both together, so the head is also
+kept outside the database (``<ledger>.head``, replaced and fsynced after each commit) and published in
+every response: ``verify(expect_head=...)`` then names the first missing seq.
 
 Escrow (version 3, layout in ``ledger_escrow``): the caller supplies ``escrow.terms`` (base audit p,
 probation M, window V, forfeit destination); ``append`` computes ``escrow.members`` (per key: probation
@@ -20,16 +23,23 @@ Invariants:
   conservation and the spec settlement of every record, the escrow figures of every record against
   the spec's escrow replayed from the records before it, then the signed head and the escrow totals
   (held + vested + forfeited == paid, per key and in total); it reports the first bad record (naming
-  a tampered escrow figure) and never writes.
+  a tampered escrow figure) and never writes: ``Ledger(path, read_only=True)`` opens the file with
+  SQLite's ``mode=ro`` (no journal-mode pragma, no checkpoint), so the database and its WAL stay
+  byte-identical (SQLite may create the shared-memory index ``-shm`` next to them).
+- Tail loss is detectable: an expected head ``(seq, hash)`` (from a response, the head file or an
+  operator's note) must name a record present in the file with that hash; the first seq past the
+  file's end is reported missing.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import sqlite3
 import struct
 import time
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -37,6 +47,7 @@ from typing import Any, Iterator, Mapping
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
+from verisplit.impl.records.ledger_head import write_head_file
 from verisplit.impl.records.ledger_escrow import (EscrowTally, LedgerError, escrow_step_of, record_problem, replay,
                                                   terms_of, terms_to_json, totals_view)
 from verisplit.spec.escrow import EscrowTerms, KeyAccount
@@ -97,14 +108,18 @@ def head_bytes(count: int, last_hash: str) -> bytes:
 def settlement_body(*, request_id: str, model_id: str, cohort: Any, work: Mapping[str, int],
                     settlement: Settlement, prices: Mapping[str, int], audits: list[dict[str, Any]],
                     chain: dict[str, Any] | None = None, extra: Mapping[str, Any] | None = None,
-                    recorded_at_ms: int | None = None, escrow_terms: EscrowTerms | None = None) -> dict[str, Any]:
+                    recorded_at_ms: int | None = None, escrow_terms: EscrowTerms | None = None,
+                    forfeited: frozenset[str] = frozenset()) -> dict[str, Any]:
     """The body of a ledger record (without seq, prev_hash, lead_public_key and the escrow members,
     which ``append`` sets).
 
     Per provider it holds the layers (``cohort``), the work units served (``work``), the price per
     work unit offered (``prices``), the value ``price x work`` the fee was split by (``values``) and
     the payout; ``recorded_at_ms`` is the lead's wall clock when it settled; ``escrow.terms`` the
-    franchise settings in force (default: no probation, window 0, so payouts vest at once)."""
+    franchise settings in force (default: no probation, window 0, so payouts vest at once).
+    ``forfeited`` are providers lost to an outage and replaced (rule R3): their slice is refunded like
+    a failed one's (S2), but they are listed apart from ``failed``, so the escrow does not forfeit what
+    they hold (E2 is for culprits) and nobody ejects them."""
     body: dict[str, Any] = {
         "version": LEDGER_VERSION,
         "request_id": request_id,
@@ -121,9 +136,11 @@ def settlement_body(*, request_id: str, model_id: str, cohort: Any, work: Mappin
         "payouts": dict(settlement.payouts),
         "residual": settlement.residual,
         "refund": settlement.refund,
-        "failed": sorted(settlement.failed),
+        "failed": sorted(settlement.failed - forfeited),
         "lead": settlement.lead,
     }
+    if forfeited:
+        body["forfeited"] = sorted(forfeited)
     if extra:
         body["extra"] = dict(extra)
     body["escrow"] = {"terms": terms_to_json(escrow_terms if escrow_terms is not None else EscrowTerms())}
@@ -155,6 +172,10 @@ def check_body(body: Mapping[str, Any]) -> None:
         raise LedgerError(f"record {body['request_id']!r}: not conserved: payouts {sum(payouts.values())} + "
                           f"residual {body['residual']} + refund {body['refund']} != fee {fee}")
     failed = set(body["failed"])
+    forfeited = body.get("forfeited", [])
+    if not isinstance(forfeited, list) or not all(isinstance(p, str) for p in forfeited):
+        raise LedgerError("record field 'forfeited': expected a list of provider ids")
+    failed |= set(forfeited)  # rule R3: an outage-lost provider's slice is refunded (S2), without E2
     prices = _prices(body)
     try:
         expected = settle(fee, work, prices, body["lead"], failed)
@@ -179,22 +200,32 @@ def _prices(body: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 class Ledger:
-    """An append-only ledger in one SQLite file (WAL journal)."""
+    """An append-only ledger in one SQLite file (WAL journal, ``synchronous=FULL``: a commit is on disk
+    when ``append`` returns). ``read_only=True`` opens it with SQLite's ``mode=ro`` and never writes."""
 
-    def __init__(self, path: str | Path, *, create: bool = True) -> None:
+    def __init__(self, path: str | Path, *, create: bool = True, read_only: bool = False) -> None:
         self.path = Path(path)
-        if not create and not self.path.is_file():
+        self.read_only = read_only
+        if (read_only or not create) and not self.path.is_file():
             raise LedgerError(f"{self.path}: no ledger file")
         try:
-            self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            if create:
-                self._db.executescript(_SCHEMA)
-            else:
+            if read_only:
+                uri = "file:" + urllib.parse.quote(str(self.path.resolve())) + "?mode=ro"
+                self._db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
                 self._require_tables()
+            else:
+                self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
+                if create:
+                    self._db.executescript(_SCHEMA)
+                else:
+                    self._require_tables()
+            row = self._db.execute("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1").fetchone()
         except sqlite3.DatabaseError as exc:
             raise LedgerError(f"{self.path}: not a readable ledger ({exc})") from None
+        # The last committed (seq, hash): published in responses so a lost tail is detectable.
+        self.head: tuple[int, str] = (0, GENESIS_HASH) if row is None else (int(row[0]), str(row[1]))
         self._book: dict[str, KeyAccount] = {}
         self._book_seq = 0  # the escrow book above is the state after this record
 
@@ -215,7 +246,10 @@ class Ledger:
     # --- writing ---------------------------------------------------------------------------
     def append(self, body: Mapping[str, Any], signing_key: SigningKey) -> LedgerRecord:
         """Validate ``body``, chain it to the last record, sign it and store it in one transaction.
-        Raises ``LedgerError`` (file unchanged) on a malformed or duplicate record."""
+        Raises ``LedgerError`` (file unchanged) on a malformed or duplicate record. After the commit the
+        head file is replaced (fsynced) and ``self.head`` moves to the new record."""
+        if self.read_only:
+            raise LedgerError(f"{self.path}: opened read-only")
         check_body(body)
         if "seq" in body or "prev_hash" in body or "lead_public_key" in body:
             raise LedgerError("record: seq, prev_hash and lead_public_key are set by the ledger, not the caller")
@@ -256,7 +290,19 @@ class Ledger:
         except sqlite3.DatabaseError as exc:
             raise LedgerError(f"{self.path}: write failed ({exc})") from None
         self._book, self._book_seq = new_book, seq
+        self.head = (seq, digest)
+        try:
+            write_head_file(self.path, {"seq": seq, "hash": digest, "signature": head_sig, "lead_public_key": public})
+        except OSError as exc:  # the record is committed; the head is also published in responses
+            logging.getLogger("verisplit.ledger").warning("ledger %s: could not write the head file (%s)", self.path, exc)
         return LedgerRecord(seq, full, digest, signature)
+
+    def request_ids(self) -> set[str]:
+        """The ids of every settled request (a request is settled at most once: the column is UNIQUE)."""
+        try:
+            return {row[0] for row in self._db.execute("SELECT request_id FROM records")}
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"{self.path}: unreadable ({exc})") from None
 
     # --- escrow state ----------------------------------------------------------------------------
     def _synced_book(self, last_seq: int) -> dict[str, KeyAccount]:
@@ -303,81 +349,18 @@ class Ledger:
                 return record
         return None
 
-    def verify(self, lead_public_key: bytes | None = None) -> VerifyReport:
+    def verify(self, lead_public_key: bytes | None = None, expect_head: tuple[int, str] | None = None) -> VerifyReport:
         """Re-check numbering, hash chain, hashes, signatures (under ``lead_public_key`` if given,
         else the key of the first record, which every record must share), conservation and spec
-        settlement of every record, then the signed head. Returns the first failure."""
-        try:
-            rows = self._db.execute("SELECT seq, request_id, body, hash, signature FROM records ORDER BY seq").fetchall()
-            head_row = self._db.execute("SELECT value FROM meta WHERE key = 'head'").fetchone()
-        except sqlite3.DatabaseError as exc:
-            return VerifyReport(False, 0, None, None, f"{self.path}: unreadable ({exc})")
-        expected_key = lead_public_key.hex() if lead_public_key is not None else None
-        prev = GENESIS_HASH
-        count = 0
-        book: dict[str, KeyAccount] = {}
-        tally = EscrowTally()
-        for index, (seq, request_id, text, digest, signature) in enumerate(rows, start=1):
-            def bad(why: str) -> VerifyReport:
-                return VerifyReport(False, count, seq, request_id, f"record seq {seq} (request {request_id!r}): {why}")
+        settlement of every record, then the signed head, then ``expect_head`` (a head published
+        earlier: the record at its seq must exist with its hash; else the first missing seq is named).
+        Returns the first failure; reads only."""
+        from verisplit.impl.records.ledger_verify import check_expected_head, verify_records
 
-            if seq != index:
-                return bad(f"expected seq {index}: a record is missing or out of order")
-            try:
-                body = json.loads(text)
-            except (TypeError, json.JSONDecodeError):
-                return bad("body is not JSON")
-            if not isinstance(body, dict):
-                return bad("body is not a JSON object")
-            try:
-                canonical = canonical_json(body)
-            except (TypeError, ValueError):  # NaN/Infinity (json.loads accepts them) or other non-canonical values
-                return bad("body is not in canonical form (holds NaN/Infinity or non-JSON values)")
-            if not isinstance(text, str) or canonical != text:
-                return bad("body is not in canonical form")
-            if body.get("seq") != seq or body.get("request_id") != request_id:
-                return bad("seq/request_id columns disagree with the signed body")
-            if body.get("prev_hash") != prev:
-                return bad("prev_hash does not match the previous record's hash (chain broken)")
-            if record_hash(text) != digest:
-                return bad("hash does not match the body (body or hash altered)")
-            key_hex = body.get("lead_public_key")
-            if expected_key is None:
-                expected_key = key_hex
-            if key_hex != expected_key:
-                return bad("signed by a different lead key")
-            if not _signature_ok(str(key_hex), bytes.fromhex(digest) if _is_hex(digest, 32) else b"", signature):
-                return bad("lead signature does not verify")
-            try:
-                check_body(body)
-                book, members = escrow_step_of(book, body)
-            except LedgerError as exc:
-                return bad(str(exc))
-            if record_problem(body, members):
-                return bad(record_problem(body, members))
-            tally.add(body)
-            prev = digest
-            count += 1
-        if head_row is None:
-            if rows:
-                return VerifyReport(False, count, None, None, "head: signed head is missing")
-            return VerifyReport(True, 0, message="empty ledger", escrow=tally.summary())
-        try:
-            head = json.loads(head_row[0])
-            head_count, head_hash, head_sig = int(head["count"]), str(head["hash"]), str(head["signature"])
-        except (TypeError, ValueError, KeyError, json.JSONDecodeError):
-            return VerifyReport(False, count, None, None, "head: malformed signed head")
-        if head_count != count or head_hash != prev:
-            return VerifyReport(False, count, head_count if head_count > count else None, None,
-                                f"head: signed head says {head_count} records ending in {head_hash[:16]}..., "
-                                f"the file has {count} (records deleted from the tail?)")
-        if expected_key is None or not _is_hex(head_hash, 32) or not _signature_ok(
-                expected_key, head_bytes(head_count, head_hash), head_sig):
-            return VerifyReport(False, count, None, None, "head: signature does not verify")
-        if tally.problem():
-            return VerifyReport(False, count, None, None, tally.problem())
-        return VerifyReport(True, count, message=tally.message(count), escrow=tally.summary())
-
+        report = verify_records(self._db, self.path, lead_public_key)
+        if expect_head is None or not report.ok:
+            return report
+        return check_expected_head(self._db, report, expect_head)
 
 def _is_hex(text: object, nbytes: int) -> bool:
     if not isinstance(text, str) or len(text) != 2 * nbytes:

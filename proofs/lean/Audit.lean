@@ -51,3 +51,6 @@ import Verisplit
 #print axioms Verisplit.nextStart_follows
 #print axioms Verisplit.stepFollows_trans_lt
 #print axioms Verisplit.billable_plain
+#print axioms Verisplit.replacement_covers
+#print axioms Verisplit.replay_positions
+#print axioms Verisplit.outage_refund_exact

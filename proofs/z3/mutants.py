@@ -31,6 +31,7 @@ from verisplit.spec import cohort as spec_cohort
 from verisplit.spec import commitment as spec_commitment
 from verisplit.spec import deterrence as spec_deterrence
 from verisplit.spec import escrow as spec_escrow
+from verisplit.spec import recovery as spec_recovery
 from verisplit.spec import settlement as spec_settlement
 from verisplit.spec.arith import all_of, fdiv, ite, negate
 
@@ -52,6 +53,9 @@ class Mutant:
 
 # Originals, captured at import (before any mutant is applied).
 _ORIG_SETTLE_PARTS = spec_settlement.settle_parts
+_ORIG_CHOOSE = spec_recovery.choose_replacement
+_ORIG_PINNED = spec_recovery.replay_pinned
+_ORIG_RECOVERED_FEE = spec_recovery.recovered_fee
 _ORIG_RANGE = spec_cohort.range_violation_conditions
 _ORIG_VIOLATIONS = spec_cohort.cohort_violations
 _ORIG_UNCOVERED = spec_cohort.first_uncovered_layer
@@ -449,12 +453,44 @@ def forwarded_ignores_signer(c: Any, sender_public_key: bytes, request_id: str, 
     return _ORIG_FORWARDED(c, c.signer, request_id, step, first_position, num_positions, received_digest)
 
 
+
+# --- recovery (spec/recovery.py) ---------------------------------------------------------------
+def covers_reversed(offer_first: Any, offer_end: Any, first: Any, end: Any) -> Any:
+    """Reversed containment: the offer inside the failed range instead of around it."""
+    return spec_recovery._and(first <= offer_first, offer_end <= end)
+
+
+def choose_ignoring_exclusions(offers: Any, failed: Any, excluded_ids: Any, excluded_keys: Any) -> Any:
+    """Forgets the exclusions: the lost provider (or a cohort member) may replace itself."""
+    return _ORIG_CHOOSE(offers, failed, (), ())
+
+
+def pinned_ignoring_last(committed: Sequence[Any], recorded: Sequence[Any]) -> Any:
+    """Off by one: the last replayed input is not tied to its commitment."""
+    return _ORIG_PINNED(list(committed)[:-1], list(recorded)[:-1])
+
+
+def pinned_always(committed: Sequence[Any], recorded: Sequence[Any]) -> Any:
+    """Dropped condition: any recorded inputs are accepted."""
+    return True
+
+
+def recovered_fee_plus_one(values: Sequence[Any]) -> Any:
+    """Charges one unit above the total value served."""
+    return _ORIG_RECOVERED_FEE(values) + 1
+
+
+def replacement_work_without_replay(units: Any, replay_positions: Any, served_positions: Any) -> Any:
+    """The replay is not paid."""
+    return units * served_positions
+
 C = "verisplit.spec.cohort"
 H = "verisplit.spec.commitment"
 A = "verisplit.spec.audit"
 D = "verisplit.spec.deterrence"
 S = "verisplit.spec.settlement"
 E = "verisplit.spec.escrow"
+R = "verisplit.spec.recovery"
 
 MUTANTS: list[Mutant] = [
     # tiling_iff
@@ -634,6 +670,19 @@ MUTANTS: list[Mutant] = [
            "dropped condition: a receiver computes on bytes other than the ones its sender signed"),
     Mutant("forwarded_concrete", "ignores_signer", f"{H}:check_forwarded", forwarded_ignores_signer,
            "dropped condition: any key may sign a forwarded input"),
+    # recovery (issue 13)
+    Mutant("replacement_valid", "covers_reversed", f"{R}:covers", covers_reversed,
+           "reversed containment: an offer inside the failed range counts as covering it"),
+    Mutant("replacement_valid", "ignores_exclusions", f"{R}:choose_replacement", choose_ignoring_exclusions,
+           "dropped condition: excluded providers and keys may be chosen"),
+    Mutant("replay_pinned", "ignores_last", f"{R}:replay_pinned", pinned_ignoring_last,
+           "off by one: the last replayed input is not pinned"),
+    Mutant("replay_pinned", "always", f"{R}:replay_pinned", pinned_always,
+           "dropped condition: any recorded inputs pass"),
+    Mutant("outage_refund_exact", "fee_plus_one", f"{R}:recovered_fee", recovered_fee_plus_one,
+           "wrong fee: one unit above the total value"),
+    Mutant("outage_refund_exact", "replay_unpaid", f"{R}:replacement_work", replacement_work_without_replay,
+           "the replacement is not paid for its replay"),
 ]
 
 
