@@ -54,7 +54,10 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     checkpoint = make_random_checkpoint(root / "ckpt", layers=6, hidden=64, heads=4, kv_heads=2, vocab=512,
                                         max_position=256, seed=5)
     with ProcessGroup(root / "logs") as group:
-        info = start_local_cohort(group, checkpoint, [], keys_dir=root / "keys", data_dir=root / "lead")
+        # These tests kill the same provider again and again and need it back in routing after each
+        # restart: repeated outages would demote it (issue 12; tested in tests/test_admission_registry.py).
+        info = start_local_cohort(group, checkpoint, [], keys_dir=root / "keys", data_dir=root / "lead",
+                                  lead_args=("--demote-after", "1000"))
         info.update(group=group, checkpoint=checkpoint, root=root, restarts=0,
                     client=httpx.Client(base_url=info["http"], timeout=120))
         # provider-0 is paced (tests/faults_pace.py) so that a stream lasts long enough to be hit mid-way

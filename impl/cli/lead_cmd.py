@@ -93,6 +93,9 @@ def lead_group() -> None:
                    "routable only after the provider's endpoint proved it holds the key.")
 @click.option("--allowlist", "allowlist_path", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="With --admission allowlist: provider public keys, hex, one per line (# comments).")
+@click.option("--demote-after", default=3, show_default=True, type=click.IntRange(min=1),
+              help="Outages within 10 minutes after which a provider is left out of routing while others cover "
+                   "its layers (a demotion, not an ejection: nobody is blamed).")
 @click.option("--speculative", default=0, show_default=True, type=click.IntRange(min=0, max=16),
               help="Speculative decoding: draft up to K tokens by prompt lookup and verify them in one traversal "
                    "of the cohort (0: off; greedy output unchanged up to fp drift, see docs/BENCHMARKS.md).")
@@ -107,7 +110,7 @@ def lead_serve(listen: str, http: str, checkpoint: Path, data_dir: Path, retenti
                calibration: Path | None, no_audit: bool, probation_requests: int | None, escrow_window: int | None,
                allow_undeterred: bool, shutdown_grace: float, api_keys: Path | None, operator_keys: Path | None,
                max_body_bytes: int, max_concurrent: int, retention_bytes: int, keep_tensors: bool,
-               admission: str, allowlist_path: Path | None, speculative: int, direct: bool,
+               admission: str, allowlist_path: Path | None, demote_after: int, speculative: int, direct: bool,
                ready_file: Path | None, log_format: str, verbose: bool) -> None:
     """Serve the registry (gRPC) and the HTTP API; route and relay every request through a cohort;
     audit, settle and record every finished request (see docs/protocol.md, "Lead auditing")."""
@@ -137,7 +140,8 @@ def lead_serve(listen: str, http: str, checkpoint: Path, data_dir: Path, retenti
     if (admission == "allowlist") != (allowlist_path is not None):
         raise click.BadParameter("--admission allowlist and --allowlist FILE go together", param_hint="--allowlist")
     try:
-        policy = AdmissionPolicy(allowlist=load_allowlist(allowlist_path) if allowlist_path is not None else None)
+        policy = AdmissionPolicy(allowlist=load_allowlist(allowlist_path) if allowlist_path is not None else None,
+                                 demote_after=demote_after)
     except (ValueError, OSError) as exc:
         raise click.ClickException(f"--allowlist: {exc}") from None
     model_id = config.name_or_path or checkpoint.resolve().name
