@@ -154,3 +154,51 @@ def test_a_provider_that_keeps_failing_is_probed_later_and_later() -> None:
         clock.now += 0.5  # type: ignore[attr-defined]
         assert [e.fields.provider_id for e in reg.pending_probes()] == ["p"]
         reg.probe_passed("p", bytes(key.verify_key))
+
+
+def test_readers_in_a_thread_never_race_registration_and_expiry() -> None:
+    """Routing runs in a worker thread (api.py: ``asyncio.to_thread(lead.route)``) while the event loop
+    registers and expires offers: readers must never see the dict change under them."""
+    import sys
+    import threading
+
+    clock = Clock()
+    reg = Registry(ModelSpec("m", 4), clock=clock, offer_ttl_s=5.0)  # open, no admission: fast registration
+    signed = []
+    for n in range(1500):  # one key per offer (rule C3)
+        key = SigningKey.generate()
+        fields = SignedFields(PROTOCOL_VERSION, f"p{n}", bytes(key.verify_key), "m", bytes(32), 4, 0, 4, 1,
+                              "127.0.0.1:9", 10, NOW_MS)
+        signed.append((fields, sign_offer(fields, key)))
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        while not stop.is_set():
+            try:
+                reg.offers()
+                reg.entries()
+                reg.pending_probes()
+                reg.suspended()
+            except BaseException as exc:  # noqa: BLE001 - the assertion below names it
+                errors.append(exc)
+                return
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    reader = threading.Thread(target=hammer)
+    reader.start()
+    try:
+        for rounds in range(3):
+            for fields, sig in signed:
+                try:
+                    reg.register(fields, sig)
+                except RegistryError:
+                    pass
+            clock.now += 10.0  # every offer expires at the next read
+            reg.entries()
+    finally:
+        stop.set()
+        reader.join()
+        sys.setswitchinterval(old)
+    assert errors == []

@@ -11,13 +11,15 @@ a provider id stays bound to the first key that registered it; heartbeat counter
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, ParamSpec, TypeVar
 
 import grpc
 
@@ -31,6 +33,19 @@ from verisplit.spec.cohort import InvalidOffer, ModelSpec, Offer, validate_offer
 from verisplit.spec.commitment import PROTOCOL_VERSION
 
 log = logging.getLogger("verisplit.lead")
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _locked(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Run a ``Registry`` method under the registry's ``RLock``: the lead routes in worker threads
+    (``asyncio.to_thread``) while the event loop registers, heartbeats and expires offers."""
+    @functools.wraps(method)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with args[0]._lock:  # type: ignore[attr-defined]
+            return method(*args, **kwargs)
+    return wrapper
 
 
 class RegistryError(Exception):
@@ -65,7 +80,8 @@ class Registry:
     """Signed offers for one model, heartbeat expiry and banned keys.
 
     Invariant: ``offers()`` lists only offers whose signature verified, whose key is not banned, that
-    match the model, and whose provider was heard from within ``offer_ttl_s``.
+    match the model, and whose provider was heard from within ``offer_ttl_s``. Every method touching
+    ``_entries`` and the maps beside it holds ``_lock`` (thread-safe: routing runs off the event loop).
     """
 
     def __init__(self, model: ModelSpec, *, heartbeat_interval_s: float = 1.0, offer_ttl_s: float = 5.0,
@@ -78,6 +94,7 @@ class Registry:
         self.heartbeat_interval_s = heartbeat_interval_s
         self.offer_ttl_s = offer_ttl_s
         self.clock = clock
+        self._lock = threading.RLock()
         self._entries: dict[str, RegisteredOffer] = {}
         self._banned: dict[bytes, str] = {}
         self._banned_ids: dict[str, str] = {}  # ids a key was ejected under stay banned (rule A4)
@@ -100,6 +117,7 @@ class Registry:
             save_state(self.state_path, self._id_keys, self._counters)
 
     # --- admission ----------------------------------------------------------------------------
+    @_locked
     def challenge(self, public_key: bytes) -> bytes:
         """A fresh single-use 32-byte nonce for an offer under ``public_key`` (valid ``nonce_ttl_s``)."""
         if len(public_key) != 32:
@@ -146,6 +164,7 @@ class Registry:
                                 "heartbeat_counter: not above the last one seen for this key (replay?)")
         del self._nonces[fields.nonce]
 
+    @_locked
     def register(self, fields: SignedFields, signature: bytes) -> None:
         """Verify and list an offer (replacing the provider's older one); refusals raise ``RegistryError``."""
         who = f"offer from {fields.provider_id!r}"
@@ -205,6 +224,7 @@ class Registry:
             self._id_keys[fields.provider_id] = fields.public_key
         self._save_state()
 
+    @_locked
     def heartbeat(self, provider_id: str, sent_at_ms: int, leaving: bool, signature: bytes, counter: int = 0) -> bool:
         """Refresh (or, when ``leaving``, remove) a listed offer; False if the provider is not listed.
         With admission, ``counter`` must exceed every counter seen for the key (offers included, across
@@ -244,14 +264,17 @@ class Registry:
         for provider_id in [p for p, e in self._entries.items() if now - e.last_seen > self.offer_ttl_s]:
             self._forget(provider_id)
 
+    @_locked
     def entries(self) -> list[RegisteredOffer]:
         self._expire()
         return [self._entries[p] for p in sorted(self._entries)]
 
+    @_locked
     def get(self, provider_id: str) -> RegisteredOffer | None:
         self._expire()
         return self._entries.get(provider_id)
 
+    @_locked
     def offers(self) -> list[Offer]:
         """The live, routable offers, sorted by provider id (the router's input): a suspended provider
         (see ``report_outage``) or one whose possession proof is pending is listed but not routed to.
@@ -265,6 +288,7 @@ class Registry:
             routable = good
         return [e.offer for e in routable]
 
+    @_locked
     def pending_probes(self) -> list[RegisteredOffer]:
         """Listed providers the lead should probe: not yet proven, or suspended by an outage and past
         their backoff (``2 ** (outages - 1)`` seconds after the last outage, at most 300 s), so a
@@ -280,6 +304,7 @@ class Registry:
                     due.append(e)
         return due
 
+    @_locked
     def probe_passed(self, provider_id: str, public_key: bytes) -> None:
         """The possession probe of ``provider_id``'s endpoint succeeded for ``public_key``: routable."""
         entry = self._entries.get(provider_id)
@@ -287,6 +312,7 @@ class Registry:
             entry.proven = True
             entry.suspended = None
 
+    @_locked
     def report_outage(self, provider_id: str, reason: str) -> None:
         """The lead saw ``provider_id`` fail without blame (unreachable, timeout, overloaded...): it
         leaves routing at once (not an ejection: its key is not banned) until ``report_healthy``."""
@@ -297,16 +323,19 @@ class Registry:
         entry.outages += 1
         entry.outage_times = (*entry.outage_times[-15:], self.clock())
 
+    @_locked
     def report_healthy(self, provider_id: str) -> None:
         """A health check of ``provider_id`` succeeded: it is routable again."""
         entry = self._entries.get(provider_id)
         if entry is not None:
             entry.suspended = None
 
+    @_locked
     def suspended(self) -> dict[str, str]:
         """Listed but unroutable providers as {provider id: the outage that suspended it}."""
         return {p: e.suspended for p, e in self._entries.items() if e.suspended is not None}
 
+    @_locked
     def eject(self, provider_id: str, reason: str) -> None:
         """Remove the provider's offer and ban its key (future offers under that key are refused)."""
         entry = self._entries.pop(provider_id, None)
@@ -316,6 +345,7 @@ class Registry:
         self._banned_ids[provider_id] = reason
         log.warning("ejected %s (%s): %s", provider_id, fingerprint(entry.fields.public_key), reason)
 
+    @_locked
     def ban_key(self, public_key: bytes, reason: str, provider_id: str | None = None) -> None:
         """Ban a key directly (and the id it served under, if given), dropping any offer under it."""
         self._banned[public_key] = reason
@@ -324,6 +354,7 @@ class Registry:
         for provider_id in [p for p, e in self._entries.items() if e.fields.public_key == public_key]:
             del self._entries[provider_id]
 
+    @_locked
     def banned(self) -> dict[str, str]:
         """Banned keys as {public key hex: reason}."""
         return {key.hex(): reason for key, reason in self._banned.items()}
