@@ -9,8 +9,10 @@ Invariants:
 - KV memory is reserved at OpenSession (``max_length * kv_bytes_per_token``); a session that would
   exceed the budget, or the ``max_sessions``-th concurrent one, is refused with RESOURCE_EXHAUSTED
   before any allocation; only openings the registered lead signed are served, so strangers reserve
-  nothing. Unattached sessions are reclaimed after ``SESSION_UNATTACHED_S``, idle ones after
-  ``SESSION_IDLE_S`` (``reap_idle``, run every ``REAP_EVERY_S`` by provider_run).
+  nothing, and only those addressed to this provider's key (``recipient_public_key``) and not expired,
+  so a cohort member cannot replay its own openings here. Unattached sessions are reclaimed after
+  ``SESSION_UNATTACHED_S``, sessions idle between steps after ``SESSION_IDLE_S`` whether or not a stream
+  is attached; never one mid-step (``reap_idle``, run every ``REAP_EVERY_S`` by provider_run).
 - A malformed frame ends only its own stream (INVALID_ARGUMENT naming the field); the server keeps serving.
 - A session may be opened for any non-empty sub-range of the loaded range (spec rule C1): it runs on a
   view of that range (``Segment.sub_segment``, cached per range) whose commitments declare the view's
@@ -63,8 +65,9 @@ class _Session:
     segment: Segment
     audit_seed_commitment: bytes = bytes(32)
     next_step: int = 0
-    busy: bool = False
+    busy: bool = False      # a Steps stream is bound to this session (set once, for the stream's life)
     attached: bool = False  # a Steps stream has named this session
+    stepping: bool = False  # a step is being computed right now: the reaper never closes such a session
     last_used: float = field(default_factory=time.monotonic)
 
 
@@ -78,7 +81,7 @@ class ProviderService(pb_grpc.ProviderServicer):
     def __init__(self, segment: Segment, key: SigningKey, behaviour: Behaviour, offer: SignedFields,
                  kv_capacity_tokens: int, max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES,
                  load_range: Callable[[int, int], Segment] | None = None,
-                 max_sessions: int = DEFAULT_MAX_SESSIONS) -> None:
+                 max_sessions: int = DEFAULT_MAX_SESSIONS, require_recipient: bool = False) -> None:
         self.segment = segment
         self._views: dict[tuple[int, int], Segment] = {(segment.first_layer, segment.end_layer): segment}
         self._load_range = load_range
@@ -94,6 +97,9 @@ class ProviderService(pb_grpc.ProviderServicer):
         # The key of the lead this provider registered with (from its RegisterResponse): only session
         # openings that key signed are served. None until registered: every OpenSession is refused.
         self.lead_public_key: bytes | None = None
+        # Refuse openings not addressed to this provider's key (``recipient_public_key`` empty) too, not
+        # only those addressed to another key; off until every lead signs the recipient.
+        self.require_recipient = require_recipient
         self.dtype = dtype_name(segment.dtype)
         self.direct = DirectLinks()  # direct data path (impl/node/direct.py): neighbours and forwarded inputs
 
@@ -156,9 +162,17 @@ class ProviderService(pb_grpc.ProviderServicer):
                                        max_length=request.max_length,
                                        audit_seed_commitment=bytes(request.audit_seed_commitment), dtype=request.dtype,
                                        next_endpoint=request.next_endpoint, next_public_key=bytes(request.next_public_key),
-                                       previous_public_key=bytes(request.previous_public_key)):
+                                       previous_public_key=bytes(request.previous_public_key),
+                                       recipient_public_key=bytes(request.recipient_public_key),
+                                       expires_at_ms=request.expires_at_ms):
             await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                 "lead_signature: the session opening is not signed by the lead this provider serves")
+        recipient = bytes(request.recipient_public_key)
+        if (recipient or self.require_recipient) and recipient != bytes(self.key.verify_key):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                "recipient_public_key: the session opening is addressed to another provider")
+        if request.expires_at_ms <= time.time() * 1000:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "expires_at_ms: the session opening has expired")
         if request.dtype != self.dtype:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"dtype: this provider computes in {self.dtype}, the cohort in {request.dtype!r}")
@@ -218,9 +232,10 @@ class ProviderService(pb_grpc.ProviderServicer):
 
     def reap_idle(self, now: float | None = None) -> list[str]:
         """Close sessions no stream attached to within ``SESSION_UNATTACHED_S`` of opening, and sessions
-        idle for longer than ``SESSION_IDLE_S`` (never one mid-step)."""
+        idle for longer than ``SESSION_IDLE_S`` between steps, attached to a stream or not (never one
+        mid-step: ``stepping``). A reclaimed session's stream fails on its next frame; it holds no KV."""
         now = time.monotonic() if now is None else now
-        stale = [sid for sid, s in self.sessions.items() if not s.busy and
+        stale = [sid for sid, s in self.sessions.items() if not s.stepping and
                  now - s.last_used > (SESSION_IDLE_S if s.attached else SESSION_UNATTACHED_S)]
         for sid in stale:
             self._close(sid)
@@ -293,6 +308,7 @@ class ProviderService(pb_grpc.ProviderServicer):
         positions = torch.arange(frame.first_position, frame.first_position + frame.num_positions, dtype=torch.int64)
         session_id = frame.session_id
         state.last_used = time.monotonic()
+        state.stepping = True
         try:
             if frame.num_positions == 1:
                 out = seg.step(session_id, inputs, positions)  # decode: cheaper than a thread hop
@@ -300,6 +316,8 @@ class ProviderService(pb_grpc.ProviderServicer):
                 out = await asyncio.to_thread(seg.step, session_id, inputs, positions)
         except (SegmentInputError, SessionError) as exc:
             raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"input: {exc}") from None
+        finally:
+            state.stepping = False
         step = frame.step
         committed = self.behaviour.output(step, inputs, out)
         committed_bytes = to_canonical(committed)

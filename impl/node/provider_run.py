@@ -74,6 +74,7 @@ class ProviderSettings:
     counter_file: Path | None = None  # the persistent heartbeat counter (next to the key file)
     max_sessions: int = 64            # concurrent sessions held for the lead
     offer_lifetime_ms: int = 60_000   # how long each signed offer may wait to be listed
+    require_recipient: bool = False   # refuse session openings that do not name this provider's key
 
 
 async def serve_provider(settings: ProviderSettings, stop: asyncio.Event, hard: asyncio.Event | None = None) -> None:
@@ -150,7 +151,8 @@ async def _serve(settings: ProviderSettings, stop: asyncio.Event, hard: asyncio.
         return load_segment(settings.checkpoint, first, end, device=settings.device, dtype=settings.dtype)
 
     service = ProviderService(segment, settings.key, settings.behaviour, offer, capacity, settings.max_tensor_bytes,
-                              load_range=load_range, max_sessions=settings.max_sessions)
+                              load_range=load_range, max_sessions=settings.max_sessions,
+                              require_recipient=settings.require_recipient)
     counter = CounterFile(settings.counter_file)
     metrics.attach(service)
     metrics.info.labels(provider_id=settings.provider_id, model=segment.model_id,
