@@ -108,6 +108,7 @@ def test_nonce_binding_expiry_and_lead_binding() -> None:
 def test_ids_stay_bound_to_their_first_key_across_departures_and_lead_restarts(tmp_path: Path) -> None:
     reg, owner, squatter = registry(tmp_path), SigningKey.generate(), SigningKey.generate()
     reg.register(*offer(reg, owner, "p"))
+    reg.probe_passed("p", bytes(owner.verify_key))  # the id is bound when its key proves itself
     assert beat(reg, owner, "p", 11, leaving=True)
     with pytest.raises(RegistryError) as caught:
         reg.register(*offer(reg, squatter, "p"))
@@ -202,3 +203,56 @@ def test_readers_in_a_thread_never_race_registration_and_expiry() -> None:
         reader.join()
         sys.setswitchinterval(old)
     assert errors == []
+
+
+def test_an_unproven_key_binds_no_id_and_its_failed_probe_drops_it(tmp_path: Path) -> None:
+    """Squatting: a stranger registering "p" first (an endpoint it cannot prove) binds neither the id
+    nor a counter, is dropped by its first failed probe, and the owner registers and binds "p"."""
+    reg, owner, squatter = registry(tmp_path), SigningKey.generate(), SigningKey.generate()
+    reg.register(*offer(reg, squatter, "p", counter=10**9))
+    reg.probe_failed("p", bytes(owner.verify_key))  # a failure under another key drops nothing
+    assert [e.fields.provider_id for e in reg.entries()] == ["p"]
+    reg.probe_failed("p", bytes(squatter.verify_key))
+    assert reg.entries() == [] and not (tmp_path / "state.json").exists()  # nothing bound, nothing saved
+    reg.register(*offer(reg, squatter, "p"))
+    reg.register(*offer(reg, owner, "p"))  # an unproven listing under another key holds no id
+    reg.probe_passed("p", bytes(owner.verify_key))
+    assert [o.public_key for o in reg.offers()] == [bytes(owner.verify_key)]
+    with pytest.raises(RegistryError, match="another key"):
+        registry(tmp_path).register(*offer(reg, squatter, "p"))  # bound on disk after the proof
+    reg.probe_passed("p", bytes(owner.verify_key))
+    with pytest.raises(RegistryError) as caught:
+        reg.register(*offer(reg, squatter, "p"))
+    assert caught.value.code == grpc.StatusCode.ALREADY_EXISTS
+
+
+def test_unproven_offers_are_capped() -> None:
+    reg = registry(max_unproven=3)
+    keys = [SigningKey.generate() for _ in range(5)]
+    for n in range(3):
+        reg.register(*offer(reg, keys[n], f"junk-{n}"))
+    with pytest.raises(RegistryError) as caught:
+        reg.register(*offer(reg, keys[3], "junk-3"))
+    assert caught.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    reg.register(*offer(reg, keys[0], "junk-0", counter=11))  # re-registering a listed offer is no new one
+    reg.probe_failed("junk-1", bytes(keys[1].verify_key))  # a failed probe frees a place
+    reg.register(*offer(reg, keys[3], "junk-3"))
+    assert len(reg.pending_probes()) == 3
+
+
+def test_a_nonce_flood_never_evicts_a_key_s_only_nonce() -> None:
+    """Nonces are capped per key (4) and in all (16 here); past the total, keys holding several lose
+    theirs first, so a flood minting under other keys leaves an honest provider's single nonce valid."""
+    reg = registry(max_nonces=16, nonces_per_key=4)
+    honest = SigningKey.generate()
+    fields, sig = offer(reg, honest, "p")  # its nonce is outstanding during the flood (and the oldest)
+    flooders = [bytes(SigningKey.generate().verify_key) for _ in range(6)]
+    for _ in range(100):
+        for key in flooders:
+            reg.challenge(key)
+    assert len(reg._nonces) == 16
+    reg.register(fields, sig)
+    mine = reg.challenge(bytes(honest.verify_key))
+    for _ in range(4):  # a key's own flood only replaces that key's nonces
+        reg.challenge(bytes(honest.verify_key))
+    assert not reg._nonces.valid(mine, bytes(honest.verify_key), 0.0)

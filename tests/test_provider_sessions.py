@@ -95,3 +95,41 @@ def test_openings_are_bound_to_their_recipient_and_expire(tmp_path: Path) -> Non
     strict = service(tmp_path / "strict", require_recipient=True)
     assert open_code(strict) == grpc.StatusCode.PERMISSION_DENIED
     assert open_code(strict, recipient_public_key=own) == grpc.StatusCode.OK
+
+
+def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
+
+
+def test_registration_retries_a_nonce_refusal_and_a_full_probation_queue(tmp_path: Path) -> None:
+    """A nonce evicted by a Challenge flood (FAILED_PRECONDITION "nonce: ...") and a lead at its cap of
+    unproven offers (RESOURCE_EXHAUSTED) are retried with a fresh offer; other refusals are final."""
+    from verisplit.impl.node.metrics import ProviderMetrics
+    from verisplit.impl.node.ops import Every
+    from verisplit.impl.node.provider_run import _register
+    from verisplit.impl.node import verisplit_pb2 as pb
+
+    svc = service(tmp_path)
+    answers: list[Any] = [rpc_error(grpc.StatusCode.FAILED_PRECONDITION, "nonce: unknown, used or expired"),
+                          rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "offer: 256 offers already await"),
+                          pb.RegisterResponse(heartbeat_interval_ms=500, lead_public_key=bytes(LEAD.verify_key))]
+    offers_signed = []
+
+    class Registry:
+        async def Register(self, offer: pb.SignedOffer, timeout: float) -> pb.RegisterResponse:
+            answer = answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+    async def signed() -> pb.SignedOffer:
+        offers_signed.append(1)
+        return pb.SignedOffer()
+
+    async def go() -> float | None:
+        return await _register(Registry(), signed, asyncio.Event(), svc, Every(60.0), "lead", ProviderMetrics())  # type: ignore[arg-type]
+
+    assert asyncio.run(go()) == 0.5 and len(offers_signed) == 3 and answers == []
+    answers[:] = [rpc_error(grpc.StatusCode.PERMISSION_DENIED, "public_key: banned")]
+    with pytest.raises(RuntimeError, match="PERMISSION_DENIED"):
+        asyncio.run(go())

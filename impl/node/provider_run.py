@@ -233,11 +233,14 @@ async def _stop_server(server: grpc.aio.Server, service: ProviderService, grace:
 
 
 def _lead_unreachable(exc: BaseException) -> bool:
-    """Retry only while the lead cannot be reached, or when its nonce was spent or dropped before the
-    offer arrived (a Challenge flood can evict it: a fresh one is asked for); any other answer is final."""
+    """Retry only while the lead cannot be reached, when its nonce was spent or dropped before the
+    offer arrived (a Challenge flood can evict it: a fresh one is asked for), or while the lead holds
+    its maximum of offers awaiting a possession proof (RESOURCE_EXHAUSTED); any other answer is final."""
     if not isinstance(exc, grpc.aio.AioRpcError):
         return False
     if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and (exc.details() or "").startswith("nonce:"):
+        return True
+    if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return True
     return exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
