@@ -256,3 +256,28 @@ def test_a_nonce_flood_never_evicts_a_key_s_only_nonce() -> None:
     for _ in range(4):  # a key's own flood only replaces that key's nonces
         reg.challenge(bytes(honest.verify_key))
     assert not reg._nonces.valid(mine, bytes(honest.verify_key), 0.0)
+
+
+def test_the_probe_loop_drops_an_unproven_offer_whose_endpoint_fails_its_probe() -> None:
+    """ProbeLoop wiring: the probe run by ``Register`` (``kick``) against a closed port drops the
+    unproven offer (``probe_failed``) instead of re-probing it every second."""
+    import asyncio
+    import socket
+
+    from verisplit.impl.node.admission import ProbeLoop
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{s.getsockname()[1]}"
+    reg, key = registry(), SigningKey.generate()
+    reg.register(*offer(reg, key, "junk", endpoint=closed))
+
+    async def go() -> None:
+        loop = ProbeLoop(reg, lambda endpoint: grpc.aio.insecure_channel(endpoint))
+        try:
+            await loop.kick("junk")
+        finally:
+            await loop.close()
+
+    asyncio.run(go())
+    assert reg.entries() == [] and reg.pending_probes() == []
