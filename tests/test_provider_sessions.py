@@ -14,7 +14,7 @@ from nacl.signing import SigningKey
 
 from verisplit.impl.node.behaviour import Behaviour
 from verisplit.impl.node.framing import open_session_request
-from verisplit.impl.node.provider import SESSION_IDLE_S, ProviderService, _Session
+from verisplit.impl.node.provider import SESSION_IDLE_S, ProviderService, _Abort, _Session
 from verisplit.impl.records.keys import SignedFields
 from verisplit.impl.runtime.checkpoint import make_random_checkpoint
 from verisplit.impl.runtime.loader import load_segment
@@ -57,6 +57,9 @@ def test_attached_idle_sessions_are_reaped_but_never_mid_step(tmp_path: Path) ->
     assert svc.reap_idle(now=later) == ["idle"]
     assert set(svc.sessions) == {"fresh", "stepping"} and svc.kv_tokens_reserved == 16
     assert idle.busy  # the stream still bound to it fails on its next frame; its KV is already free
+    with pytest.raises(_Abort) as ended:
+        svc.sessions["idle"]
+    assert ended.value.code == grpc.StatusCode.NOT_FOUND
 
 
 class Aborted(Exception):

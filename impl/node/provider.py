@@ -75,6 +75,14 @@ class _Abort(StreamRefused):
     """Ends the Steps stream with ``code`` (the guard of ``framing.add_service`` answers it)."""
 
 
+class _Sessions(dict[str, _Session]):
+    """Open sessions by id. Indexing a missing id (a stream whose session the reaper reclaimed between
+    its steps) ends that stream with NOT_FOUND instead of an unexpected KeyError (UNKNOWN)."""
+
+    def __missing__(self, session_id: str) -> _Session:
+        raise _Abort(grpc.StatusCode.NOT_FOUND, f"session_id: {session_id!r} was reclaimed (idle) or closed")
+
+
 class ProviderService(pb_grpc.ProviderServicer):
     """The Provider gRPC service around one loaded ``Segment``."""
 
@@ -91,7 +99,7 @@ class ProviderService(pb_grpc.ProviderServicer):
         self.offer_signature = sign_offer(offer, key)
         self.kv_capacity_tokens = kv_capacity_tokens
         self.max_tensor_bytes = max_tensor_bytes
-        self.sessions: dict[str, _Session] = {}
+        self.sessions: dict[str, _Session] = _Sessions()
         self.max_sessions = max_sessions  # the provider serves one lead: this is its per-lead cap
         self.kv_tokens_reserved = 0
         # The key of the lead this provider registered with (from its RegisterResponse): only session
@@ -233,7 +241,8 @@ class ProviderService(pb_grpc.ProviderServicer):
     def reap_idle(self, now: float | None = None) -> list[str]:
         """Close sessions no stream attached to within ``SESSION_UNATTACHED_S`` of opening, and sessions
         idle for longer than ``SESSION_IDLE_S`` between steps, attached to a stream or not (never one
-        mid-step: ``stepping``). A reclaimed session's stream fails on its next frame; it holds no KV."""
+        mid-step: ``stepping``). A reclaimed session's stream ends with NOT_FOUND on its next frame
+        (``_Sessions``)."""
         now = time.monotonic() if now is None else now
         stale = [sid for sid, s in self.sessions.items() if not s.stepping and
                  now - s.last_used > (SESSION_IDLE_S if s.attached else SESSION_UNATTACHED_S)]
