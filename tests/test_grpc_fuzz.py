@@ -290,3 +290,31 @@ def test_lead_routes_around_a_provider_out_of_capacity(cohort: dict[str, Any]) -
         assert listed["provider-0"]["outages"] == 0
     finally:
         group.stop(tiny)
+
+
+def test_a_cohort_member_cannot_replay_its_openings_to_another_provider(cohort: dict[str, Any]) -> None:
+    """A lead-signed opening addressed to provider-0 (what a hostile cohort member holds) replayed to
+    provider-1 is refused with PERMISSION_DENIED and reserves nothing; an expired one addressed to
+    provider-1 is refused with FAILED_PRECONDITION; the same opening, fresh, is served."""
+    lead_key = load_key_file(cohort["root"] / "lead" / "lead.key")
+    p0 = bytes(load_key_file(cohort["root"] / "keys" / "provider-0.key").verify_key)
+    p1 = bytes(load_key_file(cohort["root"] / "keys" / "provider-1.key").verify_key)
+    endpoint = cohort["providers"][1]["endpoint"]
+
+    def opening(session_id: str, recipient: bytes, **kw: Any) -> pb.OpenSessionRequest:
+        return open_session_request(lead_key, session_id=session_id, request_id=session_id, model_id=cohort["model_id"],
+                                    segment_index=1, first_layer=2, end_layer=4, max_length=8,
+                                    audit_seed_commitment=bytes(32), dtype="float32", recipient_public_key=recipient, **kw)
+
+    with grpc.insecure_channel(endpoint) as channel:
+        stub = pb_grpc.ProviderStub(channel)
+        for i in range(8):
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.OpenSession(opening(f"replay-{i}", p0), timeout=5)
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        with pytest.raises(grpc.RpcError) as expired:
+            stub.OpenSession(opening("late", p1, expires_at_ms=int(time.time() * 1000) - 1000), timeout=5)
+        assert expired.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert stub.Info(pb.InfoRequest(), timeout=5).open_sessions == 0
+        stub.OpenSession(opening("mine", p1), timeout=5)
+        assert stub.CloseSession(pb.CloseSessionRequest(session_id="mine"), timeout=5) is not None

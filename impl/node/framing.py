@@ -11,6 +11,7 @@ Invariants:
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -295,15 +296,24 @@ def open_channel(endpoint: str, tls_ca: Path | None) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(target, options=grpc_options())
 
 
+SESSION_OPENING_TTL_MS = 60_000  # a session opening is valid this long after the lead signed it
+
+
 def open_session_request(lead_key: "SigningKey", *, session_id: str, request_id: str, model_id: str,
                          segment_index: int, first_layer: int, end_layer: int, max_length: int,
                          audit_seed_commitment: bytes, dtype: str, next_endpoint: str = "", next_public_key: bytes = b"",
-                         previous_public_key: bytes = b"") -> pb.OpenSessionRequest:
+                         previous_public_key: bytes = b"", recipient_public_key: bytes = b"",
+                         expires_at_ms: int | None = None) -> pb.OpenSessionRequest:
     """A session opening signed by the lead (``session_signing_bytes``): it fixes, before the first step,
     the request's audit-seed commitment and dtype that every commitment of the session must repeat (and,
-    on the direct path, the neighbours the provider forwards to and accepts input from)."""
+    on the direct path, the neighbours the provider forwards to and accepts input from). It is bound to
+    ``recipient_public_key`` (the provider it is for; empty: unbound) and expires at ``expires_at_ms``
+    (default: ``SESSION_OPENING_TTL_MS`` from now, wall clock)."""
+    if expires_at_ms is None:
+        expires_at_ms = int(time.time() * 1000) + SESSION_OPENING_TTL_MS
     fields = dict(session_id=session_id, request_id=request_id, model_id=model_id, segment_index=segment_index,
                   first_layer=first_layer, end_layer=end_layer, max_length=max_length,
                   audit_seed_commitment=audit_seed_commitment, dtype=dtype, next_endpoint=next_endpoint,
-                  next_public_key=next_public_key, previous_public_key=previous_public_key)
+                  next_public_key=next_public_key, previous_public_key=previous_public_key,
+                  recipient_public_key=recipient_public_key, expires_at_ms=expires_at_ms)
     return pb.OpenSessionRequest(**fields, lead_signature=sign_session(lead_key, **fields))

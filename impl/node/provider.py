@@ -9,8 +9,10 @@ Invariants:
 - KV memory is reserved at OpenSession (``max_length * kv_bytes_per_token``); a session that would
   exceed the budget, or the ``max_sessions``-th concurrent one, is refused with RESOURCE_EXHAUSTED
   before any allocation; only openings the registered lead signed are served, so strangers reserve
-  nothing. Unattached sessions are reclaimed after ``SESSION_UNATTACHED_S``, idle ones after
-  ``SESSION_IDLE_S`` (``reap_idle``, run every ``REAP_EVERY_S`` by provider_run).
+  nothing, and only those addressed to this provider's key (``recipient_public_key``) and not expired,
+  so a cohort member cannot replay its own openings here. Unattached sessions are reclaimed after
+  ``SESSION_UNATTACHED_S``, sessions idle between steps after ``SESSION_IDLE_S`` whether or not a stream
+  is attached; never one mid-step (``reap_idle``, run every ``REAP_EVERY_S`` by provider_run).
 - A malformed frame ends only its own stream (INVALID_ARGUMENT naming the field); the server keeps serving.
 - A session may be opened for any non-empty sub-range of the loaded range (spec rule C1): it runs on a
   view of that range (``Segment.sub_segment``, cached per range) whose commitments declare the view's
@@ -64,13 +66,22 @@ class _Session:
     segment: Segment
     audit_seed_commitment: bytes = bytes(32)
     next_step: int = 0
-    busy: bool = False
+    busy: bool = False      # a Steps stream is bound to this session (set once, for the stream's life)
     attached: bool = False  # a Steps stream has named this session
+    stepping: bool = False  # a step is being computed right now: the reaper never closes such a session
     last_used: float = field(default_factory=time.monotonic)
 
 
 class _Abort(StreamRefused):
     """Ends the Steps stream with ``code`` (the guard of ``framing.add_service`` answers it)."""
+
+
+class _Sessions(dict[str, _Session]):
+    """Open sessions by id. Indexing a missing id (a stream whose session the reaper reclaimed between
+    its steps) ends that stream with NOT_FOUND instead of an unexpected KeyError (UNKNOWN)."""
+
+    def __missing__(self, session_id: str) -> _Session:
+        raise _Abort(grpc.StatusCode.NOT_FOUND, f"session_id: {session_id!r} was reclaimed (idle) or closed")
 
 
 class ProviderService(pb_grpc.ProviderServicer):
@@ -79,7 +90,7 @@ class ProviderService(pb_grpc.ProviderServicer):
     def __init__(self, segment: Segment, key: SigningKey, behaviour: Behaviour, offer: SignedFields,
                  kv_capacity_tokens: int, max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES,
                  load_range: Callable[[int, int], Segment] | None = None,
-                 max_sessions: int = DEFAULT_MAX_SESSIONS) -> None:
+                 max_sessions: int = DEFAULT_MAX_SESSIONS, require_recipient: bool = False) -> None:
         self.segment = segment
         self._views: dict[tuple[int, int], Segment] = {(segment.first_layer, segment.end_layer): segment}
         self._load_range = load_range
@@ -89,12 +100,15 @@ class ProviderService(pb_grpc.ProviderServicer):
         self.offer_signature = sign_offer(offer, key)
         self.kv_capacity_tokens = kv_capacity_tokens
         self.max_tensor_bytes = max_tensor_bytes
-        self.sessions: dict[str, _Session] = {}
+        self.sessions: dict[str, _Session] = _Sessions()
         self.max_sessions = max_sessions  # the provider serves one lead: this is its per-lead cap
         self.kv_tokens_reserved = 0
         # The key of the lead this provider registered with (from its RegisterResponse): only session
         # openings that key signed are served. None until registered: every OpenSession is refused.
         self.lead_public_key: bytes | None = None
+        # Refuse openings not addressed to this provider's key (``recipient_public_key`` empty) too, not
+        # only those addressed to another key; off until every lead signs the recipient.
+        self.require_recipient = require_recipient
         self.dtype = dtype_name(segment.dtype)
         self.direct = DirectLinks()  # direct data path (impl/node/direct.py): neighbours and forwarded inputs
 
@@ -157,9 +171,17 @@ class ProviderService(pb_grpc.ProviderServicer):
                                        max_length=request.max_length,
                                        audit_seed_commitment=bytes(request.audit_seed_commitment), dtype=request.dtype,
                                        next_endpoint=request.next_endpoint, next_public_key=bytes(request.next_public_key),
-                                       previous_public_key=bytes(request.previous_public_key)):
+                                       previous_public_key=bytes(request.previous_public_key),
+                                       recipient_public_key=bytes(request.recipient_public_key),
+                                       expires_at_ms=request.expires_at_ms):
             await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                 "lead_signature: the session opening is not signed by the lead this provider serves")
+        recipient = bytes(request.recipient_public_key)
+        if (recipient or self.require_recipient) and recipient != bytes(self.key.verify_key):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                "recipient_public_key: the session opening is addressed to another provider")
+        if request.expires_at_ms <= time.time() * 1000:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "expires_at_ms: the session opening has expired")
         if request.dtype != self.dtype:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"dtype: this provider computes in {self.dtype}, the cohort in {request.dtype!r}")
@@ -219,9 +241,11 @@ class ProviderService(pb_grpc.ProviderServicer):
 
     def reap_idle(self, now: float | None = None) -> list[str]:
         """Close sessions no stream attached to within ``SESSION_UNATTACHED_S`` of opening, and sessions
-        idle for longer than ``SESSION_IDLE_S`` (never one mid-step)."""
+        idle for longer than ``SESSION_IDLE_S`` between steps, attached to a stream or not (never one
+        mid-step: ``stepping``). A reclaimed session's stream ends with NOT_FOUND on its next frame
+        (``_Sessions``)."""
         now = time.monotonic() if now is None else now
-        stale = [sid for sid, s in self.sessions.items() if not s.busy and
+        stale = [sid for sid, s in self.sessions.items() if not s.stepping and
                  now - s.last_used > (SESSION_IDLE_S if s.attached else SESSION_UNATTACHED_S)]
         for sid in stale:
             self._close(sid)
@@ -306,6 +330,7 @@ class ProviderService(pb_grpc.ProviderServicer):
         positions = torch.arange(frame.first_position, frame.first_position + frame.num_positions, dtype=torch.int64)
         session_id = frame.session_id
         state.last_used = time.monotonic()
+        state.stepping = True
         try:
             if frame.num_positions == 1:
                 out = seg.step(session_id, inputs, positions)  # decode: cheaper than a thread hop
@@ -313,6 +338,8 @@ class ProviderService(pb_grpc.ProviderServicer):
                 out = await asyncio.to_thread(seg.step, session_id, inputs, positions)
         except (SegmentInputError, SessionError) as exc:
             raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"input: {exc}") from None
+        finally:
+            state.stepping = False
         step = frame.step
         committed = self.behaviour.output(step, inputs, out)
         committed_bytes = to_canonical(committed)

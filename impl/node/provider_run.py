@@ -74,6 +74,7 @@ class ProviderSettings:
     counter_file: Path | None = None  # the persistent heartbeat counter (next to the key file)
     max_sessions: int = 64            # concurrent sessions held for the lead
     offer_lifetime_ms: int = 60_000   # how long each signed offer may wait to be listed
+    require_recipient: bool = False   # refuse session openings that do not name this provider's key
 
 
 async def serve_provider(settings: ProviderSettings, stop: asyncio.Event, hard: asyncio.Event | None = None) -> None:
@@ -150,7 +151,8 @@ async def _serve(settings: ProviderSettings, stop: asyncio.Event, hard: asyncio.
         return load_segment(settings.checkpoint, first, end, device=settings.device, dtype=settings.dtype)
 
     service = ProviderService(segment, settings.key, settings.behaviour, offer, capacity, settings.max_tensor_bytes,
-                              load_range=load_range, max_sessions=settings.max_sessions)
+                              load_range=load_range, max_sessions=settings.max_sessions,
+                              require_recipient=settings.require_recipient)
     counter = CounterFile(settings.counter_file)
     metrics.attach(service)
     metrics.info.labels(provider_id=settings.provider_id, model=segment.model_id,
@@ -231,11 +233,14 @@ async def _stop_server(server: grpc.aio.Server, service: ProviderService, grace:
 
 
 def _lead_unreachable(exc: BaseException) -> bool:
-    """Retry only while the lead cannot be reached, or when its nonce was spent or dropped before the
-    offer arrived (a Challenge flood can evict it: a fresh one is asked for); any other answer is final."""
+    """Retry only while the lead cannot be reached, when its nonce was spent or dropped before the
+    offer arrived (a Challenge flood can evict it: a fresh one is asked for), or while the lead holds
+    its maximum of offers awaiting a possession proof (RESOURCE_EXHAUSTED); any other answer is final."""
     if not isinstance(exc, grpc.aio.AioRpcError):
         return False
     if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and (exc.details() or "").startswith("nonce:"):
+        return True
+    if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return True
     return exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 

@@ -5,16 +5,17 @@ that match the model and the protocol version, and whose provider was heard from
 With an ``AdmissionPolicy`` (every ``lead serve``), also: the offer names this lead's key and a fresh
 single-use nonce this registry issued for that key, it had not expired when listed, its key is
 admitted (allowlist), the lead reached its endpoint and the provider there proved it holds the key;
-a provider id stays bound to the first key that registered it; heartbeat counters only go up per key
-(across re-registrations); a suspension survives re-registration (docs/protocol.md, "Admission").
+a provider id stays bound to the first key that proved itself under it (``probe_passed``; an unproven
+offer binds nothing and its first failed probe drops it); heartbeat counters only go up per key (across
+re-registrations; persisted once proven); at most ``max_unproven`` offers await a proof; a suspension
+survives re-registration (docs/protocol.md, "Admission").
 """
 
 from __future__ import annotations
 
 import logging
-import secrets
+import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Awaitable, Callable
@@ -23,7 +24,7 @@ import grpc
 
 from verisplit.impl.node import verisplit_pb2 as pb
 from verisplit.impl.node import verisplit_pb2_grpc as pb_grpc
-from verisplit.impl.node.admission import AdmissionPolicy, load_state, save_state
+from verisplit.impl.node.admission import AdmissionPolicy, NonceTable, RegistryError, load_state, locked, save_state
 from verisplit.impl.node.framing import parse_endpoint
 from verisplit.impl.node.framing import offer_fields_from_pb
 from verisplit.impl.records.keys import SignedFields, fingerprint, heartbeat_signature_valid, offer_signature_valid
@@ -33,13 +34,7 @@ from verisplit.spec.commitment import PROTOCOL_VERSION
 log = logging.getLogger("verisplit.lead")
 
 
-class RegistryError(Exception):
-    """An offer or heartbeat was refused; ``code`` is the gRPC status to answer with."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+__all__ = ["RegisteredOffer", "Registry", "RegistryError", "RegistryService"]
 
 
 @dataclass
@@ -54,6 +49,7 @@ class RegisteredOffer:
     outages: int = 0              # outages the lead saw from this provider since it was listed
     proven: bool = True           # the lead reached the endpoint and the key's holder answered there
     outage_times: tuple[float, ...] = ()  # clock times of recent outages (demotion window)
+    counter: int = 0              # highest heartbeat counter of this listing (bound to the key once proven)
 
     @property
     def offer(self) -> Offer:
@@ -65,7 +61,8 @@ class Registry:
     """Signed offers for one model, heartbeat expiry and banned keys.
 
     Invariant: ``offers()`` lists only offers whose signature verified, whose key is not banned, that
-    match the model, and whose provider was heard from within ``offer_ttl_s``.
+    match the model, and whose provider was heard from within ``offer_ttl_s``. Every method touching
+    ``_entries`` and the maps beside it holds ``_lock`` (thread-safe: routing runs off the event loop).
     """
 
     def __init__(self, model: ModelSpec, *, heartbeat_interval_s: float = 1.0, offer_ttl_s: float = 5.0,
@@ -78,15 +75,17 @@ class Registry:
         self.heartbeat_interval_s = heartbeat_interval_s
         self.offer_ttl_s = offer_ttl_s
         self.clock = clock
+        self._lock = threading.RLock()
         self._entries: dict[str, RegisteredOffer] = {}
         self._banned: dict[bytes, str] = {}
         self._banned_ids: dict[str, str] = {}  # ids a key was ejected under stay banned (rule A4)
         self.admission = admission
         self.wall_ms = wall_ms
         self.on_register: Callable[[str], Awaitable[None]] | None = None  # set by the lead: the possession probe
-        self._nonces: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()  # nonce -> (key, issued at)
-        self._id_keys: dict[str, bytes] = {}   # provider id -> the first key that registered it
-        self._counters: dict[bytes, int] = {}  # key -> highest heartbeat counter seen (offers included)
+        policy = admission or AdmissionPolicy()
+        self._nonces = NonceTable(policy.nonce_ttl_s, policy.nonces_per_key, policy.max_nonces)
+        self._id_keys: dict[str, bytes] = {}   # provider id -> the first key that proved itself under it
+        self._counters: dict[bytes, int] = {}  # proven key -> highest heartbeat counter seen (offers included)
         self._held: dict[bytes, tuple[str | None, int, tuple[float, ...]]] = {}  # key -> suspension kept
         self.state_path = state_path
         self._load_state()
@@ -100,6 +99,7 @@ class Registry:
             save_state(self.state_path, self._id_keys, self._counters)
 
     # --- admission ----------------------------------------------------------------------------
+    @locked
     def challenge(self, public_key: bytes) -> bytes:
         """A fresh single-use 32-byte nonce for an offer under ``public_key`` (valid ``nonce_ttl_s``)."""
         if len(public_key) != 32:
@@ -107,18 +107,7 @@ class Registry:
         policy = self.admission or AdmissionPolicy()
         if policy.allowlist is not None and public_key not in policy.allowlist:
             raise RegistryError(grpc.StatusCode.PERMISSION_DENIED, f"public_key: {fingerprint(public_key)} is not admitted")
-        self._drop_stale_nonces()
-        nonce = secrets.token_bytes(32)
-        self._nonces[nonce] = (public_key, self.clock())
-        while len(self._nonces) > policy.max_nonces:
-            self._nonces.popitem(last=False)
-        return nonce
-
-    def _drop_stale_nonces(self) -> None:
-        ttl = (self.admission or AdmissionPolicy()).nonce_ttl_s
-        now = self.clock()
-        while self._nonces and now - next(iter(self._nonces.values()))[1] > ttl:
-            self._nonces.popitem(last=False)
+        return self._nonces.issue(public_key, self.clock())
 
     def _admit(self, fields: SignedFields) -> None:
         """The admission checks of ``register`` (policy set): allowlist, lead binding, nonce, expiry,
@@ -136,16 +125,22 @@ class Registry:
         if fields.expires_at_ms > now_ms + policy.max_offer_lifetime_ms:
             raise RegistryError(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"expires_at_ms: more than {policy.max_offer_lifetime_ms} ms ahead")
-        self._drop_stale_nonces()
-        issued = self._nonces.get(fields.nonce)
-        if issued is None or issued[0] != fields.public_key:
+        if not self._nonces.valid(fields.nonce, fields.public_key, self.clock()):
             raise RegistryError(grpc.StatusCode.FAILED_PRECONDITION,
                                 "nonce: unknown, used or expired (ask Admission.Challenge for a fresh one)")
-        if fields.heartbeat_counter <= self._counters.get(fields.public_key, 0) and fields.public_key in self._counters:
+        existing = self._entries.get(fields.provider_id)
+        last = max(self._counters.get(fields.public_key, -1),
+                   existing.counter if existing is not None and existing.fields.public_key == fields.public_key else -1)
+        if fields.heartbeat_counter <= last:
             raise RegistryError(grpc.StatusCode.FAILED_PRECONDITION,
                                 "heartbeat_counter: not above the last one seen for this key (replay?)")
-        del self._nonces[fields.nonce]
+        unproven = sum(1 for e in self._entries.values() if not e.proven)
+        if unproven >= policy.max_unproven and (existing is None or existing.fields.public_key != fields.public_key):
+            raise RegistryError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"offer: {unproven} offers already await their possession proof; try again later")
+        self._nonces.remove(fields.nonce)
 
+    @locked
     def register(self, fields: SignedFields, signature: bytes) -> None:
         """Verify and list an offer (replacing the provider's older one); refusals raise ``RegistryError``."""
         who = f"offer from {fields.provider_id!r}"
@@ -184,6 +179,8 @@ class Registry:
                                 f"public_key: {fingerprint(fields.public_key)} already offers as {same_key[0]!r}")
         existing = self._entries.get(fields.provider_id)
         bound = self._id_keys.get(fields.provider_id)
+        if existing is not None and existing.fields.public_key != fields.public_key and not existing.proven:
+            existing = None  # an unproven listing under another key holds no id: the new offer replaces it
         if (existing is not None and existing.fields.public_key != fields.public_key) or \
                 (bound is not None and bound != fields.public_key):
             raise RegistryError(grpc.StatusCode.ALREADY_EXISTS,
@@ -193,18 +190,18 @@ class Registry:
                                 f"issued_at_ms: {who} is older than the offer already listed (replay?)")
         if self.admission is not None:
             self._admit(fields)
-            self._counters[fields.public_key] = fields.heartbeat_counter
         held = self._held.pop(fields.public_key, None)
         if existing is not None:
             held = (existing.suspended, existing.outages, existing.outage_times)
-        entry = RegisteredOffer(fields, signature, self.clock(), proven=self.admission is None)
+        entry = RegisteredOffer(fields, signature, self.clock(), proven=self.admission is None,
+                                counter=fields.heartbeat_counter)
         if held is not None:  # re-registering never clears a suspension or the outage history
             entry.suspended, entry.outages, entry.outage_times = held
         self._entries[fields.provider_id] = entry
-        if bound is None:
+        if self.admission is None and bound is None:  # open, unprobed registry: bound at first registration
             self._id_keys[fields.provider_id] = fields.public_key
-        self._save_state()
 
+    @locked
     def heartbeat(self, provider_id: str, sent_at_ms: int, leaving: bool, signature: bytes, counter: int = 0) -> bool:
         """Refresh (or, when ``leaving``, remove) a listed offer; False if the provider is not listed.
         With admission, ``counter`` must exceed every counter seen for the key (offers included, across
@@ -217,16 +214,19 @@ class Registry:
         if not heartbeat_signature_valid(key, provider_id, sent_at_ms, leaving, signature, counter):
             raise RegistryError(grpc.StatusCode.UNAUTHENTICATED, f"signature: heartbeat for {provider_id!r} does not verify")
         if self.admission is not None:
-            if counter <= self._counters.get(key, 0):
+            if counter <= max(self._counters.get(key, 0), entry.counter):
                 raise RegistryError(grpc.StatusCode.FAILED_PRECONDITION,
                                     "counter: not above the last heartbeat counter of this key (replay?)")
-            self._counters[key] = counter
+            entry.counter = counter
+            if entry.proven:
+                self._counters[key] = counter
         elif sent_at_ms < entry.last_heartbeat_ms:
             raise RegistryError(grpc.StatusCode.FAILED_PRECONDITION, "sent_at_ms: older than the last heartbeat (replay?)")
         entry.last_heartbeat_ms = sent_at_ms
         if leaving:
             self._forget(provider_id)
-            self._save_state()
+            if entry.proven:
+                self._save_state()
             return True
         entry.last_seen = self.clock()
         return True
@@ -244,14 +244,17 @@ class Registry:
         for provider_id in [p for p, e in self._entries.items() if now - e.last_seen > self.offer_ttl_s]:
             self._forget(provider_id)
 
+    @locked
     def entries(self) -> list[RegisteredOffer]:
         self._expire()
         return [self._entries[p] for p in sorted(self._entries)]
 
+    @locked
     def get(self, provider_id: str) -> RegisteredOffer | None:
         self._expire()
         return self._entries.get(provider_id)
 
+    @locked
     def offers(self) -> list[Offer]:
         """The live, routable offers, sorted by provider id (the router's input): a suspended provider
         (see ``report_outage``) or one whose possession proof is pending is listed but not routed to.
@@ -265,6 +268,7 @@ class Registry:
             routable = good
         return [e.offer for e in routable]
 
+    @locked
     def pending_probes(self) -> list[RegisteredOffer]:
         """Listed providers the lead should probe: not yet proven, or suspended by an outage and past
         their backoff (``2 ** (outages - 1)`` seconds after the last outage, at most 300 s), so a
@@ -280,13 +284,31 @@ class Registry:
                     due.append(e)
         return due
 
+    @locked
     def probe_passed(self, provider_id: str, public_key: bytes) -> None:
         """The possession probe of ``provider_id``'s endpoint succeeded for ``public_key``: routable."""
         entry = self._entries.get(provider_id)
-        if entry is not None and entry.fields.public_key == public_key:
-            entry.proven = True
-            entry.suspended = None
+        if entry is None or entry.fields.public_key != public_key:
+            return
+        entry.proven = True
+        entry.suspended = None
+        if self.admission is None:
+            return
+        changed = self._id_keys.get(provider_id) != public_key or self._counters.get(public_key, -1) < entry.counter
+        self._id_keys.setdefault(provider_id, public_key)  # register refused any other key bound to this id
+        self._counters[public_key] = max(self._counters.get(public_key, 0), entry.counter)
+        if changed:
+            self._save_state()
 
+    @locked
+    def probe_failed(self, provider_id: str, public_key: bytes) -> None:
+        """The probe of ``provider_id`` failed: an offer that never proved itself is dropped (it binds
+        nothing and may register again); a proven, suspended one stays listed for its backoff."""
+        entry = self._entries.get(provider_id)
+        if entry is not None and entry.fields.public_key == public_key and not entry.proven:
+            self._forget(provider_id)
+
+    @locked
     def report_outage(self, provider_id: str, reason: str) -> None:
         """The lead saw ``provider_id`` fail without blame (unreachable, timeout, overloaded...): it
         leaves routing at once (not an ejection: its key is not banned) until ``report_healthy``."""
@@ -297,16 +319,19 @@ class Registry:
         entry.outages += 1
         entry.outage_times = (*entry.outage_times[-15:], self.clock())
 
+    @locked
     def report_healthy(self, provider_id: str) -> None:
         """A health check of ``provider_id`` succeeded: it is routable again."""
         entry = self._entries.get(provider_id)
         if entry is not None:
             entry.suspended = None
 
+    @locked
     def suspended(self) -> dict[str, str]:
         """Listed but unroutable providers as {provider id: the outage that suspended it}."""
         return {p: e.suspended for p, e in self._entries.items() if e.suspended is not None}
 
+    @locked
     def eject(self, provider_id: str, reason: str) -> None:
         """Remove the provider's offer and ban its key (future offers under that key are refused)."""
         entry = self._entries.pop(provider_id, None)
@@ -316,6 +341,7 @@ class Registry:
         self._banned_ids[provider_id] = reason
         log.warning("ejected %s (%s): %s", provider_id, fingerprint(entry.fields.public_key), reason)
 
+    @locked
     def ban_key(self, public_key: bytes, reason: str, provider_id: str | None = None) -> None:
         """Ban a key directly (and the id it served under, if given), dropping any offer under it."""
         self._banned[public_key] = reason
@@ -324,6 +350,7 @@ class Registry:
         for provider_id in [p for p, e in self._entries.items() if e.fields.public_key == public_key]:
             del self._entries[provider_id]
 
+    @locked
     def banned(self) -> dict[str, str]:
         """Banned keys as {public key hex: reason}."""
         return {key.hex(): reason for key, reason in self._banned.items()}

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0fverisplit.proto\x12\x0cverisplit.v1\"\xfa\x02\n\x05Offer\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x13\n\x0bprovider_id\x18\x02 \x01(\t\x12\x12\n\npublic_key\x18\x03 \x01(\x0c\x12\x10\n\x08model_id\x18\x04 \x01(\t\x12\x16\n\x0eweights_digest\x18\x05 \x01(\x0c\x12\x12\n\nnum_layers\x18\x06 \x01(\r\x12\x13\n\x0b\x66irst_layer\x18\x07 \x01(\r\x12\x11\n\tend_layer\x18\x08 \x01(\r\x12\x1b\n\x13price_per_work_unit\x18\t \x01(\x04\x12\x10\n\x08\x65ndpoint\x18\n \x01(\t\x12\x1a\n\x12kv_capacity_tokens\x18\x0b \x01(\x04\x12\x14\n\x0cissued_at_ms\x18\x0c \x01(\x04\x12\r\n\x05\x64type\x18\r \x01(\t\x12\x17\n\x0flead_public_key\x18\x0e \x01(\x0c\x12\r\n\x05nonce\x18\x0f \x01(\x0c\x12\x15\n\rexpires_at_ms\x18\x10 \x01(\x04\x12\x19\n\x11heartbeat_counter\x18\x11 \x01(\x04\"D\n\x0bSignedOffer\x12\"\n\x05offer\x18\x01 \x01(\x0b\x32\x13.verisplit.v1.Offer\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\r\n\x0bInfoRequest\"\xa4\x01\n\x0cProviderInfo\x12(\n\x05offer\x18\x01 \x01(\x0b\x32\x19.verisplit.v1.SignedOffer\x12\x15\n\ropen_sessions\x18\x02 \x01(\r\x12\x1a\n\x12kv_tokens_reserved\x18\x03 \x01(\x04\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\x18\n\x10max_tensor_bytes\x18\x06 \x01(\x04\"\xb4\x02\n\x12OpenSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x10\n\x08model_id\x18\x03 \x01(\t\x12\x15\n\rsegment_index\x18\x04 \x01(\r\x12\x13\n\x0b\x66irst_layer\x18\x05 \x01(\r\x12\x11\n\tend_layer\x18\x06 \x01(\r\x12\x12\n\nmax_length\x18\x07 \x01(\r\x12\x1d\n\x15\x61udit_seed_commitment\x18\x08 \x01(\x0c\x12\r\n\x05\x64type\x18\t \x01(\t\x12\x16\n\x0elead_signature\x18\n \x01(\x0c\x12\x15\n\rnext_endpoint\x18\x0b \x01(\t\x12\x17\n\x0fnext_public_key\x18\x0c \x01(\x0c\x12\x1b\n\x13previous_public_key\x18\r \x01(\x0c\"H\n\x13OpenSessionResponse\x12\x16\n\x0eweights_digest\x18\x01 \x01(\x0c\x12\x19\n\x11kv_bytes_reserved\x18\x02 \x01(\x04\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x16\n\x14\x43loseSessionResponse\"N\n\x0bTensorChunk\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\xe5\x01\n\tStepFrame\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x04\x12\x16\n\x0e\x66irst_position\x18\x03 \x01(\x04\x12\x15\n\rnum_positions\x18\x04 \x01(\r\x12(\n\x05input\x18\x05 \x01(\x0b\x32\x19.verisplit.v1.TensorChunk\x12\x0f\n\x07\x66orward\x18\x06 \x01(\x08\x12\x15\n\rfrom_upstream\x18\x07 \x01(\x08\x12\x35\n\x13upstream_commitment\x18\x08 \x01(\x0b\x32\x18.verisplit.v1.Commitment\"\xde\x02\n\nCommitment\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x16\n\x0eweights_digest\x18\x03 \x01(\x0c\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x0c\n\x04step\x18\x05 \x01(\x04\x12\x15\n\rsegment_index\x18\x06 \x01(\r\x12\x13\n\x0b\x66irst_layer\x18\x07 \x01(\r\x12\x11\n\tend_layer\x18\x08 \x01(\r\x12\x16\n\x0e\x66irst_position\x18\t \x01(\x04\x12\x15\n\rnum_positions\x18\n \x01(\x04\x12\x14\n\x0cinput_digest\x18\x0b \x01(\x0c\x12\x15\n\routput_digest\x18\x0c \x01(\x0c\x12\x0e\n\x06signer\x18\r \x01(\x0c\x12\x11\n\tsignature\x18\x0e \x01(\x0c\x12\r\n\x05\x64type\x18\x0f \x01(\t\x12\x1d\n\x15\x61udit_seed_commitment\x18\x10 \x01(\x0c\"s\n\nStepResult\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12)\n\x06output\x18\x02 \x01(\x0b\x32\x19.verisplit.v1.TensorChunk\x12,\n\ncommitment\x18\x03 \x01(\x0b\x32\x18.verisplit.v1.Commitment\"u\n\x10RegisterResponse\x12\x13\n\x0bprovider_id\x18\x01 \x01(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x02 \x01(\r\x12\x14\n\x0coffer_ttl_ms\x18\x03 \x01(\r\x12\x17\n\x0flead_public_key\x18\x04 \x01(\x0c\"p\n\x10HeartbeatRequest\x12\x13\n\x0bprovider_id\x18\x01 \x01(\t\x12\x12\n\nsent_at_ms\x18\x02 \x01(\x04\x12\x0f\n\x07leaving\x18\x03 \x01(\x08\x12\x11\n\tsignature\x18\x04 \x01(\x0c\x12\x0f\n\x07\x63ounter\x18\x05 \x01(\x04\"\"\n\x11HeartbeatResponse\x12\r\n\x05known\x18\x01 \x01(\x08\"&\n\x10\x43hallengeRequest\x12\x12\n\npublic_key\x18\x01 \x01(\x0c\"Q\n\x11\x43hallengeResponse\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12\x17\n\x0flead_public_key\x18\x02 \x01(\x0c\x12\x14\n\x0cnonce_ttl_ms\x18\x03 \x01(\x04\":\n\x0cProveRequest\x12\x11\n\tchallenge\x18\x01 \x01(\x0c\x12\x17\n\x0flead_public_key\x18\x02 \x01(\x0c\"6\n\rProveResponse\x12\x12\n\npublic_key\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\x0c\n\nForwardAck2\xb8\x03\n\x08Provider\x12=\n\x04Info\x12\x19.verisplit.v1.InfoRequest\x1a\x1a.verisplit.v1.ProviderInfo\x12R\n\x0bOpenSession\x12 .verisplit.v1.OpenSessionRequest\x1a!.verisplit.v1.OpenSessionResponse\x12U\n\x0c\x43loseSession\x12!.verisplit.v1.CloseSessionRequest\x1a\".verisplit.v1.CloseSessionResponse\x12>\n\x05Steps\x12\x17.verisplit.v1.StepFrame\x1a\x18.verisplit.v1.StepResult(\x01\x30\x01\x12@\n\x05Prove\x12\x1a.verisplit.v1.ProveRequest\x1a\x1b.verisplit.v1.ProveResponse\x12@\n\x07\x46orward\x12\x17.verisplit.v1.StepFrame\x1a\x18.verisplit.v1.ForwardAck(\x01\x30\x01\x32\x9f\x01\n\x08Registry\x12\x45\n\x08Register\x12\x19.verisplit.v1.SignedOffer\x1a\x1e.verisplit.v1.RegisterResponse\x12L\n\tHeartbeat\x12\x1e.verisplit.v1.HeartbeatRequest\x1a\x1f.verisplit.v1.HeartbeatResponse2Y\n\tAdmission\x12L\n\tChallenge\x12\x1e.verisplit.v1.ChallengeRequest\x1a\x1f.verisplit.v1.ChallengeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0fverisplit.proto\x12\x0cverisplit.v1\"\xfa\x02\n\x05Offer\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x13\n\x0bprovider_id\x18\x02 \x01(\t\x12\x12\n\npublic_key\x18\x03 \x01(\x0c\x12\x10\n\x08model_id\x18\x04 \x01(\t\x12\x16\n\x0eweights_digest\x18\x05 \x01(\x0c\x12\x12\n\nnum_layers\x18\x06 \x01(\r\x12\x13\n\x0b\x66irst_layer\x18\x07 \x01(\r\x12\x11\n\tend_layer\x18\x08 \x01(\r\x12\x1b\n\x13price_per_work_unit\x18\t \x01(\x04\x12\x10\n\x08\x65ndpoint\x18\n \x01(\t\x12\x1a\n\x12kv_capacity_tokens\x18\x0b \x01(\x04\x12\x14\n\x0cissued_at_ms\x18\x0c \x01(\x04\x12\r\n\x05\x64type\x18\r \x01(\t\x12\x17\n\x0flead_public_key\x18\x0e \x01(\x0c\x12\r\n\x05nonce\x18\x0f \x01(\x0c\x12\x15\n\rexpires_at_ms\x18\x10 \x01(\x04\x12\x19\n\x11heartbeat_counter\x18\x11 \x01(\x04\"D\n\x0bSignedOffer\x12\"\n\x05offer\x18\x01 \x01(\x0b\x32\x13.verisplit.v1.Offer\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\r\n\x0bInfoRequest\"\xa4\x01\n\x0cProviderInfo\x12(\n\x05offer\x18\x01 \x01(\x0b\x32\x19.verisplit.v1.SignedOffer\x12\x15\n\ropen_sessions\x18\x02 \x01(\r\x12\x1a\n\x12kv_tokens_reserved\x18\x03 \x01(\x04\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\x18\n\x10max_tensor_bytes\x18\x06 \x01(\x04\"\xe9\x02\n\x12OpenSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x10\n\x08model_id\x18\x03 \x01(\t\x12\x15\n\rsegment_index\x18\x04 \x01(\r\x12\x13\n\x0b\x66irst_layer\x18\x05 \x01(\r\x12\x11\n\tend_layer\x18\x06 \x01(\r\x12\x12\n\nmax_length\x18\x07 \x01(\r\x12\x1d\n\x15\x61udit_seed_commitment\x18\x08 \x01(\x0c\x12\r\n\x05\x64type\x18\t \x01(\t\x12\x16\n\x0elead_signature\x18\n \x01(\x0c\x12\x15\n\rnext_endpoint\x18\x0b \x01(\t\x12\x17\n\x0fnext_public_key\x18\x0c \x01(\x0c\x12\x1b\n\x13previous_public_key\x18\r \x01(\x0c\x12\x1c\n\x14recipient_public_key\x18\x0e \x01(\x0c\x12\x15\n\rexpires_at_ms\x18\x0f \x01(\x04\"H\n\x13OpenSessionResponse\x12\x16\n\x0eweights_digest\x18\x01 \x01(\x0c\x12\x19\n\x11kv_bytes_reserved\x18\x02 \x01(\x04\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x16\n\x14\x43loseSessionResponse\"N\n\x0bTensorChunk\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\xe5\x01\n\tStepFrame\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x04\x12\x16\n\x0e\x66irst_position\x18\x03 \x01(\x04\x12\x15\n\rnum_positions\x18\x04 \x01(\r\x12(\n\x05input\x18\x05 \x01(\x0b\x32\x19.verisplit.v1.TensorChunk\x12\x0f\n\x07\x66orward\x18\x06 \x01(\x08\x12\x15\n\rfrom_upstream\x18\x07 \x01(\x08\x12\x35\n\x13upstream_commitment\x18\x08 \x01(\x0b\x32\x18.verisplit.v1.Commitment\"\xde\x02\n\nCommitment\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x16\n\x0eweights_digest\x18\x03 \x01(\x0c\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x0c\n\x04step\x18\x05 \x01(\x04\x12\x15\n\rsegment_index\x18\x06 \x01(\r\x12\x13\n\x0b\x66irst_layer\x18\x07 \x01(\r\x12\x11\n\tend_layer\x18\x08 \x01(\r\x12\x16\n\x0e\x66irst_position\x18\t \x01(\x04\x12\x15\n\rnum_positions\x18\n \x01(\x04\x12\x14\n\x0cinput_digest\x18\x0b \x01(\x0c\x12\x15\n\routput_digest\x18\x0c \x01(\x0c\x12\x0e\n\x06signer\x18\r \x01(\x0c\x12\x11\n\tsignature\x18\x0e \x01(\x0c\x12\r\n\x05\x64type\x18\x0f \x01(\t\x12\x1d\n\x15\x61udit_seed_commitment\x18\x10 \x01(\x0c\"s\n\nStepResult\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12)\n\x06output\x18\x02 \x01(\x0b\x32\x19.verisplit.v1.TensorChunk\x12,\n\ncommitment\x18\x03 \x01(\x0b\x32\x18.verisplit.v1.Commitment\"u\n\x10RegisterResponse\x12\x13\n\x0bprovider_id\x18\x01 \x01(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x02 \x01(\r\x12\x14\n\x0coffer_ttl_ms\x18\x03 \x01(\r\x12\x17\n\x0flead_public_key\x18\x04 \x01(\x0c\"p\n\x10HeartbeatRequest\x12\x13\n\x0bprovider_id\x18\x01 \x01(\t\x12\x12\n\nsent_at_ms\x18\x02 \x01(\x04\x12\x0f\n\x07leaving\x18\x03 \x01(\x08\x12\x11\n\tsignature\x18\x04 \x01(\x0c\x12\x0f\n\x07\x63ounter\x18\x05 \x01(\x04\"\"\n\x11HeartbeatResponse\x12\r\n\x05known\x18\x01 \x01(\x08\"&\n\x10\x43hallengeRequest\x12\x12\n\npublic_key\x18\x01 \x01(\x0c\"Q\n\x11\x43hallengeResponse\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12\x17\n\x0flead_public_key\x18\x02 \x01(\x0c\x12\x14\n\x0cnonce_ttl_ms\x18\x03 \x01(\x04\":\n\x0cProveRequest\x12\x11\n\tchallenge\x18\x01 \x01(\x0c\x12\x17\n\x0flead_public_key\x18\x02 \x01(\x0c\"6\n\rProveResponse\x12\x12\n\npublic_key\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\x0c\n\nForwardAck2\xb8\x03\n\x08Provider\x12=\n\x04Info\x12\x19.verisplit.v1.InfoRequest\x1a\x1a.verisplit.v1.ProviderInfo\x12R\n\x0bOpenSession\x12 .verisplit.v1.OpenSessionRequest\x1a!.verisplit.v1.OpenSessionResponse\x12U\n\x0c\x43loseSession\x12!.verisplit.v1.CloseSessionRequest\x1a\".verisplit.v1.CloseSessionResponse\x12>\n\x05Steps\x12\x17.verisplit.v1.StepFrame\x1a\x18.verisplit.v1.StepResult(\x01\x30\x01\x12@\n\x05Prove\x12\x1a.verisplit.v1.ProveRequest\x1a\x1b.verisplit.v1.ProveResponse\x12@\n\x07\x46orward\x12\x17.verisplit.v1.StepFrame\x1a\x18.verisplit.v1.ForwardAck(\x01\x30\x01\x32\x9f\x01\n\x08Registry\x12\x45\n\x08Register\x12\x19.verisplit.v1.SignedOffer\x1a\x1e.verisplit.v1.RegisterResponse\x12L\n\tHeartbeat\x12\x1e.verisplit.v1.HeartbeatRequest\x1a\x1f.verisplit.v1.HeartbeatResponse2Y\n\tAdmission\x12L\n\tChallenge\x12\x1e.verisplit.v1.ChallengeRequest\x1a\x1f.verisplit.v1.ChallengeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,41 +40,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROVIDERINFO']._serialized_start=500
   _globals['_PROVIDERINFO']._serialized_end=664
   _globals['_OPENSESSIONREQUEST']._serialized_start=667
-  _globals['_OPENSESSIONREQUEST']._serialized_end=975
-  _globals['_OPENSESSIONRESPONSE']._serialized_start=977
-  _globals['_OPENSESSIONRESPONSE']._serialized_end=1049
-  _globals['_CLOSESESSIONREQUEST']._serialized_start=1051
-  _globals['_CLOSESESSIONREQUEST']._serialized_end=1092
-  _globals['_CLOSESESSIONRESPONSE']._serialized_start=1094
-  _globals['_CLOSESESSIONRESPONSE']._serialized_end=1116
-  _globals['_TENSORCHUNK']._serialized_start=1118
-  _globals['_TENSORCHUNK']._serialized_end=1196
-  _globals['_STEPFRAME']._serialized_start=1199
-  _globals['_STEPFRAME']._serialized_end=1428
-  _globals['_COMMITMENT']._serialized_start=1431
-  _globals['_COMMITMENT']._serialized_end=1781
-  _globals['_STEPRESULT']._serialized_start=1783
-  _globals['_STEPRESULT']._serialized_end=1898
-  _globals['_REGISTERRESPONSE']._serialized_start=1900
-  _globals['_REGISTERRESPONSE']._serialized_end=2017
-  _globals['_HEARTBEATREQUEST']._serialized_start=2019
-  _globals['_HEARTBEATREQUEST']._serialized_end=2131
-  _globals['_HEARTBEATRESPONSE']._serialized_start=2133
-  _globals['_HEARTBEATRESPONSE']._serialized_end=2167
-  _globals['_CHALLENGEREQUEST']._serialized_start=2169
-  _globals['_CHALLENGEREQUEST']._serialized_end=2207
-  _globals['_CHALLENGERESPONSE']._serialized_start=2209
-  _globals['_CHALLENGERESPONSE']._serialized_end=2290
-  _globals['_PROVEREQUEST']._serialized_start=2292
-  _globals['_PROVEREQUEST']._serialized_end=2350
-  _globals['_PROVERESPONSE']._serialized_start=2352
-  _globals['_PROVERESPONSE']._serialized_end=2406
-  _globals['_FORWARDACK']._serialized_start=2408
-  _globals['_FORWARDACK']._serialized_end=2420
-  _globals['_PROVIDER']._serialized_start=2423
-  _globals['_PROVIDER']._serialized_end=2863
-  _globals['_REGISTRY']._serialized_start=2866
-  _globals['_REGISTRY']._serialized_end=3025
-  _globals['_ADMISSION']._serialized_start=3027
-  _globals['_ADMISSION']._serialized_end=3116
+  _globals['_OPENSESSIONREQUEST']._serialized_end=1028
+  _globals['_OPENSESSIONRESPONSE']._serialized_start=1030
+  _globals['_OPENSESSIONRESPONSE']._serialized_end=1102
+  _globals['_CLOSESESSIONREQUEST']._serialized_start=1104
+  _globals['_CLOSESESSIONREQUEST']._serialized_end=1145
+  _globals['_CLOSESESSIONRESPONSE']._serialized_start=1147
+  _globals['_CLOSESESSIONRESPONSE']._serialized_end=1169
+  _globals['_TENSORCHUNK']._serialized_start=1171
+  _globals['_TENSORCHUNK']._serialized_end=1249
+  _globals['_STEPFRAME']._serialized_start=1252
+  _globals['_STEPFRAME']._serialized_end=1481
+  _globals['_COMMITMENT']._serialized_start=1484
+  _globals['_COMMITMENT']._serialized_end=1834
+  _globals['_STEPRESULT']._serialized_start=1836
+  _globals['_STEPRESULT']._serialized_end=1951
+  _globals['_REGISTERRESPONSE']._serialized_start=1953
+  _globals['_REGISTERRESPONSE']._serialized_end=2070
+  _globals['_HEARTBEATREQUEST']._serialized_start=2072
+  _globals['_HEARTBEATREQUEST']._serialized_end=2184
+  _globals['_HEARTBEATRESPONSE']._serialized_start=2186
+  _globals['_HEARTBEATRESPONSE']._serialized_end=2220
+  _globals['_CHALLENGEREQUEST']._serialized_start=2222
+  _globals['_CHALLENGEREQUEST']._serialized_end=2260
+  _globals['_CHALLENGERESPONSE']._serialized_start=2262
+  _globals['_CHALLENGERESPONSE']._serialized_end=2343
+  _globals['_PROVEREQUEST']._serialized_start=2345
+  _globals['_PROVEREQUEST']._serialized_end=2403
+  _globals['_PROVERESPONSE']._serialized_start=2405
+  _globals['_PROVERESPONSE']._serialized_end=2459
+  _globals['_FORWARDACK']._serialized_start=2461
+  _globals['_FORWARDACK']._serialized_end=2473
+  _globals['_PROVIDER']._serialized_start=2476
+  _globals['_PROVIDER']._serialized_end=2916
+  _globals['_REGISTRY']._serialized_start=2919
+  _globals['_REGISTRY']._serialized_end=3078
+  _globals['_ADMISSION']._serialized_start=3080
+  _globals['_ADMISSION']._serialized_end=3169
 # @@protoc_insertion_point(module_scope)

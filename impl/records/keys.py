@@ -198,21 +198,26 @@ def heartbeat_signature_valid(public_key: bytes, provider_id: str, sent_at_ms: i
     return True
 
 
-SESSION_DOMAIN = b"verisplit/open-session/v1\x00"
+SESSION_DOMAIN = b"verisplit/open-session/v2\x00"  # v2: the recipient provider's key and an expiry
 
 
 def session_signing_bytes(session_id: str, request_id: str, model_id: str, segment_index: int, first_layer: int,
                           end_layer: int, max_length: int, audit_seed_commitment: bytes, dtype: str,
-                          next_endpoint: str = "", next_public_key: bytes = b"", previous_public_key: bytes = b"") -> bytes:
+                          next_endpoint: str = "", next_public_key: bytes = b"", previous_public_key: bytes = b"",
+                          recipient_public_key: bytes = b"", expires_at_ms: int = 0) -> bytes:
     """Canonical bytes the lead signs when it opens a session (docs/protocol.md, "Session opening"): the
     provider serves the session only if the signature verifies under the key of the lead it registered
     with, and repeats ``audit_seed_commitment`` in every commitment of the request. A direct-path opening
     also signs its neighbours (next endpoint and key, previous key: text, then each key as u16 length +
-    bytes), appended only when one is set, so lead-mediated openings keep their bytes."""
+    bytes), appended only when one is set, so lead-mediated openings keep their bytes. v2 binds the
+    opening to one provider and one time window: the recipient's key (u16 length + bytes; empty = not
+    bound, refused by a provider that requires it) and a u64 ``expires_at_ms`` follow the dtype, so an
+    opening replayed to another provider, or after it expired, does not verify as meant."""
     parts = [
         SESSION_DOMAIN, _text(session_id), _text(request_id), _text(model_id),
         struct.pack("<IIII", segment_index, first_layer, end_layer, max_length),
         _fixed("audit_seed_commitment", audit_seed_commitment, 32), _text(dtype),
+        struct.pack("<H", len(recipient_public_key)), recipient_public_key, struct.pack("<Q", expires_at_ms),
     ]
     if next_endpoint or next_public_key or previous_public_key:
         parts += [b"direct\x00", _text(next_endpoint), struct.pack("<H", len(next_public_key)), next_public_key,
