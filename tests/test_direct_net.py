@@ -15,8 +15,10 @@ from typing import Any, Iterator
 import httpx
 import pytest
 import torch
+from nacl.signing import SigningKey
 
 import cheatkit
+from verisplit.impl.audit.service import analyse_chain
 from verisplit.impl.audit.verifier import record_context
 from verisplit.impl.node.behaviour import Behaviour
 from verisplit.impl.node.procs import ProcessGroup, start_local_cohort
@@ -26,7 +28,7 @@ from verisplit.impl.runtime.checkpoint import make_random_checkpoint
 from verisplit.impl.runtime.generate import generate_reference
 from verisplit.impl.runtime.loader import load_full
 from verisplit.impl.runtime.tokenizer import load_tokenizer, stop_token_ids
-from verisplit.spec.commitment import OUTPUT_MISMATCH, check_chain
+from verisplit.spec.commitment import EQUIVOCATION, OUTPUT_MISMATCH, check_chain
 from verisplit.spec.encoding import digest_encoded
 from verisplit.spec.faults import PROVIDER_ERROR
 from verify_helpers import wait_settled
@@ -61,6 +63,54 @@ class ForwardTamperer(Behaviour):
             original(links, frame, copies)
 
         direct.DirectLinks.forward = tampered  # type: ignore[method-assign]
+
+
+class Equivocator(Behaviour):
+    """Test cheat (not in the catalogue: it only exists on the direct data path): report the true output and its commitment to the lead, but forward other
+    bytes (one bit flipped) to the next segment under a *second* commitment, validly signed over the
+    forwarded bytes. The receiver's ``check_forwarded`` passes, so it computes on them; caught by: the
+    lead's ``check_equivocation`` on the upstream commitment the receiver returns (``equivocation``,
+    naming this provider, not the receiver). Patches this provider process's ``DirectLinks.forward``."""
+
+    name = "equivocator"
+
+    def __init__(self) -> None:
+        from verisplit.impl.node import direct
+
+        self.key: SigningKey | None = None
+        original = direct.DirectLinks.forward
+        behaviour = self
+
+        def equivocating(links: Any, frame: Any, results: list[Any]) -> None:
+            original(links, frame, behaviour._second_version(results))
+
+        direct.DirectLinks.forward = equivocating  # type: ignore[method-assign]
+
+    def signing_key(self, step: int, offer_key: SigningKey) -> SigningKey:
+        self.key = offer_key
+        return offer_key
+
+    def _second_version(self, results: list[Any]) -> list[Any]:
+        import dataclasses
+
+        from verisplit.impl.node import verisplit_pb2 as pb
+        from verisplit.impl.node.framing import Reassembler, chunk_tensor, commitment_from_pb, commitment_to_pb
+        from verisplit.spec.commitment import sign_commitment
+        from verisplit.spec.encoding import digest_encoded
+
+        reassembler = Reassembler("output")
+        blob = None
+        for result in results:
+            blob = reassembler.add(result.output)
+        assert blob is not None and self.key is not None
+        data = bytearray(blob)
+        data[-1] ^= 0x01  # one bit of the last element
+        honest = commitment_from_pb(results[-1].commitment)
+        second = sign_commitment(dataclasses.replace(honest, output_digest=digest_encoded(bytes(data)),
+                                                     signature=b""), self.key)
+        copies = [pb.StepResult(step=results[0].step, output=chunk) for chunk in chunk_tensor(bytes(data))]
+        copies[-1].commitment.CopyFrom(commitment_to_pb(second))
+        return copies
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +192,45 @@ def test_receiver_refuses_a_forward_that_differs_from_the_signed_output(net: dic
         assert settled.get("ejected", []) == [], settled.get("ejected")
         providers = client.get("/v1/providers").json()
         assert {"tamperer", "provider-2"} <= {p["provider_id"] for p in providers["data"]}  # neither ejected
+    finally:
+        group.stop(child, timeout=5)
+
+
+def test_an_equivocating_sender_is_ejected_and_the_honest_receiver_is_not(net: dict[str, Any]) -> None:
+    """Segment 1 reports X to the lead and forwards X' to segment 2 under a second valid signature:
+    segment 2's check_forwarded passes and it computes on X' (its input digest then mismatches X), but it
+    returns the upstream commitment it accepted, which proves segment 1 signed two outputs for one
+    step: the request aborts naming segment 1 with ``equivocation``; segment 1 is ejected and banned,
+    the honest segment 2 is neither (without the proof, the lead would blame segment 2 with
+    ``input_mismatch`` and eject it); the record's chain analysis reaches the same verdict."""
+    client = net["client"]
+    group: ProcessGroup = net["group"]
+    key = net["root"] / "keys" / "equivocator.key"
+    create_key_file(key)
+    args = ("--checkpoint", str(net["checkpoint"]), "--layers", "2:4", "--key", str(key), "--listen", "127.0.0.1:0",
+            "--lead", net["grpc"], "--price", "1", "--provider-id", "equivocator")
+    child = group.spawn("equivocator", cheatkit.provider_command("test_direct_net:Equivocator", *args),
+                        extra_env=cheatkit.provider_env())
+    group.wait_ready([child], timeout=150)
+    try:
+        assignments = client.get("/v1/cohort").json()["assignments"]
+        assert [a["provider_id"] for a in assignments][1] == "equivocator", assignments
+        receiver = assignments[2]["provider_id"]
+        keys = {p["provider_id"]: p["public_key"] for p in client.get("/v1/providers").json()["data"]}
+        response = client.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 4, "temperature": 0})
+        assert response.status_code == 502, response.text
+        error = response.json()["error"]
+        assert (error["culprit"], error["reason"], error["link"]) == ("equivocator", EQUIVOCATION, 1), error
+        request_id = response.headers["x-verisplit-request-id"]
+        settled = wait_settled(client, request_id)  # the chain analysis ran
+        assert settled.get("ejected", []) == ["equivocator"], settled.get("ejected")
+        record = RequestStore(net["root"] / "lead" / "requests").load(request_id)
+        analysis = analyse_chain(record)
+        assert (analysis.culprit, analysis.reason, analysis.link) == ("equivocator", EQUIVOCATION, 1)
+        providers = client.get("/v1/providers").json()
+        listed = {p["provider_id"] for p in providers["data"]}
+        assert receiver in listed and "equivocator" not in listed, listed
+        assert keys["equivocator"] in providers["banned"] and keys[receiver] not in providers["banned"], providers["banned"]
     finally:
         group.stop(child, timeout=5)
 

@@ -15,6 +15,10 @@ Invariants (docs/protocol.md "Direct data path"):
   reaches the client; on a failure it checks the links before the failing one first. A refusal by
   segment k whose sender's report passed aborts the request naming segment k-1 as ``provider_error``
   (no ejection: the lead cannot tell a false refusal from a bad forward; docs/protocol.md).
+- Segment k returns the upstream commitment it accepted (``StepResult.upstream_commitment``); when
+  link k breaks H3 and that commitment is k-1's valid signature over another output for the same
+  slot, the lead blames k-1 with ``equivocation`` (``check_equivocation``), never the honest k. The
+  step record keeps the upstream commitments so the chain analysis reaches the same verdict.
 """
 
 from __future__ import annotations
@@ -33,8 +37,9 @@ from verisplit.impl.node import verisplit_pb2_grpc as pb_grpc
 from verisplit.impl.node.framing import FramingError, Reassembler, commitment_from_pb, open_channel
 from verisplit.impl.node.hops import CohortError, output_byte_limit
 from verisplit.impl.records.requests import StepRecord
-from verisplit.spec.commitment import (BAD_SIGNATURE, OUTPUT_MISMATCH, REASONS, InvalidCommitment, StepContext,
-                                       check_exchanged_link, check_forwarded)
+from verisplit.spec.commitment import (BAD_SIGNATURE, INPUT_MISMATCH, OUTPUT_MISMATCH, REASONS, BoundaryCommitment,
+                                       InvalidCommitment, StepContext, check_equivocation, check_exchanged_link,
+                                       check_forwarded)
 from verisplit.spec.encoding import digest_encoded
 from verisplit.spec.faults import PROVIDER_ERROR, TIMEOUT
 
@@ -54,7 +59,8 @@ class _Link:
     request_id: str
     next_endpoint: str
     previous_key: bytes
-    inbox: dict[int, asyncio.Future[bytes]] = field(default_factory=dict)
+    inbox: dict[int, asyncio.Future[tuple[bytes, pb.Commitment]]] = field(default_factory=dict)
+    accepted: dict[int, pb.Commitment] = field(default_factory=dict)  # step -> the commitment check_forwarded passed
 
 
 class DirectLinks:
@@ -78,7 +84,7 @@ class DirectLinks:
                 if not future.done():
                     future.cancel()
 
-    def _future(self, link: _Link, step: int) -> asyncio.Future[bytes]:
+    def _future(self, link: _Link, step: int) -> asyncio.Future[tuple[bytes, pb.Commitment]]:
         future = link.inbox.get(step)
         if future is None:
             future = link.inbox[step] = asyncio.get_running_loop().create_future()
@@ -111,7 +117,7 @@ class DirectLinks:
             if failure is not None:
                 future.set_exception(UpstreamRefused(f"{failure[0]}: {failure[1]}"))
             else:
-                future.set_result(blob)
+                future.set_result((blob, frame.upstream_commitment))
         yield pb.ForwardAck()
 
     async def upstream_input(self, frame: pb.StepFrame) -> bytes:
@@ -122,11 +128,21 @@ class DirectLinks:
         future = self._future(link, frame.step)
         try:
             async with asyncio.timeout(self.timeout_s):
-                return await future
+                blob, accepted = await future
+                link.accepted = {frame.step: accepted}
+                return blob
         except asyncio.TimeoutError:
             raise UpstreamRefused(f"from_upstream: no input from segment k-1 within {self.timeout_s:.0f}s") from None
         finally:
             link.inbox.pop(frame.step, None)
+
+    def attach_upstream(self, frame: pb.StepFrame, results: list[pb.StepResult]) -> None:
+        """Return to the lead, on the step's last chunk, the upstream commitment this step accepted (so
+        the lead can prove an equivocating sender: ``check_equivocation``)."""
+        link = self.links.get(frame.session_id)
+        accepted = None if link is None else link.accepted.pop(frame.step, None)
+        if accepted is not None and results:
+            results[-1].upstream_commitment.CopyFrom(accepted)
 
     def forward(self, frame: pb.StepFrame, results: list[pb.StepResult]) -> None:
         """Send this step's output chunks and commitment to the next segment, in the background."""
@@ -178,6 +194,17 @@ def _refusal(hop: "Hop", hops: "list[Hop]", error: CohortError) -> CohortError:
                                                    "this sender's own report passed the lead's checks)")
 
 
+def _upstream(hop: "Hop") -> BoundaryCommitment | None:
+    """The upstream commitment ``hop`` returned with its last step (None: none, or it does not decode:
+    then it proves nothing and the link is judged on its own commitment)."""
+    if hop.index == 0 or hop.upstream_commitment is None:
+        return None
+    try:
+        return commitment_from_pb(hop.upstream_commitment)
+    except (InvalidCommitment, ValueError):
+        return None
+
+
 async def direct_step(lead: "Lead", run: "RequestRun", hops: "list[Hop]", session_id: str, context: StepContext,
                       first_blob: bytes) -> torch.Tensor:
     """One step over the direct path; every link checked (H1-H5, in order) before it returns the logits."""
@@ -212,8 +239,14 @@ async def direct_step(lead: "Lead", run: "RequestRun", hops: "list[Hop]", sessio
         record.commitments.append(commitment)
         record.inputs.append(blob)
         record.outputs.append(out)
+        upstream = _upstream(hop)
+        record.upstream_commitments.append(upstream)
         failure = check_exchanged_link(run.cohort.assignments[hop.index], hop.index, commitment, expected, out_digest,
                                        context)
+        if failure is not None and failure[0] == INPUT_MISMATCH and upstream is not None:
+            proof = check_equivocation(record.commitments[hop.index - 1], upstream)  # k-1 signed two outputs?
+            if proof is not None:
+                raise hops[hop.index - 1].fail(proof[0], proof[1])
         if failure is not None:
             raise hop.fail(failure[0], failure[1])
         lead.commitments_checked += 1

@@ -65,6 +65,7 @@ class Hop:
         self.opened = False
         self.call: Any = None
         self.reassembler = Reassembler("output")
+        self.upstream_commitment: pb.Commitment | None = None  # direct path: what the last step accepted from k-1
 
     def fail(self, reason: str, detail: str) -> CohortError:
         return CohortError(self.provider_id, reason, detail, self.index)
@@ -117,6 +118,7 @@ class Hop:
                 if out is not None:
                     if not message.HasField("commitment"):
                         raise self.fail(MISSING_LINK, "Steps: the last output chunk carries no commitment")
+                    self.upstream_commitment = message.upstream_commitment if message.HasField("upstream_commitment") else None
                     return out, message.commitment
         except grpc.aio.AioRpcError as exc:
             raise self.rpc_failure(exc, "Steps") from None

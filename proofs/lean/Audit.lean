@@ -51,3 +51,7 @@ import Verisplit
 #print axioms Verisplit.nextStart_follows
 #print axioms Verisplit.stepFollows_trans_lt
 #print axioms Verisplit.billable_plain
+#print axioms Verisplit.equivocation_needs_distinct_outputs
+#print axioms Verisplit.equivocation_needs_both_signatures
+#print axioms Verisplit.equivocation_same_signer
+#print axioms Verisplit.equivocation_not_self

@@ -9,6 +9,7 @@ import Verisplit.Spec.Cohort
 import Verisplit.Spec.Boundary
 import Verisplit.Spec.Escrow
 import Verisplit.Spec.Rollback
+import Verisplit.Spec.Equivocation
 import Verisplit.Thm.Settlement
 import Verisplit.Thm.Deterrence
 import Verisplit.Thm.Commitment
@@ -16,3 +17,4 @@ import Verisplit.Thm.Cohort
 import Verisplit.Thm.Boundary
 import Verisplit.Thm.Escrow
 import Verisplit.Thm.Rollback
+import Verisplit.Thm.Equivocation

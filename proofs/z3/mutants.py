@@ -346,6 +346,7 @@ _ORIG_ESCROW_STEP = spec_escrow.escrow_step
 _ORIG_RESIZE = spec_escrow.resize_window
 _ORIG_MEMBER_STEP = spec_escrow.member_step
 _ORIG_FORWARDED = spec_commitment.check_forwarded
+_ORIG_EQUIVOCATION = spec_commitment.check_equivocation
 
 
 def escrow_forfeit_drops_held(window: Sequence[Any], payout: Any, failed: Any) -> Any:
@@ -447,6 +448,22 @@ def forwarded_ignores_digest(c: Any, sender_public_key: bytes, request_id: str, 
 def forwarded_ignores_signer(c: Any, sender_public_key: bytes, request_id: str, step: int, first_position: int,
                              num_positions: int, received_digest: bytes) -> Any:
     return _ORIG_FORWARDED(c, c.signer, request_id, step, first_position, num_positions, received_digest)
+
+
+def equivocation_ignores_signer(previous: Any, upstream: Any) -> Any:
+    """Mutant: any validly signed second commitment for the slot proves it, whoever signed it."""
+    if not spec_commitment.signature_valid(upstream) or previous.output_digest == upstream.output_digest:
+        return None
+    same = all(getattr(previous, f) == getattr(upstream, f) for f in spec_commitment._SLOT_FIELDS if f != "signer")
+    return (spec_commitment.EQUIVOCATION, "mutant") if same else None
+
+
+def equivocation_ignores_signature(previous: Any, upstream: Any) -> Any:
+    """Mutant: the second commitment's signature is not verified (anyone could forge the proof)."""
+    if previous.output_digest == upstream.output_digest:
+        return None
+    same = all(getattr(previous, f) == getattr(upstream, f) for f in spec_commitment._SLOT_FIELDS)
+    return (spec_commitment.EQUIVOCATION, "mutant") if same else None
 
 
 C = "verisplit.spec.cohort"
@@ -634,6 +651,10 @@ MUTANTS: list[Mutant] = [
            "dropped condition: a receiver computes on bytes other than the ones its sender signed"),
     Mutant("forwarded_concrete", "ignores_signer", f"{H}:check_forwarded", forwarded_ignores_signer,
            "dropped condition: any key may sign a forwarded input"),
+    Mutant("equivocation_concrete", "ignores_signer", f"{H}:check_equivocation", equivocation_ignores_signer,
+           "dropped condition: another key's commitment convicts the sender"),
+    Mutant("equivocation_concrete", "ignores_signature", f"{H}:check_equivocation", equivocation_ignores_signature,
+           "dropped condition: a forged second signature convicts the sender"),
 ]
 
 
