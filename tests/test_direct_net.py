@@ -8,6 +8,7 @@ Model: 6-layer hidden-64 random checkpoint, fp32, CPU, providers [0,2), [2,4), [
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any, Iterator
@@ -111,6 +112,58 @@ class Equivocator(Behaviour):
         copies = [pb.StepResult(step=results[0].step, output=chunk) for chunk in chunk_tensor(bytes(data))]
         copies[-1].commitment.CopyFrom(commitment_to_pb(second))
         return copies
+
+
+class JunkBeforeForward(Behaviour):
+    """Test cheat (not in the catalogue) standing in for a stranger: before each honest forward it
+    sends the receiver junk ``Forward`` streams for the same session: other bytes under a stranger's
+    signature for this step, and 10,001 frames for the following steps (each would once have made an
+    inbox future, the first one settled as a refusal). It reports and forwards honestly otherwise."""
+
+    name = "junk_before_forward"
+
+    def __init__(self) -> None:
+        import asyncio
+        import contextlib
+
+        import grpc
+
+        from verisplit.impl.node import direct
+        from verisplit.impl.node import verisplit_pb2 as pb
+        from verisplit.impl.node import verisplit_pb2_grpc as pb_grpc
+        from verisplit.impl.node.framing import chunk_tensor, commitment_from_pb, commitment_to_pb, open_channel
+        from verisplit.spec.commitment import sign_commitment
+        from verisplit.spec.encoding import digest_encoded
+
+        original = direct.DirectLinks.forward
+        stranger = SigningKey(b"\x05" * 32)
+
+        def junk_frames(frame: Any, results: list[Any], step: int) -> list[Any]:
+            junk = b"\x00" * 64
+            c = commitment_from_pb(results[-1].commitment)
+            forged = sign_commitment(dataclasses.replace(c, step=step, output_digest=digest_encoded(junk)), stranger)
+            frames = [pb.StepFrame(session_id=frame.session_id, step=step, first_position=frame.first_position,
+                                   num_positions=frame.num_positions, input=chunk) for chunk in chunk_tensor(junk)]
+            frames[-1].upstream_commitment.CopyFrom(commitment_to_pb(forged))
+            return frames
+
+        async def send_junk_then(links: Any, frame: Any, results: list[Any]) -> None:
+            link = links.links[frame.session_id]
+            stub = pb_grpc.ProviderStub(open_channel(link.next_endpoint, None))
+            streams = [junk_frames(frame, results, frame.step),
+                       [f for step in range(frame.step + 1, frame.step + 10_002) for f in junk_frames(frame, results, step)]]
+            for frames in streams:
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    async for _ in stub.Forward(iter(frames), timeout=30):
+                        pass
+            original(links, frame, results)
+
+        def forward(links: Any, frame: Any, results: list[Any]) -> None:
+            task = asyncio.get_running_loop().create_task(send_junk_then(links, frame, results))
+            links._tasks.add(task)
+            task.add_done_callback(links._tasks.discard)
+
+        direct.DirectLinks.forward = forward  # type: ignore[method-assign]
 
 
 @pytest.fixture(scope="module")
@@ -231,6 +284,33 @@ def test_an_equivocating_sender_is_ejected_and_the_honest_receiver_is_not(net: d
         listed = {p["provider_id"] for p in providers["data"]}
         assert receiver in listed and "equivocator" not in listed, listed
         assert keys["equivocator"] in providers["banned"] and keys[receiver] not in providers["banned"], providers["banned"]
+    finally:
+        group.stop(child, timeout=5)
+
+
+def test_junk_forwards_from_a_stranger_do_not_fail_an_honest_request(net: dict[str, Any]) -> None:
+    """Junk Forward frames reach honest segment 2 before each honest forward (this step under a stranger's
+    signature, and 10,001 frames for later steps): the request completes with the same greedy tokens
+    as without them, and nobody is blamed or ejected."""
+    client = net["client"]
+    group: ProcessGroup = net["group"]
+    request = {"prompt": PROMPT, "max_tokens": 4, "temperature": 0}
+    clean = client.post("/v1/completions", json=request)
+    assert clean.status_code == 200, clean.text
+    key = net["root"] / "keys" / "junker.key"
+    create_key_file(key)
+    args = ("--checkpoint", str(net["checkpoint"]), "--layers", "2:4", "--key", str(key), "--listen", "127.0.0.1:0",
+            "--lead", net["grpc"], "--price", "1", "--provider-id", "junker")
+    child = group.spawn("junker", cheatkit.provider_command("test_direct_net:JunkBeforeForward", *args),
+                        extra_env=cheatkit.provider_env())
+    group.wait_ready([child], timeout=150)
+    try:
+        assert [a["provider_id"] for a in client.get("/v1/cohort").json()["assignments"]][1] == "junker"
+        response = client.post("/v1/completions", json=request)
+        assert response.status_code == 200, response.text
+        assert response.json()["choices"][0]["text"] == clean.json()["choices"][0]["text"]
+        settled = wait_settled(client, response.headers["x-verisplit-request-id"])
+        assert settled.get("ejected", []) == [] and settled["status"] == "completed", settled
     finally:
         group.stop(child, timeout=5)
 
