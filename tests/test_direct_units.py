@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import AsyncIterator
 
 import pytest
@@ -170,3 +171,19 @@ def test_receiver_hands_over_only_checked_input(sent: bytes, ok: bool) -> None:
     else:
         with pytest.raises(UpstreamRefused, match=OUTPUT_MISMATCH):
             asyncio.run(scenario())
+
+
+def test_step_records_keep_upstream_commitments_across_save_and_load(tmp_path: Path) -> None:
+    """The chain analysis proves an equivocation from the stored record, so the upstream commitments
+    must survive save/load (None where a segment returned none); records without them load as []."""
+    from verisplit.impl.records.requests import RequestRecord, RequestStore, StepRecord
+    from verisplit.spec.cohort import Assignment, Cohort
+
+    cohort = Cohort("m", (Assignment("a", bytes(SENDER.verify_key), 0, 2), Assignment("b", bytes(STRANGER.verify_key), 2, 4)))
+    c = _signed()
+    steps = [StepRecord(0, 0, 1, bytes(32), [c, c], [BLOB, BLOB], [BLOB, BLOB], [None, c]),
+             StepRecord(1, 1, 1, bytes(32), [c], [BLOB], [BLOB])]
+    store = RequestStore(tmp_path)
+    store.save(RequestRecord("req-1", "m", cohort, steps, "aborted", "a", "equivocation", 0, 1, 1))
+    loaded = store.load("req-1")
+    assert loaded.steps[0].upstream_commitments == [None, c] and loaded.steps[1].upstream_commitments == []
