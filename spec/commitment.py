@@ -50,6 +50,9 @@ WRONG_DTYPE = "wrong_dtype"
 BAD_BOUNDARY = "bad_boundary"
 REASONS = (BAD_SIGNATURE, WRONG_SIGNER, WRONG_REQUEST, REPLAY, STEP_GAP, RANGE_MISMATCH, INPUT_MISMATCH,
            MISSING_LINK, OUTPUT_MISMATCH, EXTRA_COMMITMENT, WRONG_DTYPE, BAD_BOUNDARY)
+# Direct data path only (not a chain-vector reason): a sender signed two different outputs for one slot.
+EQUIVOCATION = "equivocation"
+DIRECT_REASONS = (EQUIVOCATION,)
 
 
 class InvalidCommitment(ValueError):
@@ -472,6 +475,36 @@ def check_forwarded(c: BoundaryCommitment, sender_public_key: bytes, request_id:
     return None
 
 
+_SLOT_FIELDS = ("protocol_version", "model_id", "weights_digest", "request_id", "step", "segment_index", "first_layer",
+                "end_layer", "first_position", "num_positions", "signer", "dtype", "audit_seed_commitment")
+
+
+def check_equivocation(previous: BoundaryCommitment, upstream: BoundaryCommitment) -> tuple[str, str] | None:
+    """Direct data path: does segment k's returned ``upstream`` commitment (the one its
+    ``check_forwarded`` accepted) prove that segment k-1 equivocated against ``previous`` (the
+    commitment k-1 reported to the lead)? ``equivocation`` iff both signatures verify, both are the
+    same signer's statement about the same slot (every field but the digests and the signature equal:
+    request, step, segment, layers, positions, weights, dtype, seed commitment) and their output digests
+    differ: the signer then signed two different outputs for one slot, which no honest provider does
+    (it signs once per step), and nobody but the signer can produce the second signature. Otherwise
+    None: no proof (the receiver's own input mismatch stays its fault, ``input_mismatch``).
+
+    Invariant: never names the signer without two valid signatures of its own over different outputs
+    for one slot. Z3: ``equivocation_concrete`` (proofs/z3/check_rollback.py, TESTED with real
+    signatures); Lean: ``Verisplit.equivocation_needs_distinct_outputs``, ``Verisplit.equivocation_not_self``
+    (proofs/lean/Verisplit/Thm/Equivocation.lean; ``sigOk`` abstract)."""
+    _require_commitment(previous, "previous", InvalidChainInput)
+    _require_commitment(upstream, "upstream", InvalidChainInput)
+    if any(getattr(previous, name) != getattr(upstream, name) for name in _SLOT_FIELDS):
+        return None
+    if previous.output_digest == upstream.output_digest:
+        return None
+    if not (signature_valid(previous) and signature_valid(upstream)):
+        return None
+    return EQUIVOCATION, (f"segment {previous.segment_index} signed two different outputs for step {previous.step}: "
+                          "one reported to the lead, another forwarded to the next segment")
+
+
 def next_step_context(previous: StepContext, num_positions: int, first_position: int | None = None) -> StepContext:
     """Step k+1 continues step k: step number +1 and positions start where step k's ended, or, with
     ``first_position``, at any start rule K1 allows (``step_follows``: a speculative rollback to the
@@ -570,7 +603,8 @@ def check_exchanged_link(assignment: Assignment, segment_index: int, c: Boundary
 def check_exchanged_chain(cohort: Cohort, commitments: Sequence[BoundaryCommitment], first_input_digest: bytes,
                           sent_digests: Sequence[bytes], received_digests: Sequence[bytes],
                           context: StepContext,
-                          boundary_failures: Sequence[tuple[str, str] | None] = ()) -> ChainVerdict:
+                          boundary_failures: Sequence[tuple[str, str] | None] = (),
+                          upstream_commitments: Sequence[BoundaryCommitment | None] = ()) -> ChainVerdict:
     """The verdict on one step as exchanged: ``check_chain`` (H1-H3) combined with the receipt rule H4
     on every link whose sent/received bytes are known, and with H5 where the caller judged the
     received bytes (``boundary_failures[k]``: ``check_boundary`` of link k's output, or None); the
@@ -579,7 +613,12 @@ def check_exchanged_chain(cohort: Cohort, commitments: Sequence[BoundaryCommitme
 
     Invariant: equals the first failure of ``check_exchanged_link`` then ``check_boundary`` over the
     links in order when the lead forwarded every output unchanged (``sent_digests[k+1] ==
-    received_digests[k]``). Tests: tests/test_spec_commitment.py."""
+    received_digests[k]``). Direct data path: ``upstream_commitments[k]`` is the commitment segment k
+    returned as the one it accepted from k-1 (None or absent: none); when link k breaks H3
+    (``input_mismatch``) and that commitment proves k-1 equivocated (``check_equivocation`` against
+    ``commitments[k-1]``), the verdict is ``equivocation`` at link k-1 naming k-1 instead (after every
+    receipt/boundary check of the links before k, as the lead checks them). Tests:
+    tests/test_spec_commitment.py."""
     sent = require_sequence(sent_digests, "sent_digests", InvalidChainInput)
     received = require_sequence(received_digests, "received_digests", InvalidChainInput)
     boundaries = require_sequence(boundary_failures, "boundary_failures", InvalidChainInput)
@@ -596,6 +635,13 @@ def check_exchanged_chain(cohort: Cohort, commitments: Sequence[BoundaryCommitme
             failure = boundaries[index]
         if failure is not None:
             return ChainVerdict(False, index, cohort.assignments[index].provider_id, failure[0], failure[1])
+    upstream = require_sequence(upstream_commitments, "upstream_commitments", InvalidChainInput)
+    k = verdict.link
+    if (verdict.reason == INPUT_MISMATCH and k is not None and 0 < k < min(len(upstream), len(commitments))
+            and upstream[k] is not None):
+        proof = check_equivocation(commitments[k - 1], upstream[k])
+        if proof is not None:
+            return ChainVerdict(False, k - 1, cohort.assignments[k - 1].provider_id, proof[0], proof[1])
     return verdict
 
 

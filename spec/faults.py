@@ -2,7 +2,9 @@
 
 Two kinds of abort reason exist, and together they are every reason code the protocol uses:
 
-- a *protocol failure* breaks a signed rule (H1-H4: ``verisplit.spec.commitment.REASONS``): the
+- a *protocol failure* breaks a signed rule (H1-H4: ``verisplit.spec.commitment.REASONS``; on the
+  direct data path also ``equivocation``, ``DIRECT_REASONS``: two valid signatures of one provider
+  over different outputs for one slot): the
   provider that signed the offending commitment is the culprit; it is failed, forfeits its slice and
   is ejected;
 - an *outage* breaks no signed rule (the provider could not be reached, answered with an error, was
@@ -15,7 +17,9 @@ The implementation raises only these codes; a test checks that no reason code is
 
 from __future__ import annotations
 
-from verisplit.spec.commitment import REASONS as LINK_REASONS
+from verisplit.spec.commitment import DIRECT_REASONS, REASONS
+
+LINK_REASONS = tuple(REASONS) + DIRECT_REASONS  # every protocol failure (the culprit is ejected)
 
 UNAVAILABLE = "unavailable"            # the provider could not be reached or dropped the stream
 PROVIDER_ERROR = "provider_error"      # the provider answered with an error status

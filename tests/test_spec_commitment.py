@@ -9,11 +9,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from verisplit.spec.cohort import Assignment, Cohort
-from verisplit.spec.commitment import (BAD_SIGNATURE, EXTRA_COMMITMENT, INPUT_MISMATCH, MISSING_LINK, OUTPUT_MISMATCH,
+from verisplit.spec.commitment import (BAD_SIGNATURE, EQUIVOCATION, EXTRA_COMMITMENT, INPUT_MISMATCH, MISSING_LINK, OUTPUT_MISMATCH,
                                        RANGE_MISMATCH, REPLAY, STEP_GAP, WRONG_REQUEST, WRONG_SIGNER, InvalidChainInput,
-                                       StepContext, check_chain,
+                                       StepContext, check_chain, check_equivocation, check_exchanged_chain,
                                        check_receipt, commitment_from_dict, commitment_to_dict, next_step_context,
                                        signature_valid, signing_bytes)
+from verisplit.spec.faults import is_protocol_failure
 from spec_helpers import digest_of, key, resign, signed_chain
 
 
@@ -183,3 +184,40 @@ def test_culprit_less_extra_commitment_never_fails_or_ejects_an_honest_provider(
     signed = resign(chain[1], keys["p1"], segment_index=5)
     after = apply(state, CommitStep("req-1", digest_of(1), CTX.num_positions, tuple(chain) + (signed,)))
     assert after.requests["req-1"].failed == {"p1"}
+
+
+def test_equivocation_is_proved_only_by_two_valid_signatures_over_different_outputs() -> None:
+    """check_equivocation: the sender's second valid commitment for the same slot with another output
+    convicts it; its own commitment, a forgery, another signer or another slot proves nothing."""
+    cohort, keys = make_cohort(2)
+    reported = signed_chain(cohort, CTX, [1, 2, 3], keys)[0]
+    forwarded = resign(reported, keys["p0"], output_digest=digest_of(9))
+    assert check_equivocation(reported, forwarded)[0] == EQUIVOCATION
+    assert check_equivocation(reported, reported) is None
+    assert check_equivocation(reported, resign(reported, keys["p0"], input_digest=digest_of(7))) is None  # same output
+    assert check_equivocation(reported, replace(forwarded, signature=bytes(64))) is None
+    assert check_equivocation(reported, resign(reported, keys["p1"], output_digest=digest_of(9))) is None
+    assert check_equivocation(reported, resign(reported, keys["p0"], output_digest=digest_of(9), step=1)) is None
+    assert check_equivocation(reported, resign(reported, keys["p0"], output_digest=digest_of(9), request_id="r2")) is None
+    with pytest.raises(InvalidChainInput):
+        check_equivocation(reported, "not a commitment")  # type: ignore[arg-type]
+
+
+def test_exchanged_chain_blames_the_equivocating_sender_not_the_receiver() -> None:
+    """The reviewer's scenario: segment 0 reports X and forwards X' under a second signature; the
+    receiver computes on X'. Without the receiver's upstream commitment the verdict is input_mismatch
+    on the receiver; with it, equivocation on the sender; an upstream commitment that proves nothing
+    leaves the receiver's fault in place."""
+    cohort, keys = make_cohort(2)
+    c0 = signed_chain(cohort, CTX, [1, 2, 3], keys)[0]
+    forwarded = resign(c0, keys["p0"], output_digest=digest_of(9))
+    c1 = resign(signed_chain(cohort, CTX, [1, 9, 3], keys)[1], keys["p1"])
+    args = (cohort, [c0, c1], digest_of(1), [digest_of(1), digest_of(2)], [digest_of(2), digest_of(3)], CTX)
+    blamed = check_exchanged_chain(*args)
+    assert (blamed.link, blamed.culprit, blamed.reason) == (1, "p1", INPUT_MISMATCH)
+    proved = check_exchanged_chain(*args, upstream_commitments=[None, forwarded])
+    assert (proved.link, proved.culprit, proved.reason) == (0, "p0", EQUIVOCATION)
+    assert is_protocol_failure(EQUIVOCATION)
+    forged = check_exchanged_chain(*args, upstream_commitments=[None, replace(forwarded, signature=bytes(64))])
+    assert (forged.link, forged.culprit, forged.reason) == (1, "p1", INPUT_MISMATCH)
+    assert check_exchanged_chain(*args, upstream_commitments=[None, c0]).culprit == "p1"

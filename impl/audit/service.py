@@ -119,7 +119,8 @@ def analyse_chain(record: Any, layer_work: Sequence[int] | None = None,
         verdict = check_exchanged_chain(cohort, step_record.commitments[:known], step_record.first_input_digest,
                                         [digest_encoded(b) for b in step_record.inputs[:known]],
                                         [digest_encoded(b) for b in step_record.outputs[:known]], context,
-                                        boundary_failures(step_record, context, len(assignments), sizes))
+                                        boundary_failures(step_record, context, len(assignments), sizes),
+                                        getattr(step_record, "upstream_commitments", [])[:known])
         last = position == len(record.steps) - 1
         if not verdict.valid and last and non_protocol_abort and verdict.reason == MISSING_LINK and verdict.link == known:
             # The step was cut short by an outage (a provider unreachable, erroring, slow, or sending an

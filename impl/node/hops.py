@@ -105,6 +105,7 @@ class Hop:
         self.frames_sent = 0
         self.deadline = StepDeadline(step_timeout_s)
         self.reassembler = Reassembler("output")
+        self.upstream_commitment: pb.Commitment | None = None  # direct path: what the last step accepted from k-1
 
     def fail(self, reason: str, detail: str) -> CohortError:
         return CohortError(self.provider_id, reason, detail, self.index)
@@ -123,11 +124,13 @@ class Hop:
                    audit_seed_commitment: bytes, dtype: str, first_step: int = 0, **direct: Any) -> None:
         """Open the session with a lead-signed opening that fixes the request's audit-seed commitment
         and dtype before the first step, then its stream (bound to the session at once; a replacement
-        starts at ``first_step``, its replay step)."""
+        starts at ``first_step``, its replay step). The opening names this hop's provider key and expires
+        (``open_session_request``), so no other provider serves it and it cannot be replayed later."""
         request = open_session_request(lead_key, session_id=session_id, request_id=request_id, model_id=model_id,
                                        segment_index=self.index, first_layer=self.first_layer,
                                        end_layer=self.end_layer, max_length=max_length,
-                                       audit_seed_commitment=audit_seed_commitment, dtype=dtype, **direct)
+                                       audit_seed_commitment=audit_seed_commitment, dtype=dtype,
+                                       recipient_public_key=self.offer.fields.public_key, **direct)
         try:
             await self.stub.OpenSession(request, timeout=min(OPEN_TIMEOUT_S, self.step_timeout_s))
         except grpc.aio.AioRpcError as exc:
@@ -175,6 +178,7 @@ class Hop:
             if out is not None:
                 if not message.HasField("commitment"):
                     raise self.fail(MISSING_LINK, "Steps: the last output chunk carries no commitment")
+                self.upstream_commitment = message.upstream_commitment if message.HasField("upstream_commitment") else None
                 return out, message.commitment
 
     async def _ended(self) -> CohortError:

@@ -293,6 +293,8 @@ class ProviderService(pb_grpc.ProviderServicer):
                     if blob is None:
                         continue
                     results = await self._run_step(self.sessions[bound], frame, blob)
+                    if frame.from_upstream:
+                        self.direct.attach_upstream(frame, results)
                     if frame.forward:
                         self.direct.forward(frame, results)
                 except FramingError as exc:

@@ -59,6 +59,9 @@ class StepRecord:
     commitments: list[BoundaryCommitment]
     inputs: list[bytes]
     outputs: list[bytes]
+    # Direct data path: per segment index, the upstream commitment that segment returned as accepted
+    # from k-1 (None: none); kept so the chain analysis can prove an equivocation (check_exchanged_chain).
+    upstream_commitments: list[BoundaryCommitment | None] = field(default_factory=list)
 
 
 @dataclass
@@ -148,6 +151,8 @@ class RequestStore:
                     "commitments": [commitment_to_dict(c) for c in s.commitments],
                     "inputs": [self._put(b) for b in s.inputs],
                     "outputs": [self._put(b) for b in s.outputs],
+                    **({"upstream_commitments": [None if c is None else commitment_to_dict(c)
+                                                 for c in s.upstream_commitments]} if s.upstream_commitments else {}),
                 })
             saved_at = max([time.time_ns()] + [t + 1 for t, _ in self._index.values()])
             body = {
@@ -267,6 +272,8 @@ class RequestStore:
                 commitments=[commitment_from_dict(c) for c in s["commitments"]],
                 inputs=[b for b in (get(name) for name in s["inputs"]) if b is not None],
                 outputs=[b for b in (get(name) for name in s["outputs"]) if b is not None],
+                upstream_commitments=[None if c is None else commitment_from_dict(c)
+                                      for c in s.get("upstream_commitments", [])],
             ) for s in body["steps"]]
             return RequestRecord(
                 request_id=body["request_id"], model_id=body["model_id"], cohort=cohort_from_dict(body["cohort"]),

@@ -54,3 +54,7 @@ import Verisplit
 #print axioms Verisplit.replacement_covers
 #print axioms Verisplit.replay_positions
 #print axioms Verisplit.outage_refund_exact
+#print axioms Verisplit.equivocation_needs_distinct_outputs
+#print axioms Verisplit.equivocation_needs_both_signatures
+#print axioms Verisplit.equivocation_same_signer
+#print axioms Verisplit.equivocation_not_self

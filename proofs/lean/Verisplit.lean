@@ -10,6 +10,7 @@ import Verisplit.Spec.Boundary
 import Verisplit.Spec.Escrow
 import Verisplit.Spec.Rollback
 import Verisplit.Spec.Recovery
+import Verisplit.Spec.Equivocation
 import Verisplit.Thm.Settlement
 import Verisplit.Thm.Deterrence
 import Verisplit.Thm.Commitment
@@ -18,3 +19,4 @@ import Verisplit.Thm.Boundary
 import Verisplit.Thm.Escrow
 import Verisplit.Thm.Rollback
 import Verisplit.Thm.Recovery
+import Verisplit.Thm.Equivocation

@@ -31,7 +31,8 @@ from typing import Any, Iterator
 import z3
 
 from verisplit.proofs_z3.core import Evidence, Kind, Obligation, concrete, register, valid
-from verisplit.spec.commitment import InvalidChainInput, StepContext, check_forwarded, next_step_context, step_follows
+from verisplit.spec.commitment import (InvalidChainInput, StepContext, check_equivocation, check_forwarded, next_step_context,
+                                       step_follows)
 from verisplit.spec.settlement import plain_decoding_steps
 
 FOLLOWS = "verisplit.spec.commitment.step_follows"
@@ -193,3 +194,49 @@ def forwarded_concrete() -> Iterator[Obligation]:
         if (got[0] if got else None) != expected:
             failures.append(f"{label}: got {got}, expected {expected}")
     yield concrete("check_forwarded verdicts", not failures, time.perf_counter() - t0, "; ".join(failures[:3]))
+
+
+EQUIVOCATION_FN = "verisplit.spec.commitment.check_equivocation"
+
+
+def _equivocation_cases() -> Iterator[tuple[str, Any, Any, Any]]:
+    """(label, previous, upstream, expected reason): one honest double (the same commitment), the
+    equivocation, and every way the second commitment can fail to prove one."""
+    import hashlib
+
+    from nacl.signing import SigningKey
+
+    from verisplit.spec.commitment import EQUIVOCATION, PROTOCOL_VERSION, BoundaryCommitment, sign_commitment
+
+    sender, other = SigningKey(bytes(range(32))), SigningKey(bytes(32))
+    x, x2 = hashlib.sha256(b"reported").digest(), hashlib.sha256(b"forwarded").digest()
+    for step in (0, 3):
+        for first, n in ((0, 5), (9, 1)):
+            base = BoundaryCommitment(PROTOCOL_VERSION, "m", bytes(32), "req", step, 1, 2, 4, first, n, bytes(32), x,
+                                      bytes(32))
+            previous = sign_commitment(base, sender)
+            forked = replace(base, output_digest=x2)
+            yield f"same commitment s={step} [{first},+{n})", previous, previous, None
+            yield "re-signed same output", previous, sign_commitment(replace(base, input_digest=x2), sender), None
+            yield "two outputs, one slot", previous, sign_commitment(forked, sender), EQUIVOCATION
+            yield "forged second signature", previous, replace(sign_commitment(forked, sender), signature=bytes(64)), None
+            yield "another signer", previous, sign_commitment(forked, other), None
+            yield "invalid first signature", replace(previous, signature=bytes(64)), sign_commitment(forked, sender), None
+            for name, value in (("request_id", "req-2"), ("step", step + 1), ("segment_index", 2), ("first_layer", 0),
+                                ("first_position", first + 1), ("num_positions", n + 1), ("dtype", "float16")):
+                yield f"other {name}", previous, sign_commitment(replace(forked, **{name: value}), sender), None
+
+
+@register("equivocation_concrete", spec_functions=(EQUIVOCATION_FN,), evidence=Evidence.TESTED,
+          bound="exhaustive: 4 step/position shapes x {same, equivocation, 12 non-proofs}, real Ed25519")
+def equivocation_concrete() -> Iterator[Obligation]:
+    """check_equivocation names the signer exactly when it signed two outputs for one slot, both
+    signatures valid; never on one commitment, another signer, a forged signature or another slot."""
+    t0 = time.perf_counter()
+    failures = []
+    for label, previous, upstream, expected in _equivocation_cases():
+        got = check_equivocation(previous, upstream)
+        if (got[0] if got else None) != expected:
+            failures.append(f"{label}: got {got}, expected {expected}")
+    yield concrete("check_equivocation verdicts", not failures, time.perf_counter() - t0, "; ".join(failures[:3]))
+    return True

@@ -350,6 +350,7 @@ _ORIG_ESCROW_STEP = spec_escrow.escrow_step
 _ORIG_RESIZE = spec_escrow.resize_window
 _ORIG_MEMBER_STEP = spec_escrow.member_step
 _ORIG_FORWARDED = spec_commitment.check_forwarded
+_ORIG_EQUIVOCATION = spec_commitment.check_equivocation
 
 
 def escrow_forfeit_drops_held(window: Sequence[Any], payout: Any, failed: Any) -> Any:
@@ -483,6 +484,22 @@ def recovered_fee_plus_one(values: Sequence[Any]) -> Any:
 def replacement_work_without_replay(units: Any, replay_positions: Any, served_positions: Any) -> Any:
     """The replay is not paid."""
     return units * served_positions
+
+def equivocation_ignores_signer(previous: Any, upstream: Any) -> Any:
+    """Mutant: any validly signed second commitment for the slot proves it, whoever signed it."""
+    if not spec_commitment.signature_valid(upstream) or previous.output_digest == upstream.output_digest:
+        return None
+    same = all(getattr(previous, f) == getattr(upstream, f) for f in spec_commitment._SLOT_FIELDS if f != "signer")
+    return (spec_commitment.EQUIVOCATION, "mutant") if same else None
+
+
+def equivocation_ignores_signature(previous: Any, upstream: Any) -> Any:
+    """Mutant: the second commitment's signature is not verified (anyone could forge the proof)."""
+    if previous.output_digest == upstream.output_digest:
+        return None
+    same = all(getattr(previous, f) == getattr(upstream, f) for f in spec_commitment._SLOT_FIELDS)
+    return (spec_commitment.EQUIVOCATION, "mutant") if same else None
+
 
 C = "verisplit.spec.cohort"
 H = "verisplit.spec.commitment"
@@ -683,6 +700,10 @@ MUTANTS: list[Mutant] = [
            "wrong fee: one unit above the total value"),
     Mutant("outage_refund_exact", "replay_unpaid", f"{R}:replacement_work", replacement_work_without_replay,
            "the replacement is not paid for its replay"),
+    Mutant("equivocation_concrete", "ignores_signer", f"{H}:check_equivocation", equivocation_ignores_signer,
+           "dropped condition: another key's commitment convicts the sender"),
+    Mutant("equivocation_concrete", "ignores_signature", f"{H}:check_equivocation", equivocation_ignores_signature,
+           "dropped condition: a forged second signature convicts the sender"),
 ]
 
 
