@@ -267,8 +267,11 @@ def create_app(lead: Lead) -> FastAPI:
         return await respond(Job(await begin(prompt_ids, budget, body, request), body, stops, True, top, 0))
 
     def logprob_at(job: Job, index: int, token: int, start: int) -> TokenLogprob:
-        # the lead appends step ``index``'s record (with the logits bytes) before it yields token ``index``
-        row = last_row_logits(job.run.steps[index].outputs[-1], vocab)
+        # the lead appends a step's record (with the logits bytes) before it yields the step's tokens; plain
+        # decoding draws token ``index`` from step ``index``'s last row, speculative names (step, row)
+        rows = job.run.token_rows
+        step, back = rows[index] if len(rows) > index else (index, 0)
+        row = last_row_logits(job.run.steps[step].outputs[-1], vocab, back)
         return token_logprob(row, token, job.top or 0, start)
 
     async def generate(job: Job) -> AsyncIterator[tuple[str, list[TokenLogprob]]]:

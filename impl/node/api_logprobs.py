@@ -92,12 +92,14 @@ class TokenLogprob:
     start: int
 
 
-def last_row_logits(logits_blob: bytes, vocab: int) -> torch.Tensor:
-    """The last row of a canonical fp32 ``[positions, vocab]`` frame (its data is the frame's tail)."""
+def last_row_logits(logits_blob: bytes, vocab: int, back: int = 0) -> torch.Tensor:
+    """Row ``positions - 1 - back`` of a canonical fp32 ``[positions, vocab]`` frame (its data is the
+    frame's tail; ``back`` = 0 is the last row, a speculative step's earlier rows have ``back`` > 0)."""
     n = 4 * vocab
-    if len(logits_blob) < n:
-        raise ValueError(f"logits: frame of {len(logits_blob)} bytes holds no row of {vocab} fp32 values")
-    return torch.frombuffer(bytearray(logits_blob[-n:]), dtype=torch.float32)
+    end = len(logits_blob) - back * n
+    if back < 0 or end < n:
+        raise ValueError(f"logits: frame of {len(logits_blob)} bytes holds no row {back} from the end of {vocab} fp32 values")
+    return torch.frombuffer(bytearray(logits_blob[end - n:end]), dtype=torch.float32)
 
 
 def _finite(x: float) -> float:

@@ -98,6 +98,7 @@ class RequestRun:
     fee: int = 0
     seed_commitment: bytes = NO_SEED_COMMITMENT
     step_positions: list[int] | None = None  # speculative runs: positions of each completed step (F1)
+    token_rows: list[tuple[int, int]] = field(default_factory=list)  # speculative: (step, row from the end) per token
     speculative: dict[str, Any] | None = None  # speculative runs: steps, drafted, accepted
     owner: str | None = None  # the id of the API key that started it (api_auth.key_id); None without keys
     replacements: list[Replacement] = field(default_factory=list)

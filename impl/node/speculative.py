@@ -13,7 +13,9 @@ so providers overwrite their KV cache from there. Invariants:
   token is distributed as in plain sampling (the random stream differs, so seeded outputs differ);
 - never more than ``max_tokens`` tokens: the draft is capped at the tokens still allowed minus one;
 - ``run.step_positions`` lists the positions of every completed step, the request's billable
-  positions (rule F1 over steps, ``billable_positions(..., step_positions)``).
+  positions (rule F1 over steps, ``billable_positions(..., step_positions)``);
+- ``run.token_rows[i]`` names the step and logits row (counted from the step's last row) that
+  generated token i was drawn from, so its logprobs come from exactly those logits.
 """
 
 from __future__ import annotations
@@ -83,8 +85,9 @@ async def speculative_tokens(lead: "Lead", run: "RequestRun", hops: "list[Hop]",
             stats.steps += 1
             stats.drafted += len(draft)
             stats.accepted += len(new) - 1
-            for token in new:
+            for i, token in enumerate(new):  # token i was drawn from row len(pending) - 1 + i of this step
                 run.generated.append(token)
+                run.token_rows.append((len(run.steps) - 1, len(tokens) - len(pending) - i))
                 yield token
                 if token in stops:
                     run.finish_reason = "stop"
