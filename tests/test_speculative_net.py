@@ -189,3 +189,21 @@ def test_logprobs_of_speculative_tokens_come_from_the_row_they_were_drawn_from(n
         row = expected[len(prompt) - 1 + i]
         assert abs(logprob - float(row[token])) < 1e-3, (i, logprob, float(row[token]))
         assert token == int(torch.argmax(row))
+
+
+def test_billed_positions_are_the_lookup_drafters_rule_k2(net: dict[str, Any]) -> None:
+    """From the public view alone (token ids, steps, the speculative parameters) a client recomputes
+    every step's positions (rule K2): an honest speculative lead passes; the same view with one step
+    padded by a junk draft position (what a lead billing extra positions would record) is refused."""
+    from verisplit.spec.speculative import DRAFT_MISMATCH, check_draft_lengths
+
+    for prompt in PROMPTS:
+        _, info = run(net["client"], prompt)
+        spec = info["speculative"]
+        assert (spec["k"], spec["max_tokens"]) == (K, MAX_TOKENS)
+        steps = [(s["first_position"], s["num_positions"]) for s in info["steps"]]
+        args = (info["prompt_token_ids"], info["completion_token_ids"])
+        assert check_draft_lengths(*args, steps, spec["k"], spec["max_tokens"], spec["max_ngram"]) is None
+        padded = [(f, n + (j == len(steps) // 2)) for j, (f, n) in enumerate(steps)]
+        failure = check_draft_lengths(*args, padded, spec["k"], spec["max_tokens"], spec["max_ngram"])
+        assert failure is not None and failure[0] == DRAFT_MISMATCH

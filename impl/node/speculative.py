@@ -96,5 +96,5 @@ async def speculative_tokens(lead: "Lead", run: "RequestRun", hops: "list[Hop]",
             next_first = context.first_position + len(pending) + len(new) - 1
             pending = [new[-1]]
         run.finish_reason = "length"
-    finally:
-        run.speculative = stats.as_dict()
+    finally:  # K2's parameters with the counts: the public view lets anyone recompute every step's positions
+        run.speculative = stats.as_dict() | {"k": k, "max_ngram": max_ngram, "max_tokens": params.max_tokens}

@@ -39,6 +39,8 @@ def request_view(record: RequestRecord, offers: Sequence[Offer] = ()) -> dict[st
         "audit_seed_commitment": record.extra.get("audit_seed_commitment"),
         "owner": record.extra.get("owner"),  # the creating key's id; the API checks it and never shows it
         "tensors_discarded": record.tensors_discarded,
+        # a speculative request's counts and rule K2's parameters (k, max_ngram, max_tokens); None otherwise
+        "speculative": record.extra.get("speculative"),
         # providers replaced mid-request (rules R1-R3), without the replay's output bytes
         "replacements": [{k: v for k, v in r.items() if k != "replay_output"} for r in record.extra.get("replacements", [])],
         "commitments_checked": sum(len(s.commitments) for s in record.steps) - failed_link,

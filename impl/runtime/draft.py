@@ -24,30 +24,16 @@ from typing import Sequence
 import torch
 
 from verisplit.impl.runtime.errors import SegmentInputError
-
-
-DRAFT_WINDOW = 4096  # tokens of history searched for a match: bounds the lead's per-step drafting cost
+from verisplit.spec.speculative import DRAFT_WINDOW, lookup_draft
 
 
 def propose_ngram(history: Sequence[int], k: int, max_ngram: int = 3, min_ngram: int = 1,
                   window: int = DRAFT_WINDOW) -> list[int]:
     """Up to ``k`` tokens that followed the most recent earlier occurrence of the history's last n
-    tokens, trying n = ``max_ngram`` down to ``min_ngram`` (longest match first, as vLLM's n-gram
-    proposer), searched within the last ``window`` tokens only, so one call costs
-    O(window x max_ngram) however long the request (drafting runs on the lead's event loop);
-    ``[]`` when nothing matches or ``k <= 0``."""
-    if k <= 0 or min_ngram < 1 or max_ngram < min_ngram:
-        return []
-    tokens = list(history[-window:]) if window > 0 else list(history)
-    length = len(tokens)
-    for n in range(min(max_ngram, length - 1), min_ngram - 1, -1):
-        suffix = tokens[length - n:]
-        for start in range(length - n - 1, -1, -1):  # most recent earlier occurrence first
-            if tokens[start:start + n] == suffix:
-                follow = tokens[start + n:start + n + k]
-                if follow:
-                    return follow
-    return []
+    tokens, longest match first, within the last ``window`` tokens (the drafting cost of one step is
+    O(window x max_ngram), on the lead's event loop): exactly the spec's drafter ``lookup_draft``
+    (rule K2), so the positions a speculative lead bills can be recomputed by anyone."""
+    return lookup_draft(history, k, max_ngram, min_ngram, window)
 
 
 def greedy_accept(draft: Sequence[int], rows: torch.Tensor) -> list[int]:

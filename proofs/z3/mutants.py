@@ -33,6 +33,7 @@ from verisplit.spec import deterrence as spec_deterrence
 from verisplit.spec import escrow as spec_escrow
 from verisplit.spec import recovery as spec_recovery
 from verisplit.spec import settlement as spec_settlement
+from verisplit.spec import speculative as spec_speculative
 from verisplit.spec.arith import all_of, fdiv, ite, negate
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "proofs.md"
@@ -350,6 +351,7 @@ _ORIG_ESCROW_STEP = spec_escrow.escrow_step
 _ORIG_RESIZE = spec_escrow.resize_window
 _ORIG_MEMBER_STEP = spec_escrow.member_step
 _ORIG_FORWARDED = spec_commitment.check_forwarded
+_ORIG_EXPECTED_POSITIONS = spec_speculative.expected_step_positions
 _ORIG_EQUIVOCATION = spec_commitment.check_equivocation
 
 
@@ -499,6 +501,21 @@ def equivocation_ignores_signature(previous: Any, upstream: Any) -> Any:
         return None
     same = all(getattr(previous, f) == getattr(upstream, f) for f in spec_commitment._SLOT_FIELDS)
     return (spec_commitment.EQUIVOCATION, "mutant") if same else None
+
+
+
+def expected_positions_uncapped(prompt: Any, completion: Any, step_firsts: Any, k: int, max_tokens: int,
+                                max_ngram: int = 3) -> list[int]:
+    """Forgets the max_tokens cap on the draft (the lead never drafts past the last allowed token)."""
+    return _ORIG_EXPECTED_POSITIONS(prompt, completion, step_firsts, k, max_tokens + k, max_ngram)
+
+
+def draft_check_allows_one_extra(prompt: Any, completion: Any, steps: Any, k: int, max_tokens: int,
+                                 max_ngram: int = 3) -> Any:
+    """Off by one: a step padded by one position passes."""
+    expected = _ORIG_EXPECTED_POSITIONS(prompt, completion, [f for f, _ in steps], k, max_tokens, max_ngram)
+    bad = [j for j, ((_, n), want) in enumerate(zip(steps, expected)) if not want <= n <= want + 1]
+    return None if not bad else ("draft_mismatch", f"step {bad[0]}")
 
 
 C = "verisplit.spec.cohort"
@@ -704,6 +721,10 @@ MUTANTS: list[Mutant] = [
            "dropped condition: another key's commitment convicts the sender"),
     Mutant("equivocation_concrete", "ignores_signature", f"{H}:check_equivocation", equivocation_ignores_signature,
            "dropped condition: a forged second signature convicts the sender"),
+    Mutant("draft_lengths_concrete", "uncapped", "verisplit.spec.speculative:expected_step_positions",
+           expected_positions_uncapped, "the draft cap at max_tokens is forgotten: honest final steps are refused"),
+    Mutant("draft_lengths_concrete", "one_extra", "verisplit.spec.speculative:check_draft_lengths",
+           draft_check_allows_one_extra, "off by one: a step padded by one draft position passes"),
 ]
 
 

@@ -22,7 +22,8 @@ from verisplit.proofs_z3.core import ASSUMPTIONS, CHECKS, Assumption, Check, Che
 
 # One module per property; importing them fills the registry.
 MODULES = ("check_settlement", "check_deterrence", "check_chain", "check_tiling", "check_audit", "check_soundness",
-           "check_escrow", "check_rollback", "check_recovery")
+           "check_escrow", "check_rollback", "check_recovery",
+           "check_drafts")
 
 
 def load_checks() -> dict[str, Check]:
