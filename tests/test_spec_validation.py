@@ -246,6 +246,20 @@ CASES: list[Case] = [
          lambda v: commitment.next_step_context(CONTEXT, v), 1, "num_positions"),
     Case("next_step_context.previous", InvalidChainInput, NOT_SEQUENCE,
          lambda v: commitment.next_step_context(v, 1), CONTEXT, "context"),
+    Case("check_forwarded.c", InvalidChainInput, NOT_SEQUENCE,
+         lambda v: commitment.check_forwarded(v, CHAIN[0].signer, CHAIN[0].request_id, CHAIN[0].step,
+                                              CHAIN[0].first_position, CHAIN[0].num_positions, CHAIN[0].output_digest),
+         CHAIN[0], "commitment"),
+    Case("check_forwarded.received_digest", InvalidChainInput, NOT_DIGEST,
+         lambda v: commitment.check_forwarded(CHAIN[0], CHAIN[0].signer, CHAIN[0].request_id, CHAIN[0].step,
+                                              CHAIN[0].first_position, CHAIN[0].num_positions, v),
+         CHAIN[0].output_digest, "received_digest"),
+    Case("check_equivocation.previous", InvalidChainInput, NOT_SEQUENCE,
+         lambda v: commitment.check_equivocation(v, CHAIN[0]), CHAIN[0], "previous"),
+    Case("check_equivocation.upstream", InvalidChainInput, NOT_SEQUENCE,
+         lambda v: commitment.check_equivocation(CHAIN[0], v), CHAIN[0], "upstream"),
+    Case("router_candidates.k", InvalidCohort, not_int_or(st.integers(max_value=0)),
+         lambda v: cohort.router_candidates(OFFERS, 4, v), 2, "k"),
     Case("commitment_to_dict.c", InvalidCommitment,
          st.one_of(NOT_SEQUENCE, st.one_of(st.none(), st.integers(), st.text(max_size=2)).map(
              lambda v: _commitment(output_digest=v))),
@@ -392,6 +406,8 @@ EXEMPT = {
     "verisplit.spec.commitment.link_rule": "total: digest equality on any two values (runs on Z3 terms too)",
     "verisplit.spec.protocol.expected_settlement": "settlement (owned by the settlement work)",
     "verisplit.spec.commitment.check_boundary": "total: judges facts about received bytes, any value is an answer",
+    "verisplit.spec.commitment.step_follows": "total: integer comparisons that also run on Z3 terms (rule K1 proofs)",
+    "verisplit.spec.protocol.replay_input_of": "a ReplaceProvider event's own field; apply(ReplaceProvider) validates it",
 }
 GOOD_RAISES: dict[str, type[Exception]] = {
     # calls whose good value is valid input but still (correctly) ends in a documented rule failure
