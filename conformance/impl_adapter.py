@@ -259,6 +259,9 @@ class ImplAdapter(Adapter):
         data.mkdir(parents=True)
         lead = Lead(self.checkpoint, data, offer_ttl_s=1e9, step_timeout_s=60.0, session_key=self._session_key,
                     direct=self.direct)
+        # The spec routes over every live offer: it does not model demotion (a routing preference the lead
+        # applies after repeated outages, issue 12), so the kill/hang actions must not demote anyone here.
+        lead.registry.demote_after = 1 << 30
         service = AuditService(self.checkpoint, data / "ledger.sqlite", self._lead_key, self.audit_p, self.audit_seed,
                                self.tolerance, lead.registry.eject, lead_id=self.lead_id, device=self.device,
                                verifier=self.verifier, probation_requests=0, escrow_window=IMPL_ESCROW_WINDOW)

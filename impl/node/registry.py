@@ -80,6 +80,8 @@ class Registry:
         self._banned: dict[bytes, str] = {}
         self._banned_ids: dict[str, str] = {}  # ids a key was ejected under stay banned (rule A4)
         self.admission = admission
+        # outages before a demotion; None: the admission policy's (``demote_after``), default 3
+        self.demote_after: int | None = None
         self.wall_ms = wall_ms
         self.on_register: Callable[[str], Awaitable[None]] | None = None  # set by the lead: the possession probe
         policy = admission or AdmissionPolicy()
@@ -262,8 +264,8 @@ class Registry:
         the others still cover every layer (then they are the router's last resort, not ejected)."""
         routable = [e for e in self.entries() if e.suspended is None and e.proven]
         policy = self.admission or AdmissionPolicy()
-        now = self.clock()
-        good = [e for e in routable if sum(1 for t in e.outage_times if now - t <= policy.demote_window_s) < policy.demote_after]
+        now, limit = self.clock(), self.demote_after if self.demote_after is not None else policy.demote_after
+        good = [e for e in routable if sum(1 for t in e.outage_times if now - t <= policy.demote_window_s) < limit]
         if len(good) < len(routable) and _covers([e.offer for e in good], self.model.num_layers):
             routable = good
         return [e.offer for e in routable]
