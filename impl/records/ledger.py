@@ -47,7 +47,7 @@ from typing import Any, Iterator, Mapping
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
-from verisplit.impl.records.ledger_head import write_head_file
+from verisplit.impl.records.ledger_head import GENESIS_HASH, _is_hex, canonical_json, write_head_file
 from verisplit.impl.records.ledger_escrow import (EscrowTally, LedgerError, escrow_step_of, record_problem, replay,
                                                   terms_of, terms_to_json, totals_view)
 from verisplit.spec.escrow import EscrowTerms, KeyAccount
@@ -55,7 +55,6 @@ from verisplit.spec.settlement import Settlement, SettlementError, settle
 
 RECORD_DOMAIN = b"verisplit/ledger-record/v1\x00"
 HEAD_DOMAIN = b"verisplit/ledger-head/v1\x00"
-GENESIS_HASH = "00" * 32
 LEDGER_VERSION = 3  # 3: escrow (terms, members); 2: per-provider prices and values, recorded_at_ms; 1: work alone
 
 _SCHEMA = """
@@ -90,11 +89,6 @@ class VerifyReport:
     bad_request_id: str | None = None
     message: str = ""
     escrow: dict[str, Any] | None = None  # on success: escrow totals, {"total": {...}, "keys": {key: {...}}}
-
-
-def canonical_json(obj: Any) -> str:
-    """Sorted keys, compact separators, UTF-8 text, NaN/Infinity refused."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def record_hash(body_text: str) -> str:
@@ -361,16 +355,6 @@ class Ledger:
         if expect_head is None or not report.ok:
             return report
         return check_expected_head(self._db, report, expect_head)
-
-def _is_hex(text: object, nbytes: int) -> bool:
-    if not isinstance(text, str) or len(text) != 2 * nbytes:
-        return False
-    try:
-        bytes.fromhex(text)
-    except ValueError:
-        return False
-    return True
-
 
 def _signature_ok(key_hex: str, message: bytes, signature_hex: object) -> bool:
     if not _is_hex(key_hex, 32) or not _is_hex(signature_hex, 64) or not message:

@@ -22,6 +22,7 @@ GENESIS_HASH = "00" * 32
 
 
 def canonical_json(obj: Any) -> str:
+    """Sorted keys, compact separators, UTF-8 text, NaN/Infinity refused (the ledger's one encoding)."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
