@@ -181,6 +181,19 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         info["client"].close()
 
 
+def start_test_provider(net: dict[str, Any], provider_id: str, behaviour: str) -> Any:
+    """Start a price-1 provider of layers [2, 4) running this module's test-only ``behaviour`` class
+    under a fresh key, and wait until it is ready (the lead then routes segment 1 to it)."""
+    key = net["root"] / "keys" / f"{provider_id}.key"
+    create_key_file(key)
+    args = ("--checkpoint", str(net["checkpoint"]), "--layers", "2:4", "--key", str(key), "--listen", "127.0.0.1:0",
+            "--lead", net["grpc"], "--price", "1", "--provider-id", provider_id)
+    child = net["group"].spawn(provider_id, cheatkit.provider_command(f"test_direct_net:{behaviour}", *args),
+                               extra_env=cheatkit.provider_env())
+    net["group"].wait_ready([child], timeout=150)
+    return child
+
+
 def test_direct_greedy_equals_one_process_and_every_link_is_recorded(net: dict[str, Any]) -> None:
     client = net["client"]
     response = client.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 10, "temperature": 0})
@@ -227,13 +240,7 @@ def test_receiver_refuses_a_forward_that_differs_from_the_signed_output(net: dic
     at segment 1's link naming it, and, the dispute being unverifiable, nobody is ejected."""
     client = net["client"]
     group: ProcessGroup = net["group"]
-    key = net["root"] / "keys" / "tamperer.key"
-    create_key_file(key)
-    args = ("--checkpoint", str(net["checkpoint"]), "--layers", "2:4", "--key", str(key), "--listen", "127.0.0.1:0",
-            "--lead", net["grpc"], "--price", "1", "--provider-id", "tamperer")
-    child = group.spawn("tamperer", cheatkit.provider_command("test_direct_net:ForwardTamperer", *args),
-                        extra_env=cheatkit.provider_env())
-    group.wait_ready([child], timeout=150)
+    child = start_test_provider(net, "tamperer", "ForwardTamperer")
     try:
         assert [a["provider_id"] for a in client.get("/v1/cohort").json()["assignments"]][1] == "tamperer"
         response = client.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 4, "temperature": 0})
@@ -258,13 +265,7 @@ def test_an_equivocating_sender_is_ejected_and_the_honest_receiver_is_not(net: d
     ``input_mismatch`` and eject it); the record's chain analysis reaches the same verdict."""
     client = net["client"]
     group: ProcessGroup = net["group"]
-    key = net["root"] / "keys" / "equivocator.key"
-    create_key_file(key)
-    args = ("--checkpoint", str(net["checkpoint"]), "--layers", "2:4", "--key", str(key), "--listen", "127.0.0.1:0",
-            "--lead", net["grpc"], "--price", "1", "--provider-id", "equivocator")
-    child = group.spawn("equivocator", cheatkit.provider_command("test_direct_net:Equivocator", *args),
-                        extra_env=cheatkit.provider_env())
-    group.wait_ready([child], timeout=150)
+    child = start_test_provider(net, "equivocator", "Equivocator")
     try:
         assignments = client.get("/v1/cohort").json()["assignments"]
         assert [a["provider_id"] for a in assignments][1] == "equivocator", assignments
@@ -297,13 +298,7 @@ def test_junk_forwards_from_a_stranger_do_not_fail_an_honest_request(net: dict[s
     request = {"prompt": PROMPT, "max_tokens": 4, "temperature": 0}
     clean = client.post("/v1/completions", json=request)
     assert clean.status_code == 200, clean.text
-    key = net["root"] / "keys" / "junker.key"
-    create_key_file(key)
-    args = ("--checkpoint", str(net["checkpoint"]), "--layers", "2:4", "--key", str(key), "--listen", "127.0.0.1:0",
-            "--lead", net["grpc"], "--price", "1", "--provider-id", "junker")
-    child = group.spawn("junker", cheatkit.provider_command("test_direct_net:JunkBeforeForward", *args),
-                        extra_env=cheatkit.provider_env())
-    group.wait_ready([child], timeout=150)
+    child = start_test_provider(net, "junker", "JunkBeforeForward")
     try:
         assert [a["provider_id"] for a in client.get("/v1/cohort").json()["assignments"]][1] == "junker"
         response = client.post("/v1/completions", json=request)

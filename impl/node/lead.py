@@ -357,6 +357,7 @@ class Lead:
             if info is not None:
                 info.update(merged)
                 info["pending_hooks"] = max(0, info.get("pending_hooks", 1) - 1)
+                self._info.remeasure(record.request_id)  # audits and settlement grew the view: the byte bound holds
         with contextlib.suppress(OSError, RecordError):
             await asyncio.to_thread(self.store.save_extras, record.request_id, merged)
         if not self.keep_tensors:  # audits done: the next save drops this record's tensor bytes

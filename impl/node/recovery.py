@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from verisplit.impl.node.framing import commitment_from_pb
 from verisplit.impl.node.hops import CohortError, Hop, check_hop_boundary, output_byte_limit
@@ -28,7 +28,7 @@ from verisplit.impl.records.replacements import Replacement, spec_replacements
 from verisplit.spec.cohort import segment_work
 from verisplit.spec.commitment import StepContext
 from verisplit.spec.encoding import digest_encoded
-from verisplit.spec.faults import TIMEOUT, UNAVAILABLE, is_outage
+from verisplit.spec.faults import UNAVAILABLE, is_outage
 from verisplit.spec.recovery import (RecoveryInputError, check_replay, choose_replacement, recovered_fee,
                                      replacement_work, replay_context, replay_input)
 
@@ -36,9 +36,6 @@ if TYPE_CHECKING:
     from verisplit.impl.node.lead import Lead, RequestRun
 
 MAX_REPLACEMENTS = 4
-# Refusals at OpenSession that are replaced before the first step (a provider gone or frozen since it
-# was routed); a busy provider (resource_exhausted) is not suspended for being busy: that aborts as before.
-OPEN_RECOVERED = (UNAVAILABLE, TIMEOUT)
 
 
 async def replace_hop(lead: "Lead", run: "RequestRun", hops: list[Hop], index: int, error: CohortError,
